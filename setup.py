@@ -1,0 +1,49 @@
+"""pip and colcon (ament_python) install of mtl_perception.
+
+The runtime (`mtl_perception`) needs no torch; the offline trainer (`training`) is installed
+with it and needs the `training` extra. ROS 2 (rclpy, message packages) is never a pip
+requirement: on a robot it comes from the distro.
+"""
+from glob import glob
+
+from setuptools import find_packages, setup
+
+PACKAGE = "mtl_perception"
+
+setup(
+    name=PACKAGE,
+    version="0.1.0",
+    description="Real-time multi-task perception for ROS 2 with an offline multi-task trainer",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=[PACKAGE, f"{PACKAGE}.*", "training", "training.*"]),
+    package_data={PACKAGE: ["py.typed"]},
+    data_files=[
+        ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
+        (f"share/{PACKAGE}", ["package.xml"]),
+        (f"share/{PACKAGE}/launch", glob("launch/*.py")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml")),
+    ],
+    install_requires=[
+        "setuptools",
+        "numpy>=1.21",
+        "opencv-python-headless>=4.5",
+        "onnxruntime-gpu>=1.16",
+        "pyyaml>=5.4",
+        "tqdm>=4.60",
+        "matplotlib>=3.5",
+        "pycocotools>=2.0.6",
+        "rosbags>=0.9.20",
+    ],
+    extras_require={
+        "training": ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1"],
+        "test": ["pytest>=7"],
+    },
+    zip_safe=True,
+    entry_points={
+        "console_scripts": [
+            "mtl-train = training.cli:main",
+            "mtl-perception = mtl_perception.cli:main",
+        ],
+    },
+)

@@ -1,0 +1,1 @@
+"""Offline multi-task training (PyTorch): data, models, balancers, trainer, ONNX export."""
