@@ -1,0 +1,271 @@
+"""sensor_msgs/Image <-> NumPy without cv_bridge, and CameraInfo scaling.
+
+cv_bridge is not needed on the vehicle and breaks on NumPy 2; this module needs only NumPy.
+It imports neither rclpy nor torch, and works on anything shaped like a sensor_msgs/Image
+(rclpy messages, whose `data` is an `array.array('B')`; rosbags messages, whose `data` is a
+uint8 ndarray; bytes or memoryviews).
+
+- `image_to_array(msg)` returns a view of the message's bytes (no copy) shaped HxW for one
+  channel and HxWxC otherwise, honouring row padding (`step`); 16/32/64-bit data whose byte
+  order (`is_bigendian`) is not the machine's is returned as a native-order copy.
+- `to_color(msg_or_array, encoding, order)` gives the HxWx3 uint8 image a model wants, in "rgb"
+  or "bgr" order (`to_model_rgb` is the "rgb" case).
+- `array_to_image(array, encoding, header)` builds a sensor_msgs/Image (little-endian, no row
+  padding).
+- `scale_camera_info(info, sx, sy)` scales intrinsics the way image_proc's resize node does.
+
+Every malformed input raises `ImageConversionError` (a `ValueError`) with a one-line message.
+"""
+from __future__ import annotations
+
+import array
+import copy
+import re
+from typing import Any, NamedTuple, Optional
+
+import numpy as np
+
+__all__ = [
+    "ImageConversionError",
+    "EncodingInfo",
+    "encoding_info",
+    "image_to_array",
+    "to_color",
+    "to_model_rgb",
+    "array_to_image",
+    "scale_camera_info",
+]
+
+
+class ImageConversionError(ValueError):
+    """An image message or array cannot be converted; the message names the problem."""
+
+
+class EncodingInfo(NamedTuple):
+    """What one pixel of an encoding is: element type (native byte order), channel count and
+    colour order ("rgb", "bgr", "rgba", "bgra", "mono", or None for the generic NxCy types)."""
+
+    dtype: np.dtype
+    channels: int
+    order: Optional[str]
+
+    @property
+    def bytes_per_pixel(self) -> int:
+        return self.dtype.itemsize * self.channels
+
+
+# The colour/mono encodings of sensor_msgs/image_encodings.hpp that this project meets.
+_NAMED = {
+    "mono8": ("u1", 1, "mono"),
+    "mono16": ("u2", 1, "mono"),
+    "rgb8": ("u1", 3, "rgb"),
+    "bgr8": ("u1", 3, "bgr"),
+    "rgba8": ("u1", 4, "rgba"),
+    "bgra8": ("u1", 4, "bgra"),
+    "rgb16": ("u2", 3, "rgb"),
+    "bgr16": ("u2", 3, "bgr"),
+    "rgba16": ("u2", 4, "rgba"),
+    "bgra16": ("u2", 4, "bgra"),
+}
+# The generic OpenCV-style encodings: 8UC1, 16UC1, 32FC1, 64FC3, ...
+_GENERIC = re.compile(r"^(8U|8S|16U|16S|32S|32F|64F)C([1-4])$")
+_GENERIC_DTYPES = {"8U": "u1", "8S": "i1", "16U": "u2", "16S": "i2", "32S": "i4", "32F": "f4",
+                   "64F": "f8"}
+
+
+def encoding_info(encoding: str) -> EncodingInfo:
+    """Pixel layout of a sensor_msgs/Image encoding; ImageConversionError if unsupported."""
+    named = _NAMED.get(encoding)
+    if named is not None:
+        return EncodingInfo(np.dtype(named[0]), named[1], named[2])
+    m = _GENERIC.match(encoding) if isinstance(encoding, str) else None
+    if m is None:
+        raise ImageConversionError(
+            f"unsupported image encoding {encoding!r} (supported: {', '.join(_NAMED)}, "
+            "and 8U/8S/16U/16S/32S/32F/64F with C1..C4, e.g. 16UC1, 32FC1)")
+    return EncodingInfo(np.dtype(_GENERIC_DTYPES[m.group(1)]), int(m.group(2)), None)
+
+
+def _byte_buffer(data: Any) -> np.ndarray:
+    """A flat uint8 view of a message's `data` (a copy only for plain Python sequences)."""
+    if isinstance(data, np.ndarray):
+        flat = data.reshape(-1) if data.flags.c_contiguous else np.ascontiguousarray(data).ravel()
+        return flat.view(np.uint8)
+    try:
+        view = memoryview(data)
+    except TypeError:  # a list of ints
+        return np.asarray(data, dtype=np.uint8).reshape(-1)
+    if view.nbytes == 0:
+        return np.empty(0, dtype=np.uint8)
+    return np.frombuffer(view.cast("B") if view.format != "B" else view, dtype=np.uint8)
+
+
+def image_to_array(msg: Any) -> np.ndarray:
+    """The pixels of a sensor_msgs/Image as an HxW (one channel) or HxWxC array.
+
+    The result is a view of `msg.data` whenever the data's byte order is the machine's (always
+    for 8-bit encodings); it keeps `msg.data` alive and writes through to it. Rows are read
+    `step` bytes apart, so padding at the end of each row is skipped, not copied.
+    """
+    encoding = msg.encoding
+    info = encoding_info(encoding)
+    height, width, step = int(msg.height), int(msg.width), int(msg.step)
+    if height <= 0 or width <= 0:
+        raise ImageConversionError(
+            f"zero-size image: height={height}, width={width} (encoding {encoding})")
+    bpp = info.bytes_per_pixel
+    if step < width * bpp:
+        raise ImageConversionError(
+            f"step {step} is smaller than width*bytes_per_pixel = {width}*{bpp} = "
+            f"{width * bpp} (encoding {encoding})")
+    buf = _byte_buffer(msg.data)
+    if buf.size < height * step:
+        raise ImageConversionError(
+            f"image data has {buf.size} bytes, fewer than height*step = {height}*{step} = "
+            f"{height * step}")
+    dtype = info.dtype.newbyteorder(">" if msg.is_bigendian else "<")
+    if info.channels == 1:
+        shape, strides = (height, width), (step, bpp)
+    else:
+        shape, strides = (height, width, info.channels), (step, bpp, info.dtype.itemsize)
+    out = np.ndarray(shape, dtype=dtype, buffer=buf, offset=0, strides=strides)
+    if not out.dtype.isnative:
+        out = out.astype(out.dtype.newbyteorder("="))
+    return out
+
+
+def _check_array(arr: np.ndarray, info: EncodingInfo, encoding: str) -> None:
+    channels_ok = (arr.ndim == 2 and info.channels == 1) or (
+        arr.ndim == 3 and arr.shape[2] == info.channels)
+    dtype_ok = arr.dtype.kind == info.dtype.kind and arr.dtype.itemsize == info.dtype.itemsize
+    if not (channels_ok and dtype_ok):
+        want = "HxW" if info.channels == 1 else f"HxWx{info.channels}"
+        raise ImageConversionError(
+            f"array of shape {arr.shape} and dtype {arr.dtype} does not fit encoding "
+            f"{encoding} ({want} {info.dtype.name})")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise ImageConversionError(f"zero-size image: array shape {arr.shape}")
+
+
+def _is_image_message(obj: Any) -> bool:
+    return hasattr(obj, "encoding") and hasattr(obj, "data") and hasattr(obj, "step")
+
+
+def to_color(image: Any, encoding: Optional[str] = None, order: str = "rgb") -> np.ndarray:
+    """An HxWx3 uint8 C-contiguous image in `order` ("rgb" or "bgr").
+
+    `image` is a sensor_msgs/Image (its own encoding is used unless `encoding` names another of
+    the same layout, e.g. "bgr8" for an "8UC3" message) or an array in `encoding`. Alpha is
+    dropped, mono is replicated to three channels and 16-bit data is scaled to 8 bits (x * 255 /
+    65535, rounded), as cv_bridge does. An image already in the requested order and without row
+    padding is returned without a copy.
+    """
+    if order not in ("rgb", "bgr"):
+        raise ValueError(f"order must be 'rgb' or 'bgr', not {order!r}")
+    if _is_image_message(image):
+        arr = image_to_array(image)
+        encoding = image.encoding if encoding is None else encoding
+    else:
+        if encoding is None:
+            raise ImageConversionError("an array needs its encoding (e.g. 'bgr8')")
+        arr = np.asarray(image)
+    info = encoding_info(encoding)
+    _check_array(arr, info, encoding)
+    if info.order is None:
+        raise ImageConversionError(
+            f"encoding {encoding} has no colour order: cannot convert it to {order}")
+    if info.dtype.itemsize == 2:
+        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    if info.order == "mono":
+        mono = arr if arr.ndim == 2 else arr[..., 0]
+        return _stack3(mono, mono, mono)
+    if info.order[:3] == order:
+        return np.ascontiguousarray(arr[..., :3])
+    return _stack3(arr[..., 2], arr[..., 1], arr[..., 0])
+
+
+def _stack3(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
+    # Three strided plane copies: several times faster than copying a reversed-channel view.
+    out = np.empty(c0.shape + (3,), dtype=np.uint8)
+    out[..., 0] = c0
+    out[..., 1] = c1
+    out[..., 2] = c2
+    return out
+
+
+def to_model_rgb(image: Any, encoding: Optional[str] = None) -> np.ndarray:
+    """`to_color(image, encoding, "rgb")`: the HxWx3 uint8 RGB image a model takes."""
+    return to_color(image, encoding, "rgb")
+
+
+def array_to_image(array_: Any, encoding: str, header: Any = None, msg_cls: Any = None) -> Any:
+    """A sensor_msgs/Image holding a copy of `array_` (HxW or HxWxC) in `encoding`.
+
+    The message is little-endian (`is_bigendian` 0) with rows packed (`step` = width * bytes
+    per pixel). `msg_cls` defaults to rclpy's sensor_msgs.msg.Image; a class whose constructor
+    needs every field (rosbags' message dataclasses) gets them as keywords, `header` included,
+    with `data` as a uint8 ndarray.
+    """
+    info = encoding_info(encoding)
+    arr = np.asarray(array_)
+    _check_array(arr, info, encoding)
+    height, width = int(arr.shape[0]), int(arr.shape[1])
+    packed = np.ascontiguousarray(arr, dtype=info.dtype.newbyteorder("<"))
+    raw = packed.reshape(-1).view(np.uint8)
+    fields = dict(height=height, width=width, encoding=encoding, is_bigendian=0,
+                  step=width * info.bytes_per_pixel)
+    if msg_cls is None:
+        from sensor_msgs.msg import Image as msg_cls  # the distro's (or dev wheels') messages
+    try:
+        msg = msg_cls()
+    except TypeError:
+        if header is None:
+            raise
+        return msg_cls(header=header, data=raw.copy(), **fields)
+    if header is not None:
+        msg.header = header
+    for name, value in fields.items():
+        setattr(msg, name, value)
+    current = getattr(msg, "data", None)
+    if isinstance(current, np.ndarray):
+        msg.data = raw.copy()
+    elif isinstance(current, (bytes, bytearray)):
+        msg.data = raw.tobytes()
+    else:  # rclpy: array.array('B') is taken as is, without a per-element check
+        data = array.array("B")
+        data.frombytes(raw)
+        msg.data = data
+    return msg
+
+
+def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
+                      width: Optional[int] = None, height: Optional[int] = None) -> Any:
+    """A copy of a sensor_msgs/CameraInfo for the image resized by (scale_x, scale_y).
+
+    Same convention as image_proc's resize node: fx, cx (K[0], K[2]) and P[0], P[2], P[3] (Tx)
+    are multiplied by scale_x; fy, cy (K[4], K[5]) and P[5], P[6] by scale_y; width, height and
+    the ROI are scaled and truncated to integers. D, R, binning and P[7] are unchanged. The
+    principal point is scaled without a half-pixel shift, as there. `width`/`height`, when
+    given, replace int(width * scale_x) / int(height * scale_y) (the node's explicit-size mode).
+    """
+    if not (scale_x > 0 and scale_y > 0):
+        raise ValueError(f"scale factors must be positive, got ({scale_x}, {scale_y})")
+    out = copy.deepcopy(info)
+    out.width = int(width) if width is not None else int(info.width * scale_x)
+    out.height = int(height) if height is not None else int(info.height * scale_y)
+
+    k = np.array(info.k, dtype=np.float64).reshape(-1)
+    k[[0, 2]] *= scale_x
+    k[[4, 5]] *= scale_y
+    out.k = k
+    p = np.array(info.p, dtype=np.float64).reshape(-1)
+    p[[0, 2, 3]] *= scale_x
+    p[[5, 6]] *= scale_y
+    out.p = p
+
+    roi = out.roi
+    roi.x_offset = int(info.roi.x_offset * scale_x)
+    roi.y_offset = int(info.roi.y_offset * scale_y)
+    roi.width = int(info.roi.width * scale_x)
+    roi.height = int(info.roi.height * scale_y)
+    return out
