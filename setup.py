@@ -36,14 +36,16 @@ setup(
         "rosbags>=0.9.20",
     ],
     extras_require={
-        "training": ["torch>=2.1", "onnx>=1.15", "onnxscript>=0.1"],
-        "test": ["pytest>=7"],
+        "training": ["torch>=2.5", "onnx>=1.16", "onnxscript>=0.1"],
+        "test": ["pytest>=7", "faster-coco-eval>=1.6"],
     },
     zip_safe=True,
     entry_points={
         "console_scripts": [
             "mtl-train = training.cli:main",
             "mtl-perception = mtl_perception.cli:main",
+            "perception_node = mtl_perception.node:main",
+            "camera_source = mtl_perception.camera_source:main",
         ],
     },
 )

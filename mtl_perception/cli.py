@@ -1,0 +1,134 @@
+"""`mtl-perception`: runtime-side tools (no torch).
+
+    mtl-perception generate --out data/synthetic/train --frames 2000
+    mtl-perception info model.onnx
+    mtl-perception evaluate --model model.onnx --data data/synthetic/val --json report.json
+    mtl-perception demo --model model.onnx --out runs/demo
+    mtl-perception benchmark --model model.onnx --width 640 --height 480 --frames 200 --json bench.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+
+def _generate(args) -> int:
+    from .synthetic import Camera, generate_dataset
+
+    camera = Camera.default(args.width, args.height)
+    root = generate_dataset(args.out, args.frames, seed=args.seed, night_fraction=args.night_fraction,
+                            camera=camera, workers=args.workers, progress=not args.no_progress)
+    print(f"dataset: {root}")
+    return 0
+
+
+def _info(args) -> int:
+    from .model import RuntimeOptions, load_model
+
+    model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
+    meta = model.metadata
+    print(f"model: {model.path}\nname: {meta.name}\nproviders: {', '.join(model.providers)}")
+    print(f"input: {meta.input.width}x{meta.input.height} {meta.input.color_order} uint8 NHWC")
+    for name, task in meta.tasks.items():
+        details = {k: v for k, v in vars(task).items() if k not in ("kind", "outputs") and v not in ((), 0, 0.0)}
+        print(f"task {name} ({task.kind}): outputs {task.outputs} {details}")
+    metrics = meta.provenance.get("metrics", {})
+    if metrics:
+        print("training validation: " + ", ".join(f"{k[4:]}={v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .dataset import MultiTaskDataset
+    from .evaluate import evaluate_dataset
+    from .model import RuntimeOptions, load_model
+
+    model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
+    report = evaluate_dataset(model, MultiTaskDataset(args.data), limit=args.limit, progress=not args.no_progress)
+    text = json.dumps(report, indent=2)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    print(text)
+    return 0
+
+
+def _demo(args) -> int:
+    from .demo import main as demo_main
+
+    return demo_main(args)
+
+
+def _benchmark(args) -> int:
+    from .benchmark import main as benchmark_main
+
+    return benchmark_main(args)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mtl-perception", description="mtl_perception runtime tools (no torch).")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("generate", help="write a synthetic multi-task driving dataset")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--frames", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--night-fraction", type=float, default=0.25)
+    p.add_argument("--width", type=int, default=384, help="full-resolution image width (the SR target)")
+    p.add_argument("--height", type=int, default=256)
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("info", help="print an exported model's contract metadata")
+    p.add_argument("model")
+    p.add_argument("--providers", help="comma-separated, e.g. tensorrt,cuda,cpu (default: best available)")
+    p.set_defaults(func=_info)
+
+    p = sub.add_parser("evaluate", help="score a model on a dataset folder beside trivial baselines")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True, help="dataset folder (dataset.json + images)")
+    p.add_argument("--limit", type=int, help="evaluate only the first N frames")
+    p.add_argument("--json", help="also write the report to this file")
+    p.add_argument("--providers", help="comma-separated execution providers")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("demo", help="run the node on a synthetic camera, report rates/latency/drops, write a mosaic")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", default="runs/demo", help="folder for report.json, report.txt and mosaic.png")
+    p.add_argument("--seconds", type=float, default=15.0, help="how long to record the outputs")
+    p.add_argument("--rate", type=float, default=10.0, help="camera frames per second")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--providers", help="comma-separated execution providers (default: best available)")
+    p.set_defaults(func=_demo)
+
+    p = sub.add_parser("benchmark", help="model-only vs end-to-end ROS latency, and overload behaviour")
+    p.add_argument("--model", required=True)
+    p.add_argument("--width", type=int, default=640, help="camera image width")
+    p.add_argument("--height", type=int, default=480)
+    p.add_argument("--frames", type=int, default=200, help="frames per phase")
+    p.add_argument("--rate", type=float, help="end-to-end camera rate (default: half the model's throughput, <= 30 Hz)")
+    p.add_argument("--overload-factor", type=float, default=2.0, help="overload camera rate / model rate")
+    p.add_argument("--providers", help="comma-separated execution providers (default: best available)")
+    p.add_argument("--json", help="also write the results to this file")
+    p.set_defaults(func=_benchmark)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    from .model import ModelError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ModelError, ValueError, FileNotFoundError) as exc:
+        print(f"mtl-perception: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

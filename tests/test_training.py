@@ -1,0 +1,187 @@
+"""Trainer, checkpoints and export on real (tiny) synthetic data."""
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import training.export as export_module
+from mtl_perception.dataset import MultiTaskDataset
+from mtl_perception.model import load_model
+from mtl_perception.synthetic import Camera, generate_dataset
+from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.export import ExportError, export_checkpoint
+from training.recipe import recipe_from_dict
+from training.tasks.depth import DepthTask
+from training.trainer import LAST, Trainer, TrainingError
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    camera = Camera.default(128, 64)
+    generate_dataset(root / "train", 24, seed=3, camera=camera, workers=1, progress=False)
+    generate_dataset(root / "val", 8, seed=4, camera=camera, workers=1, progress=False)
+    return root
+
+
+def tiny_recipe(data_root, out_dir, **overrides):
+    doc = {
+        "name": "tiny", "seed": 7, "out_dir": str(out_dir),
+        "data": {"train": str(data_root / "train"), "val": str(data_root / "val"), "input_size": [64, 32]},
+        "model": {"channels": [8, 8, 16, 16, 16], "blocks": [1, 0, 0, 0], "fpn_channels": 16},
+        "optim": {"epochs": 2, "batch_size": 8, "warmup_steps": 2, "lr": 0.003},
+        "export": {"verify_frames": 2},
+    }
+    for key, value in overrides.items():
+        doc[key] = value
+    return recipe_from_dict(doc)
+
+
+def test_resume_matches_uninterrupted_training(tiny_data, tmp_path):
+    whole = Trainer(tiny_recipe(tiny_data, tmp_path / "whole"), progress=False)
+    whole.fit()
+    first = Trainer(tiny_recipe(tiny_data, tmp_path / "split"), progress=False)
+    first.fit(stop_after_epoch=1)
+    assert load_checkpoint(tmp_path / "split" / LAST)["epoch"] == 1
+    torch.manual_seed(12345)  # a resumed process starts with unrelated RNG state
+    second = Trainer(tiny_recipe(tiny_data, tmp_path / "split"), progress=False)
+    second.fit()
+    assert second.epoch == whole.epoch == 2 and second.step == whole.step
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
+    untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert untimed(second.history) == untimed(whole.history)
+    assert second.init_fingerprint == whole.init_fingerprint
+    lines = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 3  # header + one row per epoch, no duplicates after the resume
+    assert (tmp_path / "split" / "curves.png").stat().st_size > 1000
+
+
+def test_validation_metrics_are_logged_for_every_task(tiny_data, tmp_path):
+    trainer = Trainer(tiny_recipe(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 8}), progress=False)
+    row = trainer.fit()[-1]
+    for key in ("val/segmentation/miou", "val/depth/abs_rel", "val/depth/delta1", "val/detection/map50",
+                "val/super_resolution/psnr", "val/super_resolution/psnr_gain", "train/detection"):
+        assert key in row and np.isfinite(row[key]), key
+
+
+def test_subset_of_tasks_trains_and_exports(tiny_data, tmp_path):
+    recipe = tiny_recipe(tiny_data, tmp_path, tasks={"segmentation": {}, "depth": {"max_depth": 60.0}},
+                         optim={"epochs": 1, "batch_size": 8})
+    Trainer(recipe, progress=False).fit()
+    export_checkpoint(tmp_path / LAST, tmp_path / "sd.onnx")
+    model = load_model(tmp_path / "sd.onnx")
+    assert sorted(model.tasks) == ["depth", "segmentation"] and model.tasks["depth"].max_depth == 60.0
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_data, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_recipe(tiny_data, tmp_path), progress=False)
+    trainer.fit(stop_after_epoch=1)
+    before = (tmp_path / LAST).read_bytes()
+    monkeypatch.setattr(DepthTask, "loss", lambda self, pred, batch: pred.sum() * float("nan"))
+    with pytest.raises(TrainingError, match="non-finite depth loss at epoch 2"):
+        Trainer(tiny_recipe(tiny_data, tmp_path), progress=False).fit()
+    assert (tmp_path / LAST).read_bytes() == before
+    assert load_checkpoint(tmp_path / LAST)["epoch"] == 1
+
+
+def test_checkpoint_survives_a_kill_during_writes(tmp_path):
+    """SIGKILL a process that rewrites a large checkpoint in a loop: the file always loads."""
+    path = tmp_path / "ck.pt"
+    code = textwrap.dedent(f"""
+        import torch
+        from training.checkpoint import save_checkpoint
+        i = 0
+        while True:
+            save_checkpoint({str(path)!r}, {{"i": i, "w": torch.full((4_000_000,), float(i))}})
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.7)  # several writes in flight
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    state = load_checkpoint(path)
+    assert torch.all(state["w"] == float(state["i"]))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    save_checkpoint(tmp_path / "good.pt", {"w": torch.ones(1000)})
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes((tmp_path / "good.pt").read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="torn.pt: not a readable checkpoint"):
+        load_checkpoint(torn)
+    torch.save({"something": "else"}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: not an mtl_perception checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_export_matches_torch_on_real_frames_and_refuses_a_drifting_graph(tiny_data, tmp_path, monkeypatch):
+    Trainer(tiny_recipe(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 8}), progress=False).fit()
+    worst = export_checkpoint(tmp_path / LAST, tmp_path / "good.onnx")
+    assert worst["depth.max_rel"] < 1e-4 and worst["super_resolution.max_levels"] <= 1
+    assert worst["segmentation.mismatch_fraction"] < 1e-3 and worst["detection.max_box_px"] < 0.05
+    meta = load_model(tmp_path / "good.onnx").metadata
+    assert meta.provenance["epoch"] == 1 and meta.provenance["recipe"]["name"] == "tiny"
+    assert "val/segmentation/miou" in meta.provenance["metrics"]
+
+    real_export = export_module.export_onnx
+
+    def drifting_export(module, example, path, opset, names):  # a graph that no longer matches torch
+        other = copy.deepcopy(module)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        real_export(other, example, path, opset, names)
+
+    monkeypatch.setattr(export_module, "export_onnx", drifting_export)
+    with pytest.raises(ExportError, match="onnxruntime differs from torch"):
+        export_checkpoint(tmp_path / LAST, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_trains_exports_and_evaluates(tiny_data, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: cli
+        out_dir: {tmp_path / 'run'}
+        data: {{train: {tiny_data / 'train'}, val: {tiny_data / 'val'}, input_size: [64, 32]}}
+        model: {{channels: [8, 8, 16, 16, 16], blocks: [0, 0, 0, 0], fpn_channels: 16}}
+        optim: {{epochs: 1, batch_size: 8, warmup_steps: 1}}
+        export: {{verify_frames: 2}}
+    """))
+    bin_dir = Path(sys.executable).parent
+    run = subprocess.run([str(bin_dir / "mtl-train"), "train", str(recipe), "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "run" / "model.onnx").exists() and "model:" in run.stdout
+    report = tmp_path / "report.json"
+    ev = subprocess.run([str(bin_dir / "mtl-perception"), "evaluate", "--model", str(tmp_path / "run" / "model.onnx"),
+                         "--data", str(tiny_data / "val"), "--json", str(report), "--no-progress"],
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    import json
+
+    doc = json.loads(report.read_text())
+    assert doc["frames"] == len(MultiTaskDataset(tiny_data / "val"))
+    assert set(doc["tasks"]) == {"segmentation", "depth", "detection", "super_resolution"}
+    bad = subprocess.run([str(bin_dir / "mtl-train"), "train", str(recipe), "--set", "optim.lr=fast"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "optim.lr: expected a number" in bad.stderr

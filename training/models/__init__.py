@@ -1,0 +1,1 @@
+"""Networks: a shared trunk (encoder + feature pyramid) and the multi-task wrapper."""

@@ -1,0 +1,61 @@
+"""Shared trunk: a compact plain-conv encoder and a feature-pyramid decoder (hard sharing)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Dict, List
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import ConvBNAct, ResidualBlock
+
+
+@dataclass
+class TrunkConfig:
+    channels: List[int] = field(default_factory=lambda: [16, 32, 64, 96, 128])  # strides 2..32
+    blocks: List[int] = field(default_factory=lambda: [1, 1, 1, 1])  # residual blocks, strides 4..32
+    fpn_channels: int = 64
+
+    def check(self) -> None:
+        if len(self.channels) != 5 or len(self.blocks) != 4:
+            raise ValueError("channels needs 5 entries (strides 2..32) and blocks 4 (strides 4..32)")
+        if min(self.channels) < 1 or self.fpn_channels < 1 or min(self.blocks) < 0:
+            raise ValueError("channels, blocks and fpn_channels must be positive")
+
+
+class SharedTrunk(nn.Module):
+    """Encoder to stride 32, top-down pyramid back to stride 4.
+
+    Returns the features every head reads: "s2" (the stem, for super-resolution detail) and "s4"
+    (the finest pyramid level, for segmentation, depth and detection). The input size must be a
+    multiple of 32.
+    """
+
+    def __init__(self, config: TrunkConfig = TrunkConfig()):
+        super().__init__()
+        c = config.channels
+        d = config.fpn_channels
+        self.stem = ConvBNAct(3, c[0], stride=2)
+        self.stages = nn.ModuleList(
+            nn.Sequential(ConvBNAct(c[i], c[i + 1], stride=2), *[ResidualBlock(c[i + 1]) for _ in range(config.blocks[i])])
+            for i in range(4)
+        )
+        self.lateral = nn.ModuleList(nn.Conv2d(c[i + 1], d, 1) for i in range(4))
+        self.smooth = ConvBNAct(d, d)  # the last shared layer (GradNorm's W)
+        self.feature_channels: Dict[str, int] = {"s2": c[0], "s4": d}
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        stem = self.stem(x)
+        feats = []
+        y = stem
+        for stage in self.stages:
+            y = stage(y)
+            feats.append(y)
+        top = self.lateral[3](feats[3])
+        for i in (2, 1, 0):
+            top = self.lateral[i](feats[i]) + F.interpolate(top, size=feats[i].shape[-2:], mode="nearest")
+        return {"s2": stem, "s4": self.smooth(top)}
+
+    def last_shared_layer(self) -> nn.Module:
+        return self.smooth

@@ -1,0 +1,83 @@
+"""The task registry: everything the trainer and exporter need to know about one task.
+
+A task is declared, not hard-wired: it builds its head, prepares its targets from a sample,
+computes its loss, decodes raw head outputs into the contract's outputs (inside the exported
+graph), describes those outputs for the metadata, and scores them with the shared metrics.
+Register a new task with `@register_task` and name it in a recipe; the trainer never changes.
+"""
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass
+from typing import Any, ClassVar, Dict, Mapping, Sequence, Type
+
+import numpy as np
+import torch
+from torch import nn
+
+from mtl_perception.contract import TaskSpec
+
+TASKS: Dict[str, Type["Task"]] = {}
+
+
+def register_task(cls: Type["Task"]) -> Type["Task"]:
+    TASKS[cls.name] = cls
+    return cls
+
+
+@dataclass
+class TaskOptions:
+    """Options every task has; tasks extend this with their own."""
+
+    weight: float = 1.0  # fixed loss weight (used by the `fixed` balancer)
+
+
+@dataclass(frozen=True)
+class DataInfo:
+    """What a task may need to know about the data: class lists and the SR scale."""
+
+    semantic_classes: Sequence[str]
+    detection_classes: Sequence[str]
+    sr_scale: int
+    input_size: tuple  # (width, height)
+
+
+class Task(abc.ABC):
+    name: ClassVar[str]
+    kind: ClassVar[str]  # a contract task kind
+    Options: ClassVar[type] = TaskOptions
+
+    def __init__(self, options: TaskOptions, info: DataInfo):
+        self.options = options
+        self.info = info
+
+    @abc.abstractmethod
+    def build_head(self, feature_channels: Mapping[str, int]) -> nn.Module:
+        """The head: forward(features: dict, image01: Tensor[B,3,H,W]) -> raw prediction."""
+
+    @abc.abstractmethod
+    def prepare(self, sample: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
+        """Fixed-shape target arrays (keys prefixed with the task name) from one sample."""
+
+    @abc.abstractmethod
+    def loss(self, pred: Any, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Scalar loss of one batch."""
+
+    @abc.abstractmethod
+    def decode(self, pred: Any, image01: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """Contract outputs by role, batch first; traced into the exported graph."""
+
+    @abc.abstractmethod
+    def spec(self, output_names: Mapping[str, str]) -> TaskSpec:
+        """The metadata entry describing the decoded outputs."""
+
+    @abc.abstractmethod
+    def new_metric(self):
+        """A fresh metric accumulator from mtl_perception.metrics."""
+
+    @abc.abstractmethod
+    def update_metric(self, metric, decoded: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
+        """Scores decoded outputs of a batch (numpy, batch first) against its targets."""
+
+    #: metric key used to summarise the task in logs and for model selection
+    main_metric: ClassVar[str] = ""

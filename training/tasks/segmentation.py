@@ -1,0 +1,60 @@
+"""Semantic segmentation: per-pixel classes, cross-entropy, uint8 class map out."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtl_perception.contract import TaskSpec
+from mtl_perception.metrics import SegmentationMetric
+
+from ..models.blocks import ConvBNAct
+from .base import Task, register_task
+
+IGNORE = 255
+
+
+class SegmentationHead(nn.Module):
+    def __init__(self, channels: int, num_classes: int):
+        super().__init__()
+        self.body = ConvBNAct(channels, channels)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, features, image01):
+        logits = self.classifier(self.body(features["s4"]))
+        return F.interpolate(logits, size=image01.shape[-2:], mode="bilinear", align_corners=False)
+
+
+@register_task
+class SegmentationTask(Task):
+    name = "segmentation"
+    kind = "segmentation"
+    main_metric = "miou"
+
+    @property
+    def classes(self):
+        return tuple(self.info.semantic_classes)
+
+    def build_head(self, feature_channels):
+        return SegmentationHead(feature_channels["s4"], len(self.classes))
+
+    def prepare(self, sample):
+        return {"segmentation_target": sample["semantic"].astype(np.int64)}
+
+    def loss(self, pred, batch):
+        return F.cross_entropy(pred, batch["segmentation_target"], ignore_index=IGNORE)
+
+    def decode(self, pred, image01):
+        return {"class_map": pred.argmax(dim=1).to(torch.uint8)}
+
+    def spec(self, output_names: Mapping[str, str]) -> TaskSpec:
+        return TaskSpec(kind=self.kind, outputs=dict(output_names), class_names=self.classes, ignore_index=IGNORE)
+
+    def new_metric(self):
+        return SegmentationMetric(len(self.classes), ignore_index=IGNORE, class_names=self.classes)
+
+    def update_metric(self, metric, decoded, batch):
+        metric.update(decoded["class_map"], batch["segmentation_target"])

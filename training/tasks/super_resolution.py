@@ -1,0 +1,71 @@
+"""Super-resolution (x scale): pixel-shuffle residual over bicubic upsampling of the input."""
+from __future__ import annotations
+
+from typing import Mapping
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mtl_perception.contract import TaskSpec
+from mtl_perception.metrics import SuperResolutionMetric
+
+from ..models.blocks import ConvBNAct
+from .base import Task, register_task
+
+
+class SuperResolutionHead(nn.Module):
+    """Works at stride 2 on the stem features plus the upsampled pyramid, then pixel-shuffles by
+    2*scale to the output size; predicts only the residual over bicubic upsampling."""
+
+    def __init__(self, stem_channels: int, pyramid_channels: int, scale: int, width: int = 32):
+        super().__init__()
+        self.scale = scale
+        self.reduce = nn.Conv2d(pyramid_channels, width - stem_channels, 1) if width > stem_channels else None
+        cin = width if self.reduce is not None else stem_channels
+        self.body = ConvBNAct(cin, width)
+        self.out = nn.Conv2d(width, 3 * (2 * scale) ** 2, 3, padding=1)
+        self.shuffle = nn.PixelShuffle(2 * scale)
+        nn.init.zeros_(self.out.weight)  # start as plain bicubic
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, features, image01):
+        x = features["s2"]
+        if self.reduce is not None:
+            up = F.interpolate(features["s4"], size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, self.reduce(up)], dim=1)
+        residual = self.shuffle(self.out(self.body(x)))
+        base = F.interpolate(image01, scale_factor=self.scale, mode="bicubic", align_corners=False)
+        return base + residual  # [0, 1] scale, unclamped for the loss
+
+
+@register_task
+class SuperResolutionTask(Task):
+    name = "super_resolution"
+    kind = "super_resolution"
+    main_metric = "psnr"
+
+    def build_head(self, feature_channels):
+        return SuperResolutionHead(feature_channels["s2"], feature_channels["s4"], self.info.sr_scale)
+
+    def prepare(self, sample):
+        return {"super_resolution_target": np.ascontiguousarray(sample["hr_image"].transpose(2, 0, 1))}
+
+    def loss(self, pred, batch):
+        return (pred - batch["super_resolution_target"].float() / 255.0).abs().mean()
+
+    def decode(self, pred, image01):
+        image = (pred.clamp(0, 1) * 255.0).round().to(torch.uint8)
+        return {"image": image.permute(0, 2, 3, 1)}  # NHWC, the input's colour order
+
+    def spec(self, output_names: Mapping[str, str]) -> TaskSpec:
+        return TaskSpec(kind=self.kind, outputs=dict(output_names), scale=self.info.sr_scale)
+
+    def new_metric(self):
+        return SuperResolutionMetric()
+
+    def update_metric(self, metric, decoded, batch):
+        for i in range(decoded["image"].shape[0]):
+            target = batch["super_resolution_target"][i].transpose(1, 2, 0)
+            metric.update(decoded["image"][i], target, lowres=batch["image"][i].transpose(1, 2, 0))
