@@ -1,6 +1,6 @@
 """The on-disk multi-task dataset format (writer and torch-free reader).
 
-Layout (see docs/data_format.md for the full description)::
+Layout (the README's "Data" section has the full description)::
 
     root/
       dataset.json          COCO-style index: "images", "annotations", "categories" plus

@@ -8,7 +8,7 @@ numbers people quote.
 Every metric follows the same small protocol: ``update(...)`` accumulates, ``compute()``
 returns a dict of floats and may be called any number of times, ``reset()`` clears, and
 ``merge(other)`` adds another instance's accumulators (evaluate shards in several processes,
-then merge). Conventions are documented on each class and in ``docs/metrics.md``.
+then merge). Conventions are documented on each class and in the README's "Metrics" section.
 """
 from __future__ import annotations
 

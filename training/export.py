@@ -8,8 +8,10 @@ real frames within the tolerances below, or no file is written.
 from __future__ import annotations
 
 import datetime
+import logging
 import os
 import tempfile
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
@@ -75,8 +77,17 @@ class DeployModule(nn.Module):
 
 
 def export_onnx(module: DeployModule, example: torch.Tensor, path: Path, opset: int, names: Sequence[str]) -> None:
-    torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=list(names),
-                      opset_version=opset, dynamo=True, verbose=False)
+    """torch.export-based exporter; its notes about optional torchvision ops are silenced."""
+    quiet = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            torch.onnx.export(module, (example,), str(path), input_names=[INPUT_NAME], output_names=list(names),
+                              opset_version=opset, dynamo=True, verbose=False)
+    finally:
+        quiet.setLevel(level)
 
 
 def attach_metadata(path: Path, metadata: ModelMetadata) -> None:

@@ -256,8 +256,9 @@ class Trainer:
             )
             scaled = {t: v / opt.accumulate for t, v in losses.items()}
             logged = self.balancer.backward(scaled, ctx)
-            for t, v in losses.items():
-                sums[t] += float(v.detach())
+            values = {t: float(v.detach()) for t, v in losses.items()}
+            for t, v in values.items():
+                sums[t] += v
             count += 1
             if (i + 1) % opt.accumulate:
                 continue
@@ -270,9 +271,9 @@ class Trainer:
             self.step += 1
             if step_log is not None:
                 row = {"step": self.step, "epoch": self.epoch + (i + 1) / len(self.train_loader)}
-                row.update({f"loss/{t}": float(v.detach()) for t, v in losses.items()})
+                row.update({f"loss/{t}": v for t, v in values.items()})
                 row.update(logged)
                 step_log.append(row)
             if self.progress:
-                batches.set_postfix({t[:5]: f"{float(v):.3f}" for t, v in losses.items()})
+                batches.set_postfix({t[:5]: f"{v:.3f}" for t, v in values.items()})
         return {t: s / max(1, count) for t, s in sums.items()}
