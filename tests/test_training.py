@@ -185,3 +185,24 @@ def test_cli_trains_exports_and_evaluates(tiny_data, tmp_path):
     bad = subprocess.run([str(bin_dir / "mtl-train"), "train", str(recipe), "--set", "optim.lr=fast"],
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "optim.lr: expected a number" in bad.stderr
+
+
+def test_torchrun_two_processes_train_in_step(tiny_data, tmp_path):
+    """Distributed training switches on with torchrun alone: the ranks share the epoch's batches
+    (DistributedSampler), DDP averages gradients, and only rank 0 reports and writes."""
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: ddp
+        out_dir: {tmp_path / 'run'}
+        data: {{train: {tiny_data / 'train'}, val: {tiny_data / 'val'}, input_size: [64, 32]}}
+        model: {{channels: [8, 8, 16, 16, 16], blocks: [0, 0, 0, 0], fpn_channels: 16}}
+        optim: {{epochs: 1, batch_size: 4, warmup_steps: 1}}
+    """))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    run = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "train",
+                          str(recipe), "--no-progress", "--no-export"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    state = load_checkpoint(tmp_path / "run" / LAST)
+    assert state["epoch"] == 1 and state["step"] == 24 // (4 * 2)  # each rank saw half the batches
+    assert run.stdout.count("epoch 1/1") == 1  # rank 0 alone reports

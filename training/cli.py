@@ -15,16 +15,21 @@ from typing import List, Optional
 
 
 def _train(args) -> int:
+    from . import distributed
     from .export import export_checkpoint
     from .recipe import load_recipe
     from .trainer import LAST, Trainer
 
     recipe = load_recipe(args.recipe, args.set)
+    distributed.init_from_env()  # under torchrun: one process per rank, DDP
     out_dir = Path(args.out or recipe.out_dir)
-    if args.fresh and (out_dir / LAST).exists():
+    if args.fresh and distributed.is_main() and (out_dir / LAST).exists():
         (out_dir / LAST).unlink()
+    distributed.barrier()
     trainer = Trainer(recipe, out_dir=str(out_dir), progress=not args.no_progress)
     trainer.fit()
+    if not distributed.is_main():
+        return 0
     print(f"checkpoint: {out_dir / LAST}\ncurves: {out_dir / 'curves.png'}\nmetrics: {out_dir / 'metrics.csv'}")
     if not args.no_export:
         model_path = out_dir / "model.onnx"

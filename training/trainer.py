@@ -208,7 +208,7 @@ class Trainer:
         while self.epoch < last:
             t0 = time.time()
             mean_losses = self.train_epoch(step_log)
-            metrics = evaluate(self.model, self.tasks, self.val_loader) if main else {}
+            metrics = dist_utils.broadcast_object(evaluate(self.model, self.tasks, self.val_loader) if main else None)
             self.balancer.epoch_end(self.epoch, mean_losses, metrics)
             self.epoch += 1
             row = {"epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
