@@ -63,3 +63,94 @@ def export_untrained_model(path: Path, names: Sequence[str] = ALL_TASKS, input_s
     export_onnx(module, example, Path(path), 18, meta.output_names())
     attach_metadata(Path(path), meta)
     return module, meta
+
+
+BRIGHT_BOX_CLASSES = ("background", "bright")
+#: The second, fixed detection of the bright-box model: (x1, y1, x2, y2) in model pixels, score, class.
+FIXED_BOX, FIXED_SCORE, FIXED_CLASS = (0.0, 0.0, 8.0, 8.0), 0.4, 1
+BRIGHT_SCORE, BRIGHT_CLASS = 0.9, 0
+
+
+def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = True):
+    """A hand-built contract model whose answers are known in closed form (RGB input, W x H):
+
+    - segmentation: 1 ("bright") where R > 127, else 0 ("background");
+    - depth: R / 32 metres (min_depth 0.5, max_depth 8.0, so R = 0 is invalid);
+    - detection (top_k 2): the tight box of the R > 127 pixels, x2/y2 exclusive, score 0.9,
+      class 0 ("vehicle"); then FIXED_BOX with score 0.4, class 1 ("pedestrian");
+    - super_resolution (scale 2): the input enlarged by pixel repetition.
+
+    Same metadata layout as the exporter (`attach_metadata`); `metadata=False` leaves it out.
+    Returns the ModelMetadata.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    from mtl_perception.contract import TaskSpec
+
+    width, height = input_size
+    f32 = lambda name, values, dims: helper.make_tensor(name, TensorProto.FLOAT, dims, values)  # noqa: E731
+    i64 = lambda name, values: helper.make_tensor(name, TensorProto.INT64, [len(values)], values)  # noqa: E731
+    nodes = [
+        helper.make_node("Slice", ["image", "c0", "c1", "c3"], ["r_u8"]),
+        helper.make_node("Cast", ["r_u8"], ["r4"], to=TensorProto.FLOAT),
+        helper.make_node("Squeeze", ["r4", "c3"], ["r"]),
+        helper.make_node("Greater", ["r", "half"], ["mask"]),
+        helper.make_node("Cast", ["mask"], ["segmentation"], to=TensorProto.UINT8),
+        helper.make_node("Div", ["r", "thirty_two"], ["depth"]),
+        helper.make_node("Cast", ["mask"], ["maskf"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceMax", ["maskf", "c1"], ["cols"], keepdims=0),  # [1, W]
+        helper.make_node("ReduceMax", ["maskf", "c2"], ["rows"], keepdims=0),  # [1, H]
+        helper.make_node("ArgMax", ["cols"], ["x1"], axis=1, keepdims=1),
+        helper.make_node("ArgMax", ["cols"], ["x2m"], axis=1, keepdims=1, select_last_index=1),
+        helper.make_node("ArgMax", ["rows"], ["y1"], axis=1, keepdims=1),
+        helper.make_node("ArgMax", ["rows"], ["y2m"], axis=1, keepdims=1, select_last_index=1),
+        helper.make_node("Add", ["x2m", "one_i"], ["x2"]),
+        helper.make_node("Add", ["y2m", "one_i"], ["y2"]),
+        helper.make_node("Concat", ["x1", "y1", "x2", "y2"], ["box_i"], axis=1),  # [1, 4]
+        helper.make_node("Cast", ["box_i"], ["box_f"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["box_f", "c1"], ["box"]),  # [1, 1, 4]
+        helper.make_node("Concat", ["box", "fixed_box"], ["detection_boxes"], axis=1),  # [1, 2, 4]
+        helper.make_node("Identity", ["scores_c"], ["detection_scores"]),
+        helper.make_node("Identity", ["classes_c"], ["detection_classes"]),
+        helper.make_node("Resize", ["image", "", "sr_scales"], ["super_resolution"], mode="nearest",
+                         nearest_mode="floor", coordinate_transformation_mode="asymmetric"),
+    ]
+    inits = [
+        i64("c0", [0]), i64("c1", [1]), i64("c2", [2]), i64("c3", [3]), i64("one_i", [1]),
+        f32("half", [127.0], []), f32("thirty_two", [32.0], []),
+        f32("fixed_box", list(FIXED_BOX), [1, 1, 4]),
+        f32("scores_c", [BRIGHT_SCORE, FIXED_SCORE], [1, 2]),
+        helper.make_tensor("classes_c", TensorProto.INT32, [1, 2], [BRIGHT_CLASS, FIXED_CLASS]),
+        f32("sr_scales", [1.0, 2.0, 2.0, 1.0], [4]),
+    ]
+    graph = helper.make_graph(
+        nodes, "bright_box", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, height, width, 3])],
+        [helper.make_tensor_value_info("segmentation", TensorProto.UINT8, [1, height, width]),
+         helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, height, width]),
+         helper.make_tensor_value_info("detection_boxes", TensorProto.FLOAT, [1, 2, 4]),
+         helper.make_tensor_value_info("detection_scores", TensorProto.FLOAT, [1, 2]),
+         helper.make_tensor_value_info("detection_classes", TensorProto.INT32, [1, 2]),
+         helper.make_tensor_value_info("super_resolution", TensorProto.UINT8, [1, 2 * height, 2 * width, 3])],
+        inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    meta = ModelMetadata(
+        name="bright-box", input=InputSpec(name="image", height=height, width=width, color_order="rgb"),
+        tasks={
+            "depth": TaskSpec(kind="depth", outputs={"depth": "depth"}, min_depth=0.5, max_depth=8.0),
+            "detection": TaskSpec(kind="detection", outputs={
+                "boxes": "detection_boxes", "scores": "detection_scores", "classes": "detection_classes"},
+                class_names=DETECTION, top_k=2),
+            "segmentation": TaskSpec(kind="segmentation", outputs={"class_map": "segmentation"},
+                                     class_names=BRIGHT_BOX_CLASSES),
+            "super_resolution": TaskSpec(kind="super_resolution", outputs={"image": "super_resolution"}, scale=2),
+        },
+        provenance={"test": "bright_box"},
+    )
+    meta.validate()
+    if metadata:
+        attach_metadata(Path(path), meta)
+    return meta

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
@@ -26,7 +27,10 @@ def _train(args) -> int:
     if args.fresh and distributed.is_main() and (out_dir / LAST).exists():
         (out_dir / LAST).unlink()
     distributed.barrier()
-    trainer = Trainer(recipe, out_dir=str(out_dir), progress=not args.no_progress)
+    device = args.device
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"  # one GPU per torchrun rank
+    trainer = Trainer(recipe, out_dir=str(out_dir), progress=not args.no_progress, device=device)
     trainer.fit()
     if not distributed.is_main():
         return 0
@@ -72,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint and start over")
     p.add_argument("--no-export", action="store_true", help="do not export after training")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--device", default="cpu", help="cpu (default) or cuda (one GPU per torchrun rank)")
     p.set_defaults(func=_train)
 
     p = sub.add_parser("export", help="export a checkpoint as a self-describing, verified ONNX model")

@@ -117,7 +117,8 @@ class Trainer:
         self.balancer = BALANCERS[recipe.balancer.name](task_weights, recipe.balancer_options()).to(self.device)
         self.train_model = self.model
         if dist_utils.is_distributed():
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
         data = recipe.data
         self.train_set = TaskDataset(self.train_source, self.tasks, data.input_size, data.sr_scale,
