@@ -1,0 +1,139 @@
+"""Over-parameterise a built model, and collapse it back to plain layers with BN folded.
+
+`expand(model, kind, rate, where)` swaps selected `nn.Conv2d` layers for their
+over-parameterised training form (see `overparam.py`); `collapse(model)` swaps every such module
+back for the plain layer it equals; `fold_batchnorm(model)` merges each BatchNorm that follows a
+convolution into that convolution. After `collapse` the model has exactly the compact model's
+layers, parameter count and FLOPs.
+"""
+from __future__ import annotations
+
+from typing import Callable, Dict, List, Optional
+
+import torch
+from torch import nn
+
+from .overparam import (
+    ElementwiseConv2d,
+    KernelExpandedConv2d,
+    LinearExpandedConv2d,
+    SharedFactorConv2d,
+)
+
+KINDS = ("none", "linear", "kernel", "elementwise", "shared_factors")
+
+
+def _conv_args(conv: nn.Conv2d) -> dict:
+    return dict(in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size[0],
+                stride=conv.stride[0], padding=conv.padding[0], bias=conv.bias is not None)
+
+
+def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)
+
+
+def expand(model: nn.Module, kind: str, rate: int = 2,
+           where: Callable[[str, nn.Conv2d], bool] = lambda name, conv: True) -> List[str]:
+    """Over-parameterises the convolutions `where` selects; returns their names.
+
+    linear: every selected conv (1x1 included, any groups) as 1x1 -> k x k -> 1x1 at rate `rate`.
+    kernel: selected convs with kernels >= 5 as stacks of 3x3.
+    elementwise: selected convs as `rate` weight-normalised, scaled branches.
+    shared_factors: selected *head* convs as A_t . S . B_t with one S per conv shape shared by
+    all heads (names under `heads.`); trunk convs are left alone, so inference cost is unchanged.
+    """
+    if kind not in KINDS:
+        raise ValueError(f"unknown over-parameterisation {kind!r} (known: {', '.join(KINDS)})")
+    if kind == "none":
+        return []
+    shared: Dict[tuple, nn.Conv2d] = {}
+    replaced = []
+    for name, module in list(model.named_modules()):
+        if type(module) is not nn.Conv2d or not where(name, module):
+            continue
+        k, groups = module.kernel_size[0], module.groups
+        if module.kernel_size[0] != module.kernel_size[1] or module.dilation != (1, 1):
+            continue
+        if kind == "linear":
+            new = LinearExpandedConv2d(groups=groups, rate=rate, **_conv_args(module))
+        elif kind == "kernel":
+            if k < 5:
+                continue
+            new = KernelExpandedConv2d(groups=groups, **_conv_args(module))
+        elif kind == "elementwise":
+            new = ElementwiseConv2d(groups=groups, alpha=rate, **_conv_args(module))
+        else:
+            if not name.startswith("heads.") or groups != 1 or k < 3 or module.stride != (1, 1):
+                continue
+            key = (module.in_channels, module.out_channels, k)
+            if key not in shared:
+                shared[key] = nn.Conv2d(rate * module.in_channels, rate * module.out_channels, k, bias=False)
+            args = _conv_args(module)
+            new = SharedFactorConv2d(args["in_channels"], args["out_channels"], k, shared[key],
+                                     stride=1, padding=args["padding"], bias=args["bias"])
+        _replace(model, name, new)
+        replaced.append(name)
+    return replaced
+
+
+@torch.no_grad()
+def collapse(model: nn.Module) -> nn.Module:
+    """Replaces every over-parameterised module by its plain equivalent (in place)."""
+    for name, module in list(model.named_modules()):
+        if name and hasattr(module, "collapsed"):
+            _replace(model, name, module.collapsed())
+    return model
+
+
+@torch.no_grad()
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """Merges BatchNorm2d into the Conv2d right before it inside nn.Sequential containers
+    (eval-mode statistics); the BN becomes an Identity."""
+    for module in model.modules():
+        if not isinstance(module, nn.Sequential):
+            continue
+        names = list(module._modules)
+        for first, second in zip(names, names[1:]):
+            conv, bn = module._modules[first], module._modules[second]
+            if type(conv) is nn.Conv2d and isinstance(bn, nn.BatchNorm2d):
+                module._modules[first] = _fold(conv, bn)
+                module._modules[second] = nn.Identity()
+    return model
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
+    scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    fused = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                      conv.dilation, conv.groups, bias=True)
+    fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
+    bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+    fused.bias.copy_((bias - bn.running_mean) * scale + bn.bias)
+    return fused
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Trainable-size parameters (shape holders of over-parameterised layers excluded)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def conv_flops(model: nn.Module, example: torch.Tensor, forward: Optional[Callable] = None) -> int:
+    """Multiply-accumulates of every Conv2d and Linear for one forward pass of `example`."""
+    total = [0]
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            per_output = module.in_channels // module.groups * module.kernel_size[0] * module.kernel_size[1]
+            total[0] += output.numel() * per_output
+        elif isinstance(module, nn.Linear):
+            total[0] += output.numel() * module.in_features
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    try:
+        with torch.no_grad():
+            (forward or model)(example)
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0]
