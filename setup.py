@@ -33,7 +33,7 @@ setup(
         "tqdm>=4.60",
         "matplotlib>=3.5",
         "pycocotools>=2.0.6",
-        "rosbags>=0.9.20",
+        "rosbags>=0.11",
     ],
     extras_require={
         "training": ["torch>=2.5", "onnx>=1.16", "onnxscript>=0.1"],

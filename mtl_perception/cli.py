@@ -5,6 +5,9 @@
     mtl-perception evaluate --model model.onnx --data data/synthetic/val --json report.json
     mtl-perception demo --model model.onnx --out runs/demo
     mtl-perception benchmark --model model.onnx --width 640 --height 480 --frames 200 --json bench.json
+    mtl-perception make-bag drive --frames 100 --storage mcap
+    mtl-perception eval-bag drive --model model.onnx --out drive_eval --output-bag drive_outputs
+    mtl-perception replay drive --model model.onnx --start-node --out drive_replay
 """
 from __future__ import annotations
 
@@ -67,6 +70,24 @@ def _benchmark(args) -> int:
     return benchmark_main(args)
 
 
+def _make_bag(args) -> int:
+    from .make_bag import main as make_bag_main
+
+    return make_bag_main(args)
+
+
+def _eval_bag(args) -> int:
+    from .eval_bag import main as eval_bag_main
+
+    return eval_bag_main(args)
+
+
+def _replay(args) -> int:
+    from .replay import main as replay_main
+
+    return replay_main(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mtl-perception", description="mtl_perception runtime tools (no torch).")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--providers", help="comma-separated execution providers (default: best available)")
+    p.add_argument("--stock-dds", action="store_true",
+                   help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.dds_profile)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("benchmark", help="model-only vs end-to-end ROS latency, and overload behaviour")
@@ -115,7 +138,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overload-factor", type=float, default=2.0, help="overload camera rate / model rate")
     p.add_argument("--providers", help="comma-separated execution providers (default: best available)")
     p.add_argument("--json", help="also write the results to this file")
+    p.add_argument("--stock-dds", action="store_true",
+                   help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.dds_profile)")
     p.set_defaults(func=_benchmark)
+
+    from . import eval_bag, make_bag, replay  # argument definitions only (no heavy imports)
+
+    p = sub.add_parser("make-bag", help="write a rosbag2 bag (synthetic world with ground truth, images or a video)")
+    make_bag.add_arguments(p)
+    p.set_defaults(func=_make_bag)
+
+    p = sub.add_parser("eval-bag", help="score a model on a bag offline: accuracy vs ground truth, latency, report")
+    eval_bag.add_arguments(p)
+    p.set_defaults(func=_eval_bag)
+
+    p = sub.add_parser("replay", help="play a bag into a live perception_node, record its outputs, score them")
+    replay.add_arguments(p)
+    p.set_defaults(func=_replay)
     return parser
 
 

@@ -154,3 +154,92 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
     if metadata:
         attach_metadata(Path(path), meta)
     return meta
+
+
+def export_synthetic_world_model(path: Path, names: Sequence[str] = ALL_TASKS, input_size=(64, 32), seed: int = 0):
+    """Like `export_random_model`, with the synthetic world's classes (`SEMANTIC_CLASSES`,
+    `DETECTION_CLASSES`), so that its labels (and bags made from it) can be scored.
+    Returns (DeployModule, metadata)."""
+    from mtl_perception.synthetic import DETECTION_CLASSES, SEMANTIC_CLASSES
+
+    info = DataInfo(semantic_classes=SEMANTIC_CLASSES, detection_classes=DETECTION_CLASSES, sr_scale=2,
+                    input_size=input_size)
+    tasks = {n: TASKS[n](TASKS[n].Options(), info) for n in names}
+    module = DeployModule(tiny_network(tasks, seed), tasks).eval()
+    tensor_names = output_names(tasks)
+    meta = ModelMetadata(
+        name="tiny-synthetic", input=InputSpec(name="image", height=input_size[1], width=input_size[0]),
+        tasks={t: task.spec(tensor_names[t]) for t, task in tasks.items()}, provenance={"test": True},
+    )
+    example = torch.from_numpy(np.zeros((1, input_size[1], input_size[0], 3), np.uint8))
+    export_onnx(module, example, Path(path), 18, meta.output_names())
+    attach_metadata(Path(path), meta)
+    return module, meta
+
+
+# ------------------------------------------------------------------ bags for the bright-box model
+#: Hand-made bag scene for `export_bright_box_model` (model 64x48, camera 128x96 = exactly 2x):
+#: in model pixels, the red rectangle (R = 255) covers x 20..40, y 10..30; labels below.
+BRIGHT_BAG_CAMERA = (128, 96)
+BRIGHT_BAG_RECT = (20, 10, 40, 30)  # model pixels, x2/y2 exclusive
+BRIGHT_BAG_GT_RECT = (20, 10, 45, 30)  # segmentation label 1 ("bright"), model pixels
+BRIGHT_BAG_IGNORED_ROWS = 4  # model rows 0..3 are unlabelled (255)
+BRIGHT_BAG_DEPTH_ROWS = (36, 48)  # model rows labelled 4 m (besides 8 m inside the rectangle)
+BRIGHT_BAG_PEDESTRIAN = (0.0, 0.0, 8.0, 16.0)  # model pixels: IoU 0.5 with FIXED_BOX
+
+
+def bright_box_frame():
+    """(camera RGB, segmentation, depth, boxes, class names) of the hand-made scene, camera pixels."""
+    w, h = BRIGHT_BAG_CAMERA
+    s = 2  # camera pixels per model pixel
+    rgb = np.zeros((h, w, 3), np.uint8)
+    x1, y1, x2, y2 = BRIGHT_BAG_RECT
+    rgb[y1 * s:y2 * s, x1 * s:x2 * s] = (255, 0, 0)
+    seg = np.zeros((h, w), np.uint8)
+    gx1, gy1, gx2, gy2 = BRIGHT_BAG_GT_RECT
+    seg[gy1 * s:gy2 * s, gx1 * s:gx2 * s] = 1
+    seg[: BRIGHT_BAG_IGNORED_ROWS * s] = 255
+    depth = np.full((h, w), np.nan, np.float32)
+    depth[y1 * s:y2 * s, x1 * s:x2 * s] = 8.0
+    r0, r1 = BRIGHT_BAG_DEPTH_ROWS
+    depth[r0 * s:r1 * s] = 4.0
+    boxes = np.array([[x1 * s, y1 * s, x2 * s, y2 * s], [v * s for v in BRIGHT_BAG_PEDESTRIAN], [100, 70, 120, 90]],
+                     np.float64)
+    names = ["vehicle", "pedestrian", "bicycle"]  # the model has no "bicycle": ignored and counted
+    return rgb, seg, depth, boxes, names
+
+
+def write_bright_box_bag(path: Path, storage: str = "sqlite3", frames: int = 20, rate: float = 10.0,
+                         bad: dict = None, start_ns: int = 1_704_067_200_000_000_000):
+    """Writes the hand-made scene `frames` times (camera bgr8 + camera_info + all three labels,
+    one stamp per frame) with rosbags. `bad` maps frame index -> "encoding" (a yuv422 image) or
+    "short" (data shorter than height*step). Returns the stamps (ns)."""
+    from mtl_perception.bag_io import (BagWriter, camera_info_msg, detections_msg, image_msg,
+                                       make_header)
+
+    rgb, seg, depth, boxes, names = bright_box_frame()
+    h, w = seg.shape
+    k = np.array([[100.0, 0, 63.5], [0, 100.0, 47.5], [0, 0, 1]])
+    stamps = []
+    with BagWriter(path, storage) as writer:
+        store = writer.store
+        for i in range(frames):
+            stamp = start_ns + int(round(i * 1e9 / rate))
+            stamps.append(stamp)
+            header = make_header(stamp, "camera_optical_frame", store)
+            image = image_msg(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", header, store)
+            kind = (bad or {}).get(i)
+            if kind == "encoding":
+                image.encoding = "yuv422"
+                image.step = w * 2
+                image.data = image.data[: h * w * 2].copy()
+            elif kind == "short":
+                image.data = image.data[: len(image.data) // 2].copy()
+            # labels first, then the image: matching must not depend on the order
+            writer.write("/ground_truth/segmentation", stamp, image_msg(seg, "mono8", header, store))
+            writer.write("/camera/image_raw", stamp, image)
+            writer.write("/camera/camera_info", stamp, camera_info_msg(header, w, h, k, store))
+            writer.write("/ground_truth/depth", stamp, image_msg(depth, "32FC1", header, store))
+            writer.write("/ground_truth/detections", stamp,
+                         detections_msg(header, boxes, [1.0] * len(names), names, store))
+    return stamps
