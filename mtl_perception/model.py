@@ -49,6 +49,8 @@ class RuntimeOptions:
     fp16: bool = False  # TensorRT FP16 kernels
     trt_engine_cache_dir: Optional[str] = None  # reuse built TensorRT engines across starts
     intra_op_threads: int = 0  # 0: onnxruntime's default
+    allow_spinning: bool = True  # False: onnxruntime's threads sleep between runs instead of
+    #                              busy-waiting (steadier latency when the CPU is shared)
 
 
 def normalise_provider_names(names: Sequence[str]) -> List[str]:
@@ -119,6 +121,8 @@ class PerceptionModel:
         session_options.log_severity_level = 3
         if options.intra_op_threads:
             session_options.intra_op_num_threads = options.intra_op_threads
+        if not options.allow_spinning:
+            session_options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         captured = io.StringIO()
         try:
             with contextlib.redirect_stdout(captured):
