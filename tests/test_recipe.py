@@ -19,7 +19,7 @@ def test_shipped_recipes_load():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("optim.lrr=1", "optim.lrr: unknown key (known: accumulate, batch_size"),
+    ("optim.lrr=1", "optim.lrr: unknown key (known: accumulate, amp, batch_size"),
     ("optim.lr=abc", "optim.lr: expected a number, got str 'abc'"),
     ("optim.epochs=2.5", "optim.epochs: expected an integer, got float 2.5"),
     ("data.cache=yes please", "data.cache: expected true/false"),

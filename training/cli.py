@@ -4,6 +4,9 @@
     mtl-train train config/quick.yaml --set optim.epochs=2 --out runs/try
     mtl-train export runs/quick/last.pt --out model.onnx
     mtl-train recipe config/quick.yaml           # validate a recipe and print it resolved
+    mtl-train sweep config/balancers.yaml        # grid search over static task weights
+    mtl-train compare-balancers config/balancers.yaml   # every balancer x seeds vs single-task runs
+    mtl-train bench-balancers                    # each balancer's step time and memory vs fixed
 """
 from __future__ import annotations
 
@@ -60,6 +63,42 @@ def _recipe(args) -> int:
     return 0
 
 
+def _compare(args) -> int:
+    from .compare import compare
+
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
+    seeds = [int(v) for v in args.seeds.split(",")]
+    compare(args.recipe, args.set, methods, seeds, out=args.out, results=args.results, workers=args.jobs)
+    return 0
+
+
+def _sweep(args) -> int:
+    from .sweep import sweep
+
+    values = [float(v) for v in args.weights.split(",")]
+    tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
+    seeds = [int(v) for v in args.seeds.split(",")]
+    sweep(args.recipe, values, tasks, args.set, seeds, out=args.out, workers=args.jobs, max_runs=args.max_runs)
+    return 0
+
+
+def _bench_balancers(args) -> int:
+    from .balancer_benchmark import markdown, run_benchmark
+
+    names = [n.strip() for n in args.methods.split(",")] if args.methods else None
+    result = run_benchmark(args.recipe, args.set, names, steps=args.steps, rounds=args.rounds, device=args.device,
+                           batch_size=args.batch_size, memory=not args.no_memory)
+    table = markdown(result)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(table)
+        print(f"results: {out} and {out.with_suffix('.md')}")
+    return 0
+
+
 def _fmt(values) -> str:
     return ", ".join(f"{k} {v:.2g}" for k, v in values.items())
 
@@ -90,6 +129,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_recipe)
+
+    p = sub.add_parser("sweep", help="grid search over static task weights (fixed balancer), ranked on validation")
+    p.add_argument("recipe")
+    p.add_argument("--weights", default="0.25,0.5,1,2,4", help="weight values to try (default: %(default)s)")
+    p.add_argument("--tasks", help="comma-separated tasks to sweep (default: all but the first, which keeps its weight)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default: %(default)s)")
+    p.add_argument("--max-runs", type=int, default=64, help="refuse larger grids (default: %(default)s)")
+    p.add_argument("--out", default="runs/sweep")
+    p.set_defaults(func=_sweep)
+
+    p = sub.add_parser("compare-balancers", help="every balancer x seeds vs single-task baselines (JSON, table, PNG)")
+    p.add_argument("recipe", nargs="?", default="config/balancers.yaml", help="default: %(default)s")
+    p.add_argument("--methods", help="comma-separated balancer names, each optionally with options, e.g. "
+                   "fixed,mgda:normalization=l2 (default: every balancer with its default options)")
+    p.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default: %(default)s)")
+    p.add_argument("--out", default="runs/compare", help="run folders (default: %(default)s)")
+    p.add_argument("--results", help="results JSON (default: <out>/comparison.json; .md and .png beside it)")
+    p.set_defaults(func=_compare)
+
+    p = sub.add_parser("bench-balancers", help="time per step and peak memory of every balancer, relative to fixed weights")
+    p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and batch size (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--methods", help="comma-separated balancer names (default: all)")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per method and round (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default: %(default)s)")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's optim.batch_size")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--no-memory", action="store_true", help="time only")
+    p.add_argument("--out", help="JSON file to write (a Markdown table goes next to it, .md)")
+    p.set_defaults(func=_bench_balancers)
     return parser
 
 

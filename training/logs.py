@@ -86,3 +86,39 @@ def plot_curves(epochs: Sequence[Mapping[str, float]], steps: Sequence[Mapping[s
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)
+
+
+def plot_weights(steps: Sequence[Mapping[str, float]], path: Path, title: str = "") -> None:
+    """The balancer's task weights over training (`weight/<task>` of every step), one PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    draw_weights(ax, steps)
+    ax.set_xlabel("epoch", fontsize=8)
+    ax.set_ylabel("weight", fontsize=8)
+    ax.tick_params(labelsize=7)
+    ax.grid(alpha=0.3)
+    if any(k.startswith("weight/") for r in steps[:1] for k in r):
+        ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def draw_weights(ax, steps: Sequence[Mapping[str, float]]) -> None:
+    """Each task's weight against the epoch; a symmetric-log axis when they span a wide range
+    (effective weights of gradient methods can spike when one task's gradient is tiny)."""
+    keys = sorted({k for r in steps for k in r if k.startswith("weight/")})
+    values = []
+    for key in keys:
+        xs = [r["epoch"] for r in steps if not math.isnan(r.get(key, math.nan))]
+        ys = [r[key] for r in steps if not math.isnan(r.get(key, math.nan))]
+        values += ys
+        ax.plot(xs, ys, label=key.split("/", 1)[-1], lw=1)
+    if values and max(abs(v) for v in values) > 20:
+        ax.set_yscale("symlog", linthresh=1.0)

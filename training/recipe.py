@@ -68,6 +68,7 @@ class OptimConfig:
     epochs: int = 12
     batch_size: int = 16
     accumulate: int = 1  # micro-batches per optimizer step
+    amp: bool = False  # mixed precision: bf16 autocast on CPU, fp16 autocast + GradScaler on CUDA
     warmup_steps: int = 50
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 10.0  # max global gradient norm; 0 disables
@@ -113,7 +114,14 @@ class Recipe:
 
     def balancer_options(self):
         cls = BALANCERS[self.balancer.name]
-        return build(cls.Options, self.balancer.options, "balancer.options")
+        options = build(cls.Options, self.balancer.options, "balancer.options")
+        check_tasks = getattr(options, "check_tasks", None)
+        if callable(check_tasks):  # options that name tasks (e.g. per-task forms) must name real ones
+            try:
+                check_tasks(list(self.tasks))
+            except ValueError as exc:
+                raise ConfigError(f"balancer.options: {exc}") from None
+        return options
 
     def to_dict(self) -> Dict[str, Any]:
         return to_dict(self)

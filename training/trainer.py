@@ -8,6 +8,7 @@ balancer and RNG state at an epoch boundary.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -20,9 +21,10 @@ from mtl_perception.dataset import MultiTaskDataset
 
 from . import distributed as dist_utils
 from .balancers import BALANCERS, BalanceContext
+from .balancers.base import all_reduce_grads, all_reduce_mean
 from .checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
 from .data import TaskDataset, to_device
-from .logs import CsvLog, plot_curves
+from .logs import CsvLog, plot_curves, plot_weights
 from .models.multitask import MultiTaskNet, build_model
 from .recipe import Recipe
 from .tasks import TASKS, DataInfo, Task
@@ -97,8 +99,10 @@ def evaluate(model: MultiTaskNet, tasks: Mapping[str, Task], loader: DataLoader)
 
 class Trainer:
     def __init__(self, recipe: Recipe, out_dir: Optional[str] = None, progress: bool = True,
-                 device: str = "cpu"):
+                 device: str = "cpu", plots: bool = True):
+        """plots: redraw curves.png and weights.png after every epoch (a second or two each)."""
         self.recipe = recipe
+        self.plots = plots
         self.out_dir = Path(out_dir or recipe.out_dir)
         self.progress = progress and dist_utils.is_main()
         self.device = torch.device(device)
@@ -134,6 +138,12 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.train_loader) // recipe.optim.accumulate)
         self.optimizer = self._make_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        # AMP: bf16 autocast on CPU (no loss scaling needed), fp16 + GradScaler on CUDA
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=recipe.optim.amp and self.device.type == "cuda")
+        self.shared_params = self.model.shared_parameters()
+        self.last_shared_params = self.model.last_shared_parameters()
+        self.task_params = self.model.task_parameters()
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps
         self.history: list = []
@@ -148,7 +158,8 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0}]
         balancer_params = list(self.balancer.parameters())
         if balancer_params:  # learnable task weights get their own group, never decayed
-            groups.append({"params": balancer_params, "weight_decay": 0.0, "name": "balancer"})
+            groups.append({"params": balancer_params, "weight_decay": 0.0, "name": "balancer",
+                           "lr": self.balancer.param_lr() or opt.lr})
         if opt.optimizer == "sgd":
             return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=True)
         return torch.optim.AdamW(groups, lr=opt.lr)
@@ -169,6 +180,7 @@ class Trainer:
             "epoch": self.epoch, "step": self.step,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "balancer": self.balancer.state_dict(),
+            "scaler": self.scaler.state_dict(),
             "rng": torch.get_rng_state(), "recipe": self.recipe.to_dict(), "history": self.history,
             "init_fingerprint": self.init_fingerprint, "data_info": data_info_dict(self.tasks),
         }
@@ -178,6 +190,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.balancer.load_state_dict(state["balancer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"])
         self.epoch, self.step = int(state["epoch"]), int(state["step"])
         self.history = list(state["history"])
@@ -220,7 +234,10 @@ class Trainer:
             if main:
                 epoch_log.append(row)
                 save_checkpoint(self.out_dir / LAST, self.state())
-                plot_curves(epoch_log.rows, step_log.rows, self.out_dir / "curves.png", self.recipe.name)
+                if self.plots:
+                    plot_curves(epoch_log.rows, step_log.rows, self.out_dir / "curves.png", self.recipe.name)
+                    plot_weights(step_log.rows, self.out_dir / "weights.png",
+                                 f"{self.recipe.name}: {self.recipe.balancer.name} task weights")
                 summary = "  ".join(f"{t}.{self.tasks[t].main_metric}={metrics[t][self.tasks[t].main_metric]:.4f}"
                                     for t in self.tasks)
                 print(f"epoch {self.epoch}/{self.recipe.optim.epochs} ({row['seconds']:.0f}s)  {summary}", flush=True)
@@ -240,32 +257,50 @@ class Trainer:
 
             batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{opt.epochs}", leave=False, dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
+        # a balancer that writes gradients itself does not backpropagate through DDP's hooks:
+        # run it without DDP's sync and average the gradients here instead
+        manual_sync = dist_utils.is_distributed() and self.balancer.manual_gradients
         for i, batch in enumerate(batches):
             batch = to_device(batch, self.device)
             image01 = batch["image"].float() / 255.0
-            preds, features = self.train_model(image01, return_features=True)
-            losses = {t: task.loss(preds[t], batch) for t, task in self.tasks.items()}
-            bad = [t for t, v in losses.items() if not torch.isfinite(v)]
-            if bad:
-                raise TrainingError(f"non-finite {', '.join(bad)} loss at epoch {self.epoch + 1}, step {self.step}; "
-                                    f"the last good checkpoint is {self.out_dir / LAST}")
-            ctx = BalanceContext(
-                shared_params=self.model.shared_parameters(),
-                last_shared_params=self.model.last_shared_parameters(),
-                representation=list(features.values()) if self.balancer.needs_representation else None,
-                step=self.step, epoch=self.epoch,
-            )
-            scaled = {t: v / opt.accumulate for t, v in losses.items()}
-            logged = self.balancer.backward(scaled, ctx)
+            with self.train_model.no_sync() if manual_sync else contextlib.nullcontext():
+                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=opt.amp):
+                    if self.balancer.needs_representation:  # heads read features cut from the trunk
+                        preds, features, head_inputs = self.train_model(image01, cut_features=True)
+                    else:
+                        preds, features = self.train_model(image01, return_features=True)
+                if opt.amp:  # losses in float32, outside autocast
+                    preds = _to_float(preds)
+                losses = {t: task.loss(preds[t], batch) for t, task in self.tasks.items()}
+                bad = [t for t, v in losses.items() if not torch.isfinite(v)]
+                if bad:
+                    raise TrainingError(f"non-finite {', '.join(bad)} loss at epoch {self.epoch + 1}, step {self.step}; "
+                                        f"the last good checkpoint is {self.out_dir / LAST}")
+                ctx = BalanceContext(
+                    shared_params=self.shared_params,
+                    last_shared_params=self.last_shared_params,
+                    representation=list(head_inputs.values()) if self.balancer.needs_representation else None,
+                    trunk_features=list(features.values()) if self.balancer.needs_representation else None,
+                    scale_loss=self.scaler.scale if self.scaler.is_enabled() else (lambda loss: loss),
+                    step=self.step, epoch=self.epoch, task_params=self.task_params, accumulate=opt.accumulate,
+                )
+                scaled = {t: v / opt.accumulate for t, v in losses.items()}
+                logged = self.balancer.backward(scaled, ctx)
             values = {t: float(v.detach()) for t, v in losses.items()}
             for t, v in values.items():
                 sums[t] += v
             count += 1
             if (i + 1) % opt.accumulate:
                 continue
+            if manual_sync:
+                all_reduce_grads(list(self.model.parameters()))
+            if dist_utils.is_distributed():  # balancer parameters are outside DDP's model
+                all_reduce_grads([p for p in self.balancer.parameters() if p.requires_grad])
             if opt.grad_clip > 0:
+                self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
-            self.optimizer.step()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.after_step()
             self.scheduler.step()
@@ -277,4 +312,16 @@ class Trainer:
                 step_log.append(row)
             if self.progress:
                 batches.set_postfix({t[:5]: f"{v:.3f}" for t, v in values.items()})
-        return {t: s / max(1, count) for t, s in sums.items()}
+        means = all_reduce_mean(torch.tensor([sums[t] / max(1, count) for t in self.tasks], dtype=torch.float64))
+        return dict(zip(self.tasks, means.tolist()))
+
+
+def _to_float(value):
+    """Predictions made under autocast, cast back to float32 (tensors inside dicts/lists too)."""
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _to_float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    return value

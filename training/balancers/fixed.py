@@ -1,4 +1,6 @@
-"""Fixed per-task weights (`tasks.<name>.weight` in the recipe): the baseline for every balancer."""
+"""Fixed per-task weights (`tasks.<name>.weight` in the recipe): the baseline for every balancer.
+
+`mtl-train sweep` grid-searches these weights (the usual static baseline)."""
 from __future__ import annotations
 
 from .base import BalanceContext, Balancer, register_balancer
@@ -9,6 +11,6 @@ class FixedWeights(Balancer):
     name = "fixed"
 
     def backward(self, losses, ctx: BalanceContext):
-        total = sum(self.task_weights[t] * losses[t] for t in self.tasks)
-        ctx.scale_loss(total).backward()
-        return {f"weight/{t}": w for t, w in self.task_weights.items()}
+        weights = [self.task_weights[t] for t in self.tasks]
+        self.weighted_backward(losses, weights, ctx)
+        return self.weight_logs(weights)

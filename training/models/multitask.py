@@ -26,9 +26,15 @@ class MultiTaskNet(nn.Module):
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
-    def forward(self, image01: torch.Tensor, return_features: bool = False):
+    def forward(self, image01: torch.Tensor, return_features: bool = False, cut_features: bool = False):
+        """cut_features (training with MGDA-UB/GradNorm): the heads read detached copies of the
+        trunk's features, returned as a third value; gradients reach the trunk only when the
+        caller backpropagates into `features` itself (one trunk backward for all tasks)."""
         features = self.trunk((image01 - self.mean) / self.std)
-        preds = {name: head(features, image01) for name, head in self.heads.items()}
+        head_inputs = {k: v.detach().requires_grad_() for k, v in features.items()} if cut_features else features
+        preds = {name: head(head_inputs, image01) for name, head in self.heads.items()}
+        if cut_features:
+            return preds, features, head_inputs
         return (preds, features) if return_features else preds
 
     def shared_parameters(self) -> List[nn.Parameter]:
