@@ -1,0 +1,96 @@
+"""Methods that choose weights so that no task dominates the shared update.
+
+- `imtl`      IMTL (Liu et al. 2021): IMTL-G's closed-form weights, which give the update equal
+              projections on every task's unit gradient, plus (variant "hybrid", the paper's
+              full method) IMTL-L's learned loss scales e^{s_t} with regulariser −s_t;
+- `nash_mtl`  Nash-MTL (Navon et al. 2022): the Nash bargaining solution Gᵀ G α = 1/α.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .base import BalanceContext, BalancerOptions, register_balancer
+from .gradients import SharedGradientBalancer
+from .solvers import imtl_weights, nash_weights
+
+
+@dataclass
+class IMTLOptions(BalancerOptions):
+    variant: Literal["hybrid", "gradient"] = "hybrid"  # IMTL (G + L) or IMTL-G alone
+
+
+@register_balancer
+class IMTL(SharedGradientBalancer):
+    """Shared update Σ α_t ∇(e^{s_t} L_t) with α from IMTL-G (Σ α = 1, logged × T as the
+    effective weights α_t e^{s_t}); heads get ∇(e^{s_t} L_t); s is learned by minimising
+    Σ_t e^{s_t} L_t − s_t (IMTL-L). With variant "gradient", s stays 0."""
+
+    name = "imtl"
+    Options = IMTLOptions
+
+    def __init__(self, task_weights, options: IMTLOptions):
+        super().__init__(task_weights, options)
+        self.log_scale = nn.Parameter(torch.zeros(self.num_tasks), requires_grad=options.variant == "hybrid")
+
+    def differentiated_losses(self, losses):
+        scale = torch.exp(self.log_scale.detach())
+        return [scale[i] * losses[t] for i, t in enumerate(self.tasks)]
+
+    def solve(self, M, losses, ctx):
+        return self.num_tasks * imtl_weights(M), np.ones(self.num_tasks)
+
+    def backward(self, losses, ctx: BalanceContext):
+        logs = super().backward(losses, ctx)
+        scale = torch.exp(self.log_scale.detach()).cpu()
+        logs = {k: v * float(scale[i]) for i, (k, v) in enumerate(logs.items())}
+        if self.options.variant == "hybrid":
+            detached = torch.stack([losses[t].detach().float() for t in self.tasks]).to(self.log_scale.device)
+            objective = (torch.exp(self.log_scale) * detached - self.log_scale / ctx.accumulate).sum()
+            ctx.scale_loss(objective).backward()
+        return logs
+
+
+@dataclass
+class NashMTLOptions(BalancerOptions):
+    update_every: int = 1  # solve every k-th step, reuse the weights in between (cheaper)
+    max_iter: int = 100  # Newton iterations (converges in a handful)
+
+    def check(self):
+        if self.update_every < 1 or self.max_iter < 1:
+            raise ValueError("update_every and max_iter must be positive")
+
+
+@register_balancer
+class NashMTL(SharedGradientBalancer):
+    """α solves M̂ α = 1/α for the Gram matrix normalised to unit Frobenius norm (the reference
+    implementation's scaling); the update is Σ α_t g_t for every parameter, as training on
+    Σ α_t L_t. The reference solves it by a sequence of convex programs (cvxpy); here it is
+    solved exactly by Newton's method on its convex potential (`solvers.nash_weights`)."""
+
+    name = "nash_mtl"
+    Options = NashMTLOptions
+
+    def __init__(self, task_weights, options: NashMTLOptions):
+        super().__init__(task_weights, options)
+        self.register_buffer("alpha", torch.ones(self.num_tasks, dtype=torch.float64))
+
+    def solve(self, M, losses, ctx):
+        norm = np.linalg.norm(M)
+        if norm <= 0:
+            alpha = np.ones(self.num_tasks)
+        else:
+            alpha = nash_weights(M / norm, self.alpha.cpu().numpy(), self.options.max_iter)
+        self.alpha.copy_(torch.from_numpy(alpha))
+        return alpha, alpha
+
+    def backward(self, losses, ctx: BalanceContext):
+        if ctx.step % self.options.update_every == 0:
+            return super().backward(losses, ctx)
+        alpha = self.alpha.tolist()
+        self.weighted_backward(losses, alpha, ctx)
+        return self.weight_logs(alpha)
