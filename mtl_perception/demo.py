@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -24,6 +22,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import cv2
 import numpy as np
+
+from .processes import log_tail, start_ros_process, stop_process
 
 OUTPUTS = ("segmentation", "segmentation/color", "label_info", "depth", "detections", "super_resolution",
            "super_resolution/camera_info")
@@ -204,28 +204,6 @@ class _Recorder:
         self.thread.join(timeout=5.0)
 
 
-def _start(module: str, namespace: str, params: Dict[str, str], log: Any) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={namespace}"]
-    for name, value in params.items():
-        cmd += ["-p", f"{name}:={value}"]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _tail(path: str, lines: int = 6) -> str:
-    text = Path(path).read_text(errors="replace").strip().splitlines()
-    return "\n".join(text[-lines:])
-
-
 def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0, rate: float = 10.0,
              width: int = 640, height: int = 480, providers: Optional[Sequence[str]] = None,
              warmup: float = 3.0, startup_timeout: float = 90.0, stock_dds: bool = False,
@@ -264,8 +242,8 @@ def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0,
     node_log = tempfile.NamedTemporaryFile("w+", prefix="perception_node.", suffix=".log", delete=False)
     cam_log = tempfile.NamedTemporaryFile("w+", prefix="camera_source.", suffix=".log", delete=False)
     recorder = _Recorder(namespace)
-    node = _start("mtl_perception.node", namespace, node_params, node_log)
-    camera = _start("mtl_perception.camera_source", namespace, camera_params, cam_log)
+    node = start_ros_process("mtl_perception.node", namespace, node_params, node_log)
+    camera = start_ros_process("mtl_perception.camera_source", namespace, camera_params, cam_log)
     kinds = {t.kind for t in meta.tasks.values()}
     expected = ["image"] + [t for t, k in (("segmentation", "segmentation"), ("segmentation/color", "segmentation"),
                                            ("depth", "depth"), ("detections", "detection"),
@@ -277,11 +255,11 @@ def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0,
         deadline = time.monotonic() + startup_timeout
         while recorder.complete_frame(expected) is None:
             if node.poll() is not None:
-                raise DemoError(f"perception_node exited ({node.returncode}):\n{_tail(node_log.name)}")
+                raise DemoError(f"perception_node exited ({node.returncode}):\n{log_tail(node_log.name)}")
             if camera.poll() is not None:
-                raise DemoError(f"camera_source exited ({camera.returncode}):\n{_tail(cam_log.name)}")
+                raise DemoError(f"camera_source exited ({camera.returncode}):\n{log_tail(cam_log.name)}")
             if time.monotonic() > deadline:
-                raise DemoError(f"no outputs within {startup_timeout:g} s; node log:\n{_tail(node_log.name)}")
+                raise DemoError(f"no outputs within {startup_timeout:g} s; node log:\n{log_tail(node_log.name)}")
             time.sleep(0.1)
         log(f"demo: outputs flowing; warming up {warmup:g} s, then recording {seconds:g} s ...")
         time.sleep(warmup)
@@ -296,8 +274,8 @@ def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0,
         frame = recorder.complete_frame(expected)
         diagnostics = recorder.diagnostics or {}
     finally:
-        _stop(camera)
-        _stop(node)
+        stop_process(camera, 10.0)
+        stop_process(node, 10.0)
         recorder.close()
         node_log.close()
         cam_log.close()

@@ -20,7 +20,6 @@ Like `ros2 bag play` + `ros2 bag record` + `eval-bag` in one command (rclpy, no 
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from .bag_io import (
     find_camera_topic,
     open_bag,
 )
+from .processes import log_tail, start_ros_process, stop_process
 from .eval_bag import EvalOptions, _stats, default_out_dir, evaluate_bag, raw_stamp
 from .ros_image import ImageConversionError, encoding_info, image_to_array
 
@@ -167,30 +167,9 @@ class _Graph:
 
 def _start_node(model: str, namespace: str, image_topic: str, info_topic: Optional[str], params: Dict[str, str],
                 log: Any) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "mtl_perception.node", "--ros-args", "-r", f"__ns:={namespace}",
-           "-r", f"image:={image_topic}"]
-    if info_topic:
-        cmd += ["-r", f"camera_info:={info_topic}"]
-    for name, value in {"model_path": str(Path(model).resolve()), **params}.items():
-        cmd += ["-p", f"{name}:={value}"]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def _stop_node(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _tail(path: str, lines: int = 8) -> str:
-    try:
-        return "\n".join(Path(path).read_text(errors="replace").strip().splitlines()[-lines:])
-    except OSError:
-        return ""
+    remaps = [("image", image_topic)] + ([("camera_info", info_topic)] if info_topic else [])
+    return start_ros_process("mtl_perception.node", namespace,
+                             {"model_path": str(Path(model).resolve()), **params}, log, remaps)
 
 
 def _check_camera(reader: Any, msgtype: str, raw: bytes) -> Optional[str]:
@@ -277,12 +256,12 @@ def replay_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model_path: s
                 if have_sub and all(rel in have_pubs for rel in wanted):
                     break
                 if node_proc is not None and node_proc.poll() is not None:
-                    raise ReplayError(f"perception_node exited ({node_proc.returncode}):\n{_tail(node_log.name)}")
+                    raise ReplayError(f"perception_node exited ({node_proc.returncode}):\n{log_tail(node_log.name)}")
                 if time.monotonic() > deadline:
                     missing = [f"{ns.rstrip('/')}/{rel}" for rel in wanted if rel not in have_pubs]
                     why = [] if have_sub else [f"nobody subscribes to {publish_topic}"]
                     why += [f"no publisher on {', '.join(missing)}"] if missing else []
-                    tail = f"\n{_tail(node_log.name)}" if node_log is not None else ""
+                    tail = f"\n{log_tail(node_log.name)}" if node_log is not None else ""
                     raise ReplayError(f"no perception node ready within {options.startup_timeout:g} s: "
                                       f"{'; '.join(why)} (start one with image remapped to {publish_topic} in "
                                       f"namespace {ns}, or use --start-node){tail}")
@@ -357,7 +336,7 @@ def replay_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model_path: s
             if clock_thread is not None and clock_thread.is_alive():
                 clock_thread.join(timeout=2.0)
             if node_proc is not None:
-                _stop_node(node_proc)
+                stop_process(node_proc)
             node_errors: List[str] = []
             if node_log is not None:
                 node_log.close()
