@@ -13,7 +13,6 @@ from torch import nn
 
 from training.balancers import BALANCERS, BalanceContext
 from training.balancers import solvers
-from training.balancers.loss_weighting import FAMO, DynamicWeightAverage
 from training.config import ConfigError, build
 from training.logs import CsvLog
 from training.recipe import recipe_from_dict

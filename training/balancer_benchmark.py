@@ -14,7 +14,6 @@ set follows the live tensors). Results: JSON and a Markdown table, with each met
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import re
 import statistics

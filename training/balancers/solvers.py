@@ -143,7 +143,8 @@ def imtl_weights(M: np.ndarray) -> np.ndarray:
     """IMTL-G (Liu et al. 2021): the weights (Σ α = 1) whose combination g = Σ α_i g_i has equal
     projections on every task's unit gradient u_i: α_{2..T} = g_1 Uᵀ (D Uᵀ)⁻¹ with rows
     D_i = g_1 − g_i and U_i = u_1 − u_i; α_1 = 1 − Σ α_{2..T}. In Gram form A_ij = g_i·u_j."""
-    T = M.shape[0]
+    if M.shape[0] == 1:
+        return np.ones(1)
     norms = np.sqrt(np.maximum(np.diag(M), 1e-30))
     A = M / norms[None, :]
     g1U = A[0, 0] - A[0, 1:]  # g_1·(u_1 − u_j)
