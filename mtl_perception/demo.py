@@ -24,6 +24,7 @@ import cv2
 import numpy as np
 
 from .processes import log_tail, start_ros_process, stop_process
+from .ros_spin import spin_in_background
 
 OUTPUTS = ("segmentation", "segmentation/color", "label_info", "depth", "detections", "super_resolution",
            "super_resolution/camera_info")
@@ -128,7 +129,6 @@ class _Recorder:
     def __init__(self, namespace: str) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
         from vision_msgs.msg import Detection2DArray, LabelInfo
@@ -152,16 +152,7 @@ class _Recorder:
             self.node.create_subscription(types.get(topic, Image), topic, self._receiver(topic), qos)
         self.node.create_subscription(LabelInfo, "label_info", self._on_labels, latched)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
+        self.executor, self.thread = spin_in_background(self.node, self.context)
 
     def _receiver(self, topic: str):
         def callback(msg: Any) -> None:

@@ -43,6 +43,7 @@ from .bag_io import (
     open_bag,
 )
 from .processes import log_tail, start_ros_process, stop_process
+from .ros_spin import spin_in_background
 from .eval_bag import EvalOptions, _stats, default_out_dir, evaluate_bag, raw_stamp
 from .ros_image import ImageConversionError, encoding_info, image_to_array
 
@@ -87,7 +88,6 @@ class _Graph:
                  clock: bool) -> None:
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
         from sensor_msgs.msg import CameraInfo, Image
         from vision_msgs.msg import Detection2DArray
@@ -118,16 +118,7 @@ class _Graph:
             self.subs[rel] = self.node.create_subscription(types[RECORDED[rel]], f"{ns}/{rel}", self._receiver(rel),
                                                            rec_qos, raw=True)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, rec_qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
+        self.executor, self.thread = spin_in_background(self.node, self.context)
 
     def _receiver(self, rel: str):
         def callback(data: bytes) -> None:

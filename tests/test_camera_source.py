@@ -4,7 +4,6 @@ from __future__ import annotations
 import math
 import subprocess
 import sys
-import threading
 import time
 from typing import List
 
@@ -15,7 +14,7 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (see scripts/setup_ros.sh)")
 
 from conftest import ros_env  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from mtl_perception.ros_spin import spin_in_background  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
@@ -34,16 +33,7 @@ class Listener:
         self.infos: List[CameraInfo] = []
         self.node.create_subscription(Image, "image", self.images.append, qos)
         self.node.create_subscription(CameraInfo, "camera_info", self.infos.append, qos)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
+        self.executor, self.thread = spin_in_background(self.node, self.context)
 
     def wait_for(self, count: int, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout

@@ -33,7 +33,7 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from mtl_perception.ros_spin import spin_in_background  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
@@ -156,16 +156,7 @@ class Probe:
         self.set_params = self.node.create_client(SetParameters, f"{node_name}/set_parameters")
         self.change_state = self.node.create_client(ChangeState, f"{node_name}/change_state")
         self.get_state = self.node.create_client(GetState, f"{node_name}/get_state")
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        try:
-            self.executor.spin()
-        except Exception:
-            pass
+        self.executor, self.thread = spin_in_background(self.node, self.context)
 
     def _store(self, topic: str):
         def callback(msg) -> None:
