@@ -2,6 +2,7 @@
 
     mtl-perception generate --out data/synthetic/train --frames 2000
     mtl-perception info model.onnx
+    mtl-perception bundle grouped/bundle.json seg_depth.onnx det_sr.onnx --name grouped
     mtl-perception evaluate --model model.onnx --data data/synthetic/val --json report.json
     mtl-perception demo --model model.onnx --out runs/demo
     mtl-perception benchmark --model model.onnx --width 640 --height 480 --frames 200 --json bench.json
@@ -35,6 +36,10 @@ def _info(args) -> int:
     meta = model.metadata
     print(f"model: {model.path}\nname: {meta.name}\nproviders: {', '.join(model.providers)}")
     print(f"input: {meta.input.width}x{meta.input.height} {meta.input.color_order} uint8 NHWC")
+    for member in getattr(model, "describe_members", lambda: [])():  # a bundle: one line per member
+        tasks = ", ".join(f"{n} ({k})" for n, k in member["tasks"].items())
+        providers = ", ".join(member["providers"])
+        print(f"member {member['file']}: name {member['name']}, tasks {tasks}, providers {providers}")
     for name, task in meta.tasks.items():
         details = {k: v for k, v in vars(task).items() if k not in ("kind", "outputs") and v not in ((), 0, 0.0)}
         print(f"task {name} ({task.kind}): outputs {task.outputs} {details}")
@@ -42,6 +47,20 @@ def _info(args) -> int:
     if metrics:
         print("training validation: " + ", ".join(f"{k[4:]}={v:.4g}" for k, v in sorted(metrics.items())))
     return 0
+
+
+def _bundle(args) -> int:
+    from .bundle import write_bundle
+
+    try:
+        provenance = json.loads(args.provenance) if args.provenance else None
+    except ValueError as exc:
+        raise ValueError(f"--provenance is not valid JSON ({exc})") from None
+    if provenance is not None and not isinstance(provenance, dict):
+        raise ValueError("--provenance must be a JSON object")
+    manifest = write_bundle(args.out, args.models, name=args.name, provenance=provenance, link=args.link)
+    print(f"bundle: {manifest}")
+    return _info(argparse.Namespace(model=str(manifest), providers="cpu"))
 
 
 def _evaluate(args) -> int:
@@ -107,6 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--providers", help="comma-separated, e.g. tensorrt,cuda,cpu (default: best available)")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("bundle", help="write a model bundle: a manifest naming several exported models (task grouping)")
+    p.add_argument("out", help="manifest to write (*.json), or a folder (gets bundle.json); members are copied "
+                               "beside it")
+    p.add_argument("models", nargs="+", help="exported .onnx files, disjoint tasks, same input size and colour order")
+    p.add_argument("--name", help="bundle name (default: the folder's name, or the manifest's stem)")
+    p.add_argument("--provenance", help="JSON object stored in the manifest, e.g. '{\"grouping\": {\"budget\": 2}}'")
+    p.add_argument("--link", action="store_true", help="hard-link the members instead of copying (where possible)")
+    p.set_defaults(func=_bundle)
 
     p = sub.add_parser("evaluate", help="score a model on a dataset folder beside trivial baselines")
     p.add_argument("--model", required=True)

@@ -2,7 +2,8 @@
 
 `load_model(path)` is what the node, bag evaluation and benchmarks call. It fails with one
 `ModelError` line that names the file and the problem (missing, not ONNX, no or wrong metadata,
-outputs that do not match the metadata), never with a traceback wall.
+outputs that do not match the metadata), never with a traceback wall. It also loads model
+bundles (several contract files plus a manifest, `mtl_perception.bundle`) behind the same interface.
 """
 from __future__ import annotations
 
@@ -197,5 +198,10 @@ def _read_metadata(path: Path, session) -> ModelMetadata:
 
 
 def load_model(path: os.PathLike | str, options: RuntimeOptions = RuntimeOptions()) -> PerceptionModel:
-    """Loads an exported model file."""
+    """Loads an exported model file, or a model bundle (a manifest `.json`, or a folder holding
+    `bundle.json`; see `mtl_perception.bundle`), which has the same interface."""
+    from .bundle import ModelBundle, is_bundle_path
+
+    if is_bundle_path(path):
+        return ModelBundle(path, options)  # type: ignore[return-value]  # same interface
     return PerceptionModel(path, options)

@@ -161,7 +161,9 @@ class PerceptionNode(LifecycleNode):
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
         d = self.declare_parameter
-        d("model_path", "", _describe("exported ONNX model (the runtime reads everything else from its metadata)"))
+        d("model_path", "", _describe(
+            "exported ONNX model, or a model bundle's manifest / folder (the runtime reads everything else "
+            "from their metadata)"))
         d("providers", ["tensorrt", "cuda", "cpu"], _describe(
             "execution providers in order of preference (tensorrt, cuda, cpu or onnxruntime names); "
             "unavailable ones are skipped, CPU is always the last resort"))

@@ -71,7 +71,8 @@ FIXED_BOX, FIXED_SCORE, FIXED_CLASS = (0.0, 0.0, 8.0, 8.0), 0.4, 1
 BRIGHT_SCORE, BRIGHT_CLASS = 0.9, 0
 
 
-def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = True):
+def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = True,
+                            tasks: Sequence[str] = ALL_TASKS, name: str = "bright-box"):
     """A hand-built contract model whose answers are known in closed form (RGB input, W x H):
 
     - segmentation: 1 ("bright") where R > 127, else 0 ("background");
@@ -81,6 +82,7 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
     - super_resolution (scale 2): the input enlarged by pixel repetition.
 
     Same metadata layout as the exporter (`attach_metadata`); `metadata=False` leaves it out.
+    `tasks` keeps only those tasks' outputs (graph and metadata), e.g. to build bundle members.
     Returns the ModelMetadata.
     """
     import onnx
@@ -124,21 +126,24 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
         helper.make_tensor("classes_c", TensorProto.INT32, [1, 2], [BRIGHT_CLASS, FIXED_CLASS]),
         f32("sr_scales", [1.0, 2.0, 2.0, 1.0], [4]),
     ]
+    outputs = {
+        "segmentation": [helper.make_tensor_value_info("segmentation", TensorProto.UINT8, [1, height, width])],
+        "depth": [helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, height, width])],
+        "detection": [helper.make_tensor_value_info("detection_boxes", TensorProto.FLOAT, [1, 2, 4]),
+                      helper.make_tensor_value_info("detection_scores", TensorProto.FLOAT, [1, 2]),
+                      helper.make_tensor_value_info("detection_classes", TensorProto.INT32, [1, 2])],
+        "super_resolution": [helper.make_tensor_value_info("super_resolution", TensorProto.UINT8,
+                                                           [1, 2 * height, 2 * width, 3])],
+    }
     graph = helper.make_graph(
         nodes, "bright_box", [helper.make_tensor_value_info("image", TensorProto.UINT8, [1, height, width, 3])],
-        [helper.make_tensor_value_info("segmentation", TensorProto.UINT8, [1, height, width]),
-         helper.make_tensor_value_info("depth", TensorProto.FLOAT, [1, height, width]),
-         helper.make_tensor_value_info("detection_boxes", TensorProto.FLOAT, [1, 2, 4]),
-         helper.make_tensor_value_info("detection_scores", TensorProto.FLOAT, [1, 2]),
-         helper.make_tensor_value_info("detection_classes", TensorProto.INT32, [1, 2]),
-         helper.make_tensor_value_info("super_resolution", TensorProto.UINT8, [1, 2 * height, 2 * width, 3])],
-        inits)
+        [info for task in ALL_TASKS if task in tasks for info in outputs[task]], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     meta = ModelMetadata(
-        name="bright-box", input=InputSpec(name="image", height=height, width=width, color_order="rgb"),
+        name=name, input=InputSpec(name="image", height=height, width=width, color_order="rgb"),
         tasks={
             "depth": TaskSpec(kind="depth", outputs={"depth": "depth"}, min_depth=0.5, max_depth=8.0),
             "detection": TaskSpec(kind="detection", outputs={
@@ -150,6 +155,7 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
         },
         provenance={"test": "bright_box"},
     )
+    meta.tasks = {t: spec for t, spec in meta.tasks.items() if t in tasks}
     meta.validate()
     if metadata:
         attach_metadata(Path(path), meta)
