@@ -7,6 +7,11 @@
     mtl-train sweep config/balancers.yaml        # grid search over static task weights
     mtl-train compare-balancers config/balancers.yaml   # every balancer x seeds vs single-task runs
     mtl-train bench-balancers                    # each balancer's step time and memory vs fixed
+    mtl-train full config/plans/full.yaml              # teachers -> student (SAM, SWA, distillation) -> export
+    mtl-train ablate config/plans/ablation_overparam.yaml    # named recipe variants x seeds vs single-task
+    mtl-train cost config/quick.yaml             # parameters, MACs, latency of each trunk architecture
+    mtl-train average a/last.pt b/last.pt --out avg.pt [--greedy] [--export avg.onnx]   # weight averaging
+    mtl-train group config/balancers.yaml --method both --budgets 1,2,3,4 [--train-final]   # task grouping
 """
 from __future__ import annotations
 
@@ -99,6 +104,75 @@ def _bench_balancers(args) -> int:
     return 0
 
 
+def _cost(args) -> int:
+    from .cost import compare_architectures, markdown
+    from .recipe import load_recipe
+
+    from .config import ConfigError
+    from .models.trunk import ARCHITECTURES
+
+    recipe = load_recipe(args.recipe, args.set)
+    architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
+    unknown = [a for a in architectures if a not in ARCHITECTURES] or ([] if architectures else ["(none)"])
+    if unknown:
+        raise ConfigError(f"--architectures: unknown {unknown[0]!r} (known: {', '.join(ARCHITECTURES)})")
+    result = compare_architectures(recipe, architectures, runs=args.runs, onnx=not args.no_onnx, rounds=args.rounds)
+    table = markdown(result)
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(result, indent=1) + "\n")
+        out.with_suffix(".md").write_text(table)
+        print(f"results: {out} and {out.with_suffix('.md')}")
+    return 0
+
+
+def _ablate(args) -> int:
+    from .ablation import ablate
+
+    seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
+    ablate(args.plan, args.set, seeds, out=args.out, results=args.results, workers=args.jobs)
+    return 0
+
+
+def _average(args) -> int:
+    from .export import export_checkpoint
+    from .swa import average_command
+
+    result = average_command(args.checkpoints, args.out, greedy=args.greedy, device=args.device,
+                             bn_batches=args.bn_batches, batch_size=args.batch_size, evaluate=not args.no_eval)
+    print(f"averaged: {args.out} ({len(result.selected)} of {len(args.checkpoints)} checkpoints)")
+    if args.export:
+        worst = export_checkpoint(args.out, args.export)
+        print(f"model: {args.export} (onnxruntime vs torch, worst: {_fmt(worst)})")
+    return 0
+
+
+def _group(args) -> int:
+    from .grouping.group import group
+
+    try:
+        budgets = [float(v) for v in args.budgets.split(",")]
+        seeds = [int(v) for v in args.seeds.split(",")]
+    except ValueError:
+        from .config import ConfigError
+
+        raise ConfigError("--budgets and --seeds are comma-separated numbers") from None
+    group(args.recipe, args.set, method=args.method, budgets=budgets, seeds=seeds, workers=args.jobs,
+          short_epochs=args.short_epochs, out=args.out, results=args.results, all_subsets=args.all_subsets,
+          train_final=args.train_final, cost_model=args.cost, half_scale=args.half_scale, tag_every=args.tag_every,
+          tag_update=args.tag_update, tag_epochs=args.tag_epochs, baselines=not args.no_baselines)
+    return 0
+
+
+def _full(args) -> int:
+    from .pipeline import run_full
+
+    run_full(args.plan, args.set, recipe=args.recipe, out=args.out, progress=not args.no_progress)
+    return 0
+
+
 def _fmt(values) -> str:
     return ", ".join(f"{k} {v:.2g}" for k, v in values.items())
 
@@ -152,6 +226,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results JSON (default: <out>/comparison.json; .md and .png beside it)")
     p.set_defaults(func=_compare)
 
+    p = sub.add_parser("full", help="teachers -> distilled, over-parameterised SAM+SWA student -> collapse -> "
+                       "fine-tune -> export -> report, resumable")
+    p.add_argument("plan", nargs="?", default="config/plans/full.yaml", help="full-recipe plan (default: %(default)s)")
+    p.add_argument("--recipe", help="base recipe instead of the plan's (e.g. config/balancers.yaml for a small run)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base recipe")
+    p.add_argument("--out", help="output folder (default: the plan's out)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.set_defaults(func=_full)
+
+    p = sub.add_parser("ablate", help="named recipe variants x seeds vs single-task baselines (JSON, table, PNG)")
+    p.add_argument("plan", help="ablation plan YAML, e.g. config/plans/ablation_overparam.yaml")
+    p.add_argument("--seeds", help="comma-separated seeds (default: the plan's)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override the base recipe")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default: %(default)s)")
+    p.add_argument("--out", help="run folders (default: the plan's out)")
+    p.add_argument("--results", help="results JSON (default: <out>/<plan name>.json; .md and .png beside it)")
+    p.set_defaults(func=_ablate)
+
     p = sub.add_parser("bench-balancers", help="time per step and peak memory of every balancer, relative to fixed weights")
     p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and batch size (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -163,6 +255,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-memory", action="store_true", help="time only")
     p.add_argument("--out", help="JSON file to write (a Markdown table goes next to it, .md)")
     p.set_defaults(func=_bench_balancers)
+
+    p = sub.add_parser("cost", help="inference cost (parameters, MACs, torch and onnxruntime latency) of each "
+                       "trunk architecture, relative to the shared trunk")
+    p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and input size (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--architectures", default="shared,cross_stitch,nddr,mtan", help="default: %(default)s")
+    p.add_argument("--runs", type=int, default=20,
+                   help="timed runs per model; the median is reported (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=5,
+                   help="interleaved rounds the runs are split into (default: %(default)s)")
+    p.add_argument("--no-onnx", action="store_true", help="torch only: no ONNX export and onnxruntime timing")
+    p.add_argument("--out", help="JSON file to write (a Markdown table goes next to it, .md)")
+    p.set_defaults(func=_cost)
+
+    p = sub.add_parser("average", help="average checkpoints of one initialisation (uniform, or --greedy on validation)")
+    p.add_argument("checkpoints", nargs="+", help="checkpoints sharing an init_fingerprint; the first one's recipe "
+                   "gives the data (BN refresh on its training set, validation on its val set) and is the Δm reference")
+    p.add_argument("--out", required=True, help="averaged checkpoint to write")
+    p.add_argument("--greedy", action="store_true", help="best first; keep a checkpoint only if the average's "
+                   "validation Δm does not drop")
+    p.add_argument("--export", metavar="ONNX", help="also export the average as a verified ONNX model")
+    p.add_argument("--bn-batches", type=int, default=0, help="training batches for the BN refresh (default: all)")
+    p.add_argument("--batch-size", type=int, help="default: the recipe's optim.batch_size")
+    p.add_argument("--no-eval", action="store_true", help="uniform mode: skip validating the average")
+    p.add_argument("--device", default="cpu")
+    p.set_defaults(func=_average)
+
+    p = sub.add_parser("group", help="task grouping (Standley et al., TAG): which tasks share a network per "
+                       "inference budget; table, affinity heatmap, optionally trained and exported bundles")
+    p.add_argument("recipe", nargs="?", default="config/balancers.yaml", help="default: %(default)s")
+    p.add_argument("--method", choices=["standley", "tag", "both"], default="both", help="default: %(default)s")
+    p.add_argument("--budgets", default="1,2,3,4", help="inference budgets in units of the all-tasks network "
+                   "(default: %(default)s)")
+    p.add_argument("--cost", choices=["latency", "flops", "nominal"], default="latency",
+                   help="network cost: measured torch latency, MACs, or 1 per network / 0.5 per half-size network "
+                   "(default: %(default)s)")
+    p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default: %(default)s)")
+    p.add_argument("--short-epochs", type=int, default=2, help="schedule of the search runs (default: %(default)s)")
+    p.add_argument("--all-subsets", action="store_true", help="Standley: train every subset (<= 4 tasks) instead of "
+                   "estimating groups of 3+ from the pairs")
+    p.add_argument("--half-scale", type=float, default=0.5, help="width factor of the half-size single-task "
+                   "candidates; 1 disables them (default: %(default)s)")
+    p.add_argument("--tag-every", type=int, default=5, help="TAG: lookahead every N micro-batches (default: %(default)s)")
+    p.add_argument("--tag-update", choices=["sgd", "optimizer"], default="sgd",
+                   help="TAG lookahead step: SGD at the current lr (Fifty et al.'s definition) or the trainer's "
+                   "optimizer (default: %(default)s)")
+    p.add_argument("--tag-epochs", type=int, default=0, help="TAG joint run's epochs (default: --short-epochs)")
+    p.add_argument("--train-final", action="store_true", help="train every chosen grouping and the baselines with "
+                   "the full schedule; test losses, metrics, latency; export bundles")
+    p.add_argument("--no-baselines", action="store_true", help="with --train-final: do not also train the "
+                   "all-in-one and single-task baselines")
+    p.add_argument("--out", default="runs/group", help="run folders (default: %(default)s)")
+    p.add_argument("--results", help="results JSON (default: <out>/grouping.json; .md and .png beside it)")
+    p.set_defaults(func=_group)
     return parser
 
 

@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
@@ -46,6 +46,7 @@ class Job:
     key: str  # e.g. "single/depth/seed0", "pcgrad/seed1"
     recipe: dict  # full recipe document
     out_dir: Path
+    options: dict = field(default_factory=dict)  # extra keyword arguments of run_job (e.g. losses, tag)
 
     @property
     def done_file(self) -> Path:
@@ -114,10 +115,13 @@ def make_jobs(recipe_doc: dict, methods: Sequence[str], seeds: Sequence[int], ou
     return jobs
 
 
-def run_job(recipe_doc: dict, out_dir: Path, test_root: Optional[Path]) -> List[dict]:
+def run_job(recipe_doc: dict, out_dir: Path, test_root: Optional[Path], losses: bool = False,
+            tag: Optional[dict] = None) -> List[dict]:
     """Trains one recipe epoch by epoch; after each epoch evaluates validation (the trainer) and
     test (unless `test_root` is None); returns and writes epochs.json. Resumes from the run's
-    checkpoint."""
+    checkpoint. `losses`: also each task's mean validation/test loss per epoch (`val_loss`,
+    `test_loss`; task grouping). `tag`: record TAG affinities during training (keyword arguments
+    of `training.grouping.affinity.TagRecorder`), saved to affinity.json after every epoch."""
     from torch.utils.data import DataLoader
 
     from mtl_perception.dataset import MultiTaskDataset
@@ -135,8 +139,16 @@ def run_job(recipe_doc: dict, out_dir: Path, test_root: Optional[Path]) -> List[
         test_loader = DataLoader(test_set, batch_size=recipe.optim.batch_size, shuffle=False)
     partial = out_dir / "epochs.partial.json"
     epochs = json.loads(partial.read_text()) if partial.exists() else []
+    recorder = None
+    if tag is not None:
+        from .grouping.affinity import TagRecorder
+
+        recorder = TagRecorder(**tag).install(trainer)
+        saved = out_dir / "affinity.json"
+        if epochs and saved.exists() and json.loads(saved.read_text()).get("epoch") == len(epochs):
+            recorder.load_dict(json.loads(saved.read_text()))
     t0 = time.time()
-    for epoch in range(1, recipe.optim.epochs + 1):
+    for epoch in range(1, recipe.total_epochs + 1):
         if epoch <= len(epochs):
             continue
         history = trainer.fit(stop_after_epoch=epoch)
@@ -145,10 +157,24 @@ def run_job(recipe_doc: dict, out_dir: Path, test_root: Optional[Path]) -> List[
         test = evaluate(trainer.model, trainer.tasks, test_loader) if test_loader is not None else None
         epochs.append({"epoch": epoch, "seconds": row["seconds"], "val": val, "test": test,
                        "train_loss": {t: row[f"train/{t}"] for t in trainer.tasks}})
+        if losses:
+            from .grouping.evaluation import evaluate_losses
+
+            epochs[-1]["val_loss"] = evaluate_losses(trainer.model, trainer.tasks, trainer.val_loader)
+            epochs[-1]["test_loss"] = (evaluate_losses(trainer.model, trainer.tasks, test_loader)
+                                       if test_loader is not None else None)
+        if recorder is not None:
+            recorder.save(out_dir / "affinity.json", epoch=epoch)
         partial.write_text(json.dumps(epochs))
     steps = read_csv(out_dir / "steps.csv")
     plot_weights(steps, out_dir / "weights.png", f"{recipe.balancer.name}, seed {recipe.seed}")
-    result = {"epochs": epochs, "wall_seconds": round(time.time() - t0, 1)}
+    import resource
+
+    from .models.collapse import parameter_count
+
+    result = {"epochs": epochs, "wall_seconds": round(time.time() - t0, 1),
+              "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
+              "parameters": parameter_count(trainer.model)}
     (out_dir / "epochs.json").write_text(json.dumps(result))
     return epochs
 
@@ -284,7 +310,8 @@ def run_all(jobs: Sequence[Job], test_root: Optional[Path], workers: int, thread
     def one(job: Job):
         job.out_dir.mkdir(parents=True, exist_ok=True)
         spec = job.out_dir / "job.json"
-        spec.write_text(json.dumps({"recipe": job.recipe, "test": str(test_root) if test_root else None}))
+        spec.write_text(json.dumps({"recipe": job.recipe, "test": str(test_root) if test_root else None,
+                                    "options": job.options}))
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         t0 = time.time()
         run = subprocess.run([sys.executable, "-m", "training.compare", str(spec)], capture_output=True, text=True, env=env)
@@ -346,7 +373,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     """Child process: `python -m training.compare <job.json>` trains and evaluates one run."""
     argv = sys.argv[1:] if argv is None else argv
     spec = json.loads(Path(argv[0]).read_text())
-    run_job(spec["recipe"], Path(argv[0]).parent, Path(spec["test"]) if spec["test"] else None)
+    run_job(spec["recipe"], Path(argv[0]).parent, Path(spec["test"]) if spec["test"] else None,
+            **spec.get("options", {}))
     return 0
 
 

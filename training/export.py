@@ -25,6 +25,7 @@ from mtl_perception.contract import METADATA_KEY, TASK_KINDS, InputSpec, ModelMe
 from mtl_perception.model import RuntimeOptions, load_model
 
 from .checkpoint import load_checkpoint
+from .models.collapse import OverparamConfig, apply_overparam, compact_copy, parameter_count
 from .models.multitask import build_model
 from .models.trunk import TrunkConfig
 from .config import build
@@ -162,14 +163,14 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
     state = load_checkpoint(checkpoint)
     tasks = tasks_from_checkpoint(state)
     recipe = state["recipe"]
-    model = build_model(build(TrunkConfig, recipe["model"], "model"), tasks)
-    model.load_state_dict(state["model"])
-    model.eval()
-    module = DeployModule(model, tasks).eval()
+    trained = trained_model(state, tasks)
     width, height = state["data_info"]["input_size"]
     if frames is None:
         frames = validation_frames(recipe, (width, height), int(state["data_info"]["sr_scale"]),
                                    recipe["export"]["verify_frames"])
+    model = compact_copy(trained)  # over-parameterised layers collapsed, BN folded
+    collapse_error = check_compact(trained, model, frames)
+    module = DeployModule(model, tasks).eval()
     names = output_names(tasks)
     metadata = ModelMetadata(
         name=name or recipe["name"],
@@ -179,6 +180,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
             "recipe": recipe, "seed": recipe["seed"], "data": {"train": recipe["data"]["train"]},
             "epoch": state["epoch"], "metrics": _last_validation(state["history"]),
             "init_fingerprint": state["init_fingerprint"], "torch": torch.__version__,
+            "parameters": parameter_count(model), "training_parameters": parameter_count(trained),
             "mtl_perception": __version__, "created": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         },
     )
@@ -196,7 +198,42 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
         os.replace(tmp, out_path)
     finally:
         tmp.unlink(missing_ok=True)
+    return {"collapse.max_rel": collapse_error, **worst}
+
+
+def trained_model(state: Mapping, tasks: Mapping[str, Task]) -> nn.Module:
+    """The network as it was trained (over-parameterised unless the checkpoint was saved after
+    the collapse), weights loaded, eval mode."""
+    recipe = state["recipe"]
+    model = build_model(build(TrunkConfig, recipe["model"], "model"), tasks)
+    if not state.get("collapsed"):
+        apply_overparam(model, build(OverparamConfig, recipe.get("overparam") or {}, "overparam"))
+    model.load_state_dict(state["model"])
+    return model.eval()
+
+
+def check_compact(trained: nn.Module, compact: nn.Module, frames: Sequence[np.ndarray],
+                  tolerance: float = 1e-4) -> float:
+    """Raw predictions of the collapsed, BN-folded network vs the trained one on real frames;
+    returns the worst difference relative to each output's scale, ExportError above `tolerance`."""
+    worst = 0.0
+    with torch.no_grad():
+        for frame in frames:
+            image01 = torch.from_numpy(np.ascontiguousarray(frame)).permute(2, 0, 1)[None].float() / 255.0
+            for a, b in zip(_flatten(trained(image01)), _flatten(compact(image01))):
+                worst = max(worst, float((a - b).abs().max() / (a.abs().max() + 1e-6)))
+    if worst > tolerance:
+        raise ExportError(f"the collapsed network differs from the trained one: max relative difference "
+                          f"{worst:.3g} > {tolerance:g}")
     return worst
+
+
+def _flatten(preds) -> List[torch.Tensor]:
+    if torch.is_tensor(preds):
+        return [preds]
+    if isinstance(preds, dict):
+        return [t for key in sorted(preds) for t in _flatten(preds[key])]
+    return [t for value in preds for t in _flatten(value)]
 
 
 def validation_frames(recipe: Mapping, input_size, sr_scale: int, count: int) -> List[np.ndarray]:

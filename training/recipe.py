@@ -14,7 +14,9 @@ import yaml
 
 from .balancers import BALANCERS
 from .config import ConfigError, build, to_dict
+from .models.collapse import OverparamConfig
 from .models.trunk import TrunkConfig
+from .recipe_extras import DistillConfig, SAMConfig, SWAConfig
 from .tasks import TASKS
 
 
@@ -97,7 +99,16 @@ class Recipe:
     )
     balancer: BalancerConfig = field(default_factory=BalancerConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    overparam: OverparamConfig = field(default_factory=OverparamConfig)
+    sam: Optional[SAMConfig] = None  # sharpness-aware minimisation around the optimizer
+    swa: Optional[SWAConfig] = None  # weight averaging over the last epochs of optim.epochs
+    distill: Optional[DistillConfig] = None  # distillation from frozen single-task teachers
     export: ExportConfig = field(default_factory=ExportConfig)
+
+    @property
+    def total_epochs(self) -> int:
+        """Training epochs plus fine-tuning epochs on the collapsed network."""
+        return self.optim.epochs + (self.overparam.finetune_epochs if self.overparam.enabled else 0)
 
     def check(self):
         if not self.tasks:
@@ -107,6 +118,19 @@ class Recipe:
                 raise ValueError(f"tasks.{name}: unknown task (registered: {', '.join(sorted(TASKS))})")
         if self.balancer.name not in BALANCERS:
             raise ValueError(f"balancer.name: unknown balancer {self.balancer.name!r} (known: {', '.join(sorted(BALANCERS))})")
+        if self.swa is not None:
+            try:
+                self.swa.check_epochs(self.optim.epochs)
+            except ValueError as exc:
+                raise ValueError(f"swa.{exc}") from None
+        if self.distill is not None:
+            try:
+                self.distill.check_tasks(list(self.tasks))
+            except ValueError as exc:
+                raise ValueError(f"distill.{exc}") from None
+        if BALANCERS[self.balancer.name].needs_representation and self.model.architecture != "shared":
+            raise ValueError(f"balancer.name: {self.balancer.name} needs the one representation all heads share, which "
+                             f"model.architecture {self.model.architecture!r} does not have (use architecture 'shared')")
 
     def task_options(self) -> Dict[str, Any]:
         """Each task's options, validated by that task's own Options dataclass."""

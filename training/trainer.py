@@ -12,7 +12,7 @@ import contextlib
 import math
 import time
 from pathlib import Path
-from typing import Dict, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
@@ -25,7 +25,10 @@ from .balancers.base import all_reduce_grads, all_reduce_mean
 from .checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
 from .data import TaskDataset, to_device
 from .logs import CsvLog, plot_curves, plot_weights
+from .config import ConfigError
+from .models.collapse import apply_overparam, collapse
 from .models.multitask import MultiTaskNet, build_model
+from .sam import frozen_bn_stats, frozen_buffers, sam_from_config
 from .recipe import Recipe
 from .tasks import TASKS, DataInfo, Task
 
@@ -115,14 +118,16 @@ class Trainer:
         self.tasks = build_tasks(recipe, self.train_source)
 
         torch.manual_seed(recipe.seed)
-        self.model = build_model(recipe.model, self.tasks).to(self.device)
+        self.model = build_model(recipe.model, self.tasks)
+        try:  # over-parameterised layers train in place of the compact ones (recipe `overparam`)
+            self.expanded_layers = apply_overparam(self.model, recipe.overparam)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.model.to(self.device)
+        self.collapsed = False  # True once the over-parameterised layers were collapsed for fine-tuning
         self.init_fingerprint = parameter_fingerprint(self.model.state_dict())
         task_weights = {name: task.options.weight for name, task in self.tasks.items()}
         self.balancer = BALANCERS[recipe.balancer.name](task_weights, recipe.balancer_options()).to(self.device)
-        self.train_model = self.model
-        if dist_utils.is_distributed():
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
 
         data = recipe.data
         self.train_set = TaskDataset(self.train_source, self.tasks, data.input_size, data.sr_scale,
@@ -136,26 +141,102 @@ class Trainer:
         self.val_loader = DataLoader(self.val_set, batch_size=recipe.optim.batch_size, shuffle=False,
                                      num_workers=data.workers)
         self.steps_per_epoch = max(1, len(self.train_loader) // recipe.optim.accumulate)
-        self.optimizer = self._make_optimizer()
+        self.distiller = None  # frozen teachers' distillation terms (recipe `distill`)
+        if recipe.distill is not None:
+            from .distill import Distiller
+
+            self.distiller = Distiller(recipe.distill, self.tasks, data_info_dict(self.tasks),
+                                       self.model.trunk.feature_channels, self.train_set, recipe.data.train, self.device)
+        self.sam = None  # SAM wrapper around self.optimizer (recipe `sam`)
+        self.optimizer = self._build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.swa = None  # weight averaging during the last epochs (recipe `swa`)
+        self.swa_done = False  # the averaged weights have replaced the model's
+        self.stage_metrics: Dict[str, dict] = {}  # validation metrics at stage boundaries (before SWA)
+        if recipe.swa is not None:
+            from .swa import SWACollector
+
+            self.swa = SWACollector.from_config(self.model, self.optimizer, recipe.swa, device=self.device)
         # AMP: bf16 autocast on CPU (no loss scaling needed), fp16 + GradScaler on CUDA
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=recipe.optim.amp and self.device.type == "cuda")
-        self.shared_params = self.model.shared_parameters()
-        self.last_shared_params = self.model.last_shared_parameters()
-        self.task_params = self.model.task_parameters()
+        self._bind_model()
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps
         self.history: list = []
+        #: called as hook(trainer, batch) with each training micro-batch (on the device) before its
+        #: forward pass; e.g. task grouping's lookahead affinities read the model here
+        self.batch_hooks: List[Callable[["Trainer", dict], None]] = []
 
     # -- setup -------------------------------------------------------------------------------
+    def _bind_model(self) -> None:
+        """(Re)creates what refers to the model's parameters: the DDP wrapper and the parameter
+        lists the balancers read. Called again after the collapse swaps layers."""
+        self.train_model = self.model
+        if dist_utils.is_distributed():
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.shared_params = self.model.shared_parameters()
+        self.last_shared_params = self.model.last_shared_parameters()
+        self.task_params = self.model.task_parameters()
+
+    def _enter_finetune(self) -> None:
+        """Collapses the over-parameterised layers and goes on training the compact network with
+        a fresh optimizer at `finetune_lr_scale` x lr, cosine to zero (the design notes'
+        fine-tune after collapse: it repairs what the collapse cannot, e.g. BN statistics)."""
+        collapse(self.model)
+        self.model.to(self.device)
+        self.collapsed = True
+        self._bind_model()
+        self.optimizer = self._build_optimizer()
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.recipe.overparam.finetune_lr_scale
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._finetune_lr_factor)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """The recipe's optimizer over the model (and balancer, distillation adaptors), wrapped
+        by SAM when the recipe asks for it (`self.sam`; the scheduler and checkpoint use the base)."""
+        optimizer = self._make_optimizer()
+        if self.distiller is not None and self.distiller.parameters():
+            optimizer.add_param_group({"params": self.distiller.parameters(), "weight_decay": 0.0, "name": "distill"})
+        if self.recipe.sam is not None:
+            if not self.recipe.sam.perturb_balancer:
+                for group in optimizer.param_groups:
+                    if group.get("name") == "balancer":
+                        group["sam"] = False
+            self.sam = sam_from_config(optimizer, self.recipe.sam)
+        return optimizer
+
+    def _finish_swa(self) -> None:
+        """End of the SWA phase: the average (BN statistics refreshed on training batches)
+        replaces the model's weights; what follows (evaluation, collapse, export) uses it."""
+        if dist_utils.is_main():  # what the average is compared with in the full recipe's report
+            self.stage_metrics["before_swa"] = evaluate(self.model, self.tasks, self.val_loader)
+        averaged = self.swa.finalize(self.train_loader, self.device, self.recipe.swa.bn_batches)
+        self.model.load_state_dict(averaged.state_dict())
+        self.swa, self.swa_done = None, True
+
+    def _finetune_due(self) -> bool:
+        over = self.recipe.overparam
+        return over.enabled and over.finetune_epochs > 0 and not self.collapsed and self.epoch >= self.recipe.optim.epochs
+
+    def _finetune_lr_factor(self, step: int) -> float:
+        total = max(1, self.recipe.overparam.finetune_epochs * self.steps_per_epoch)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
     def _make_optimizer(self) -> torch.optim.Optimizer:
         opt = self.recipe.optim
         decay, no_decay = [], []
+        mixing = self.model.mixing_parameters()  # cross-stitch / NDDR mixing: own lr, never decayed
+        mixing_ids = {id(p) for p in mixing}
         for param in self.model.parameters():
-            (no_decay if param.ndim <= 1 else decay).append(param)
+            if id(param) not in mixing_ids:
+                (no_decay if param.ndim <= 1 else decay).append(param)
         groups = [{"params": decay, "weight_decay": opt.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+        if mixing:
+            groups.append({"params": mixing, "weight_decay": 0.0, "name": "mixing",
+                           "lr": opt.lr * self.recipe.model.mixing_lr_scale})
         balancer_params = list(self.balancer.parameters())
         if balancer_params:  # learnable task weights get their own group, never decayed
             groups.append({"params": balancer_params, "weight_decay": 0.0, "name": "balancer",
@@ -183,12 +264,26 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "rng": torch.get_rng_state(), "recipe": self.recipe.to_dict(), "history": self.history,
             "init_fingerprint": self.init_fingerprint, "data_info": data_info_dict(self.tasks),
+            "collapsed": self.collapsed,
+            "swa": self.swa.state_dict() if self.swa is not None else None, "swa_done": self.swa_done,
+            "stage_metrics": self.stage_metrics,
+            "distill_adaptors": self.distiller.adaptors.state_dict()
+            if self.distiller is not None and self.distiller.adaptors is not None else None,
         }
 
     def load_state(self, state: dict) -> None:
+        if state.get("collapsed") and not self.collapsed:  # saved during fine-tuning after the collapse
+            self._enter_finetune()
         self.model.load_state_dict(state["model"])
+        if state.get("distill_adaptors") and self.distiller is not None and self.distiller.adaptors is not None:
+            self.distiller.adaptors.load_state_dict(state["distill_adaptors"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        self.stage_metrics = dict(state.get("stage_metrics") or {})
+        if state.get("swa_done"):
+            self.swa, self.swa_done = None, True
+        elif state.get("swa") is not None and self.swa is not None:
+            self.swa.load_state_dict(state["swa"])
         self.balancer.load_state_dict(state["balancer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
@@ -219,14 +314,26 @@ class Trainer:
             step_log.truncate(lambda r: r.get("step", 0) <= self.step)
             if resumed:
                 print(f"resumed from {self.out_dir / LAST} at epoch {self.epoch}")
-        last = self.recipe.optim.epochs if stop_after_epoch is None else min(stop_after_epoch, self.recipe.optim.epochs)
+        total = self.recipe.total_epochs
+        last = total if stop_after_epoch is None else min(stop_after_epoch, total)
         while self.epoch < last:
+            if self._finetune_due():
+                self._enter_finetune()
+                if main:
+                    print(f"collapsed {len(self.expanded_layers)} over-parameterised layers; "
+                          f"fine-tuning for {self.recipe.overparam.finetune_epochs} epochs", flush=True)
             t0 = time.time()
+            if self.swa is not None:
+                self.swa.epoch_start(self.epoch)
             mean_losses = self.train_epoch(step_log)
+            if self.swa is not None:
+                self.swa.epoch_end(self.epoch)
+                if self.epoch + 1 == self.recipe.optim.epochs:
+                    self._finish_swa()
             metrics = dist_utils.broadcast_object(evaluate(self.model, self.tasks, self.val_loader) if main else None)
             self.balancer.epoch_end(self.epoch, mean_losses, metrics)
             self.epoch += 1
-            row = {"epoch": self.epoch, "step": self.step, "lr": self.scheduler.get_last_lr()[0],
+            row = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                    "seconds": round(time.time() - t0, 2)}
             row.update({f"train/{t}": v for t, v in mean_losses.items()})
             row.update({f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
@@ -240,9 +347,74 @@ class Trainer:
                                  f"{self.recipe.name}: {self.recipe.balancer.name} task weights")
                 summary = "  ".join(f"{t}.{self.tasks[t].main_metric}={metrics[t][self.tasks[t].main_metric]:.4f}"
                                     for t in self.tasks)
-                print(f"epoch {self.epoch}/{self.recipe.optim.epochs} ({row['seconds']:.0f}s)  {summary}", flush=True)
+                print(f"epoch {self.epoch}/{total} ({row['seconds']:.0f}s)  {summary}", flush=True)
             dist_utils.barrier()
         return self.history
+
+    def _backward(self, batch: dict, manual_sync: bool):
+        """Forward, task losses (+ distillation terms) and the balancer's backward for one
+        micro-batch; returns the task losses as floats and the balancer's logged values."""
+        opt = self.recipe.optim
+        image01 = batch["image"].float() / 255.0
+        with self.train_model.no_sync() if manual_sync else contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=opt.amp):
+                if self.balancer.needs_representation:  # heads read features cut from the trunk
+                    preds, features, head_inputs = self.train_model(image01, cut_features=True)
+                else:
+                    preds, features = self.train_model(image01, return_features=True)
+            if opt.amp:  # losses in float32, outside autocast
+                preds = _to_float(preds)
+            losses = {t: task.loss(preds[t], batch) for t, task in self.tasks.items()}
+            if self.distiller is not None:  # each task's distillation terms join that task's loss
+                for t, term in self.distiller.losses(batch, image01, preds, features).items():
+                    losses[t] = losses[t] + term
+            bad = [t for t, v in losses.items() if not torch.isfinite(v)]
+            if bad:
+                raise TrainingError(f"non-finite {', '.join(bad)} loss at epoch {self.epoch + 1}, step {self.step}; "
+                                    f"the last good checkpoint is {self.out_dir / LAST}")
+            ctx = BalanceContext(
+                shared_params=self.shared_params,
+                last_shared_params=self.last_shared_params,
+                representation=list(head_inputs.values()) if self.balancer.needs_representation else None,
+                trunk_features=list(features.values()) if self.balancer.needs_representation else None,
+                scale_loss=self.scaler.scale if self.scaler.is_enabled() else (lambda loss: loss),
+                step=self.step, epoch=self.epoch, task_params=self.task_params, accumulate=opt.accumulate,
+            )
+            scaled = {t: v / opt.accumulate for t, v in losses.items()}
+            logged = self.balancer.backward(scaled, ctx)
+        return {t: float(v.detach()) for t, v in losses.items()}, logged
+
+    def _reduce_gradients(self, manual_sync: bool) -> None:
+        if manual_sync:
+            all_reduce_grads(list(self.model.parameters()))
+        if dist_utils.is_distributed():  # balancer parameters are outside DDP's model
+            all_reduce_grads([p for p in self.balancer.parameters() if p.requires_grad])
+
+    def _clip_gradients(self) -> None:
+        if self.recipe.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
+
+    def _sam_second_pass(self, window: list, manual_sync: bool) -> None:
+        """SAM: climb to w + rho g/|g| along the (balanced, accumulated) gradient, recompute the
+        gradient there on the same micro-batches without moving BN statistics or balancer state,
+        then step from w with it. (The loss scale of AMP does not change the perturbation, so
+        the gradient is unscaled once, for the second pass, as GradScaler allows.)"""
+        if self.sam.first_step():
+            self.optimizer.zero_grad(set_to_none=True)
+            with frozen_bn_stats(self.model), frozen_buffers(self.balancer):
+                for batch in window:
+                    self._backward(batch, manual_sync)
+            self._reduce_gradients(manual_sync)
+        self._clip_gradients()
+        self.sam.restore()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def _after_step(self) -> None:
+        """Per-optimizer-step work of the optional stages (SWA collection per step)."""
+        if self.swa is not None:
+            self.swa.step_end(self.epoch)
 
     def train_epoch(self, step_log: Optional[CsvLog]) -> Dict[str, float]:
         opt = self.recipe.optim
@@ -255,56 +427,37 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{opt.epochs}", leave=False, dynamic_ncols=True)
+            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.recipe.total_epochs}", leave=False, dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
         # a balancer that writes gradients itself does not backpropagate through DDP's hooks:
         # run it without DDP's sync and average the gradients here instead
         manual_sync = dist_utils.is_distributed() and self.balancer.manual_gradients
+        window = []  # the micro-batches of the current optimizer step (SAM's second pass re-runs them)
         for i, batch in enumerate(batches):
             batch = to_device(batch, self.device)
-            image01 = batch["image"].float() / 255.0
-            with self.train_model.no_sync() if manual_sync else contextlib.nullcontext():
-                with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=opt.amp):
-                    if self.balancer.needs_representation:  # heads read features cut from the trunk
-                        preds, features, head_inputs = self.train_model(image01, cut_features=True)
-                    else:
-                        preds, features = self.train_model(image01, return_features=True)
-                if opt.amp:  # losses in float32, outside autocast
-                    preds = _to_float(preds)
-                losses = {t: task.loss(preds[t], batch) for t, task in self.tasks.items()}
-                bad = [t for t, v in losses.items() if not torch.isfinite(v)]
-                if bad:
-                    raise TrainingError(f"non-finite {', '.join(bad)} loss at epoch {self.epoch + 1}, step {self.step}; "
-                                        f"the last good checkpoint is {self.out_dir / LAST}")
-                ctx = BalanceContext(
-                    shared_params=self.shared_params,
-                    last_shared_params=self.last_shared_params,
-                    representation=list(head_inputs.values()) if self.balancer.needs_representation else None,
-                    trunk_features=list(features.values()) if self.balancer.needs_representation else None,
-                    scale_loss=self.scaler.scale if self.scaler.is_enabled() else (lambda loss: loss),
-                    step=self.step, epoch=self.epoch, task_params=self.task_params, accumulate=opt.accumulate,
-                )
-                scaled = {t: v / opt.accumulate for t, v in losses.items()}
-                logged = self.balancer.backward(scaled, ctx)
-            values = {t: float(v.detach()) for t, v in losses.items()}
+            for hook in self.batch_hooks:
+                hook(self, batch)
+            values, logged = self._backward(batch, manual_sync)
+            window.append(batch)
             for t, v in values.items():
                 sums[t] += v
             count += 1
             if (i + 1) % opt.accumulate:
                 continue
-            if manual_sync:
-                all_reduce_grads(list(self.model.parameters()))
-            if dist_utils.is_distributed():  # balancer parameters are outside DDP's model
-                all_reduce_grads([p for p in self.balancer.parameters() if p.requires_grad])
-            if opt.grad_clip > 0:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), opt.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            self._reduce_gradients(manual_sync)
+            if self.sam is not None:
+                self._sam_second_pass(window, manual_sync)
+            else:
+                self._clip_gradients()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            window = []
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.after_step()
-            self.scheduler.step()
+            if self.swa is None or not self.swa.controls_lr(self.epoch):  # SWALR steps per epoch instead
+                self.scheduler.step()
             self.step += 1
+            self._after_step()
             if step_log is not None:
                 row = {"step": self.step, "epoch": self.epoch + (i + 1) / len(self.train_loader)}
                 row.update({f"loss/{t}": v for t, v in values.items()})

@@ -1,4 +1,7 @@
-"""The multi-task network: shared trunk + one head per task, normalisation built in."""
+"""The multi-task network: a trunk + one head per task, normalisation built in.
+
+The trunk is the shared trunk (hard sharing) or a soft-sharing trunk (`soft_sharing.py`) that
+returns one feature dict per task; `TrunkConfig.architecture` picks it."""
 from __future__ import annotations
 
 from typing import Dict, List, Mapping
@@ -6,7 +9,8 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
-from .trunk import SharedTrunk, TrunkConfig
+from .soft_sharing import build_trunk
+from .trunk import SharedTrunk, TrunkConfig  # noqa: F401  (SharedTrunk re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -16,7 +20,8 @@ class MultiTaskNet(nn.Module):
     """forward(image01) -> {task: raw prediction}; image01 is RGB in [0, 1], NCHW.
 
     The mean/std normalisation lives inside the module so that training, evaluation and the
-    exported graph cannot disagree about it.
+    exported graph cannot disagree about it. A trunk with `per_task = True` returns
+    {task: {"s2", "s4"}} and each head reads its own task's features.
     """
 
     def __init__(self, trunk: nn.Module, heads: Mapping[str, nn.Module]):
@@ -31,24 +36,46 @@ class MultiTaskNet(nn.Module):
         trunk's features, returned as a third value; gradients reach the trunk only when the
         caller backpropagates into `features` itself (one trunk backward for all tasks)."""
         features = self.trunk((image01 - self.mean) / self.std)
+        if self.per_task:
+            if cut_features:
+                raise ValueError("cut_features needs one shared representation; this trunk gives each task its own")
+            preds = {name: head(features[name], image01) for name, head in self.heads.items()}
+            return (preds, features) if return_features else preds
         head_inputs = {k: v.detach().requires_grad_() for k, v in features.items()} if cut_features else features
         preds = {name: head(head_inputs, image01) for name, head in self.heads.items()}
         if cut_features:
             return preds, features, head_inputs
         return (preds, features) if return_features else preds
 
+    @property
+    def per_task(self) -> bool:
+        """Whether the trunk gives each task its own features (soft sharing)."""
+        return bool(getattr(self.trunk, "per_task", False))
+
     def shared_parameters(self) -> List[nn.Parameter]:
+        """Parameters that receive gradient from more than one task."""
+        if hasattr(self.trunk, "shared_parameters"):
+            return list(self.trunk.shared_parameters())
         return list(self.trunk.parameters())
 
     def last_shared_parameters(self) -> List[nn.Parameter]:
         return list(self.trunk.last_shared_layer().parameters())
 
     def task_parameters(self) -> Dict[str, List[nn.Parameter]]:
-        return {name: list(head.parameters()) for name, head in self.heads.items()}
+        """Each task's own parameters: its head, plus its part of a soft-sharing trunk."""
+        own = self.trunk.task_parameters() if hasattr(self.trunk, "task_parameters") else {}
+        return {name: list(head.parameters()) + list(own.get(name, ())) for name, head in self.heads.items()}
+
+    def mixing_parameters(self) -> List[nn.Parameter]:
+        """Cross-stitch units / NDDR fusion weights: their own optimizer group
+        (lr x `mixing_lr_scale`, no weight decay); empty for the shared trunk and MTAN."""
+        if hasattr(self.trunk, "mixing_parameters"):
+            return list(self.trunk.mixing_parameters())
+        return []
 
 
 def build_model(trunk_config: TrunkConfig, tasks: Mapping[str, "object"]) -> MultiTaskNet:
-    """Trunk from its config, heads from the task registry."""
-    trunk = SharedTrunk(trunk_config)
+    """Trunk from its config (`architecture`), heads from the task registry."""
+    trunk = build_trunk(trunk_config, list(tasks))
     heads = {name: task.build_head(trunk.feature_channels) for name, task in tasks.items()}
     return MultiTaskNet(trunk, heads)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Dict, List
+from typing import Dict, List, Literal, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -11,17 +11,34 @@ from torch import nn
 from .blocks import ConvBNAct, ResidualBlock
 
 
+ARCHITECTURES = ("shared", "cross_stitch", "nddr", "mtan")
+
+
 @dataclass
 class TrunkConfig:
     channels: List[int] = field(default_factory=lambda: [16, 32, 64, 96, 128])  # strides 2..32
     blocks: List[int] = field(default_factory=lambda: [1, 1, 1, 1])  # residual blocks, strides 4..32
     fpn_channels: int = 64
+    #: shared: one trunk for all tasks (hard sharing); cross_stitch, nddr: one column per task
+    #: mixed at every encoder level; mtan: the shared trunk plus per-task attention
+    #: (training/models/soft_sharing.py)
+    architecture: Literal["shared", "cross_stitch", "nddr", "mtan"] = "shared"
+    #: learning-rate multiplier for the cross-stitch units and the NDDR fusion convolutions. The
+    #: papers trained with SGD and raised these layers' rate by orders of magnitude (their
+    #: gradients are tiny next to the scale of the weights); with AdamW, a step is about lr
+    #: whatever the gradient's size, so 10x (a mixing weight moves ~0.03 per step at the quick
+    #: recipe's lr) leaves the 0.9/0.1 start within tens of steps without making it jump
+    mixing_lr_scale: float = 10.0
 
     def check(self) -> None:
         if len(self.channels) != 5 or len(self.blocks) != 4:
             raise ValueError("channels needs 5 entries (strides 2..32) and blocks 4 (strides 4..32)")
         if min(self.channels) < 1 or self.fpn_channels < 1 or min(self.blocks) < 0:
             raise ValueError("channels, blocks and fpn_channels must be positive")
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture: unknown {self.architecture!r} (known: {', '.join(ARCHITECTURES)})")
+        if not self.mixing_lr_scale > 0:
+            raise ValueError("mixing_lr_scale must be positive")
 
 
 class SharedTrunk(nn.Module):
@@ -52,10 +69,14 @@ class SharedTrunk(nn.Module):
         for stage in self.stages:
             y = stage(y)
             feats.append(y)
+        return {"s2": stem, "s4": self.decode(feats)}
+
+    def decode(self, feats: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The pyramid: encoder features at strides 4, 8, 16, 32 -> the stride-4 output."""
         top = self.lateral[3](feats[3])
         for i in (2, 1, 0):
             top = self.lateral[i](feats[i]) + F.interpolate(top, size=feats[i].shape[-2:], mode="nearest")
-        return {"s2": stem, "s4": self.smooth(top)}
+        return self.smooth(top)
 
     def last_shared_layer(self) -> nn.Module:
         return self.smooth

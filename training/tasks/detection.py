@@ -20,6 +20,7 @@ from ..models.blocks import ConvBNAct
 from .base import Task, TaskOptions, register_task
 
 STRIDE = 4
+PEAK_TIE = 1e-4  # heatmap values this close to their neighbourhood's maximum count as peaks
 
 
 @dataclass
@@ -137,7 +138,10 @@ class DetectionTask(Task):
     def decode(self, pred, image01):
         heat = torch.sigmoid(pred["heatmap"])
         b, c, h, w = heat.shape
-        peaks = heat * (F.max_pool2d(heat, 3, stride=1, padding=1) == heat).to(heat.dtype)
+        # a peak is within PEAK_TIE of its 3x3 maximum, not exactly equal to it: on flat heatmaps
+        # (an untrained head) exact equality flips with float rounding, so torch and onnxruntime
+        # would disagree about which plateau pixels are peaks
+        peaks = heat * (heat >= F.max_pool2d(heat, 3, stride=1, padding=1) - PEAK_TIE).to(heat.dtype)
         k = min(self.options.top_k, c * h * w)
         scores, flat = torch.topk(peaks.reshape(b, -1), k)
         classes = torch.div(flat, h * w, rounding_mode="floor")

@@ -1,0 +1,103 @@
+"""Over-parameterisation through the recipe: train expanded, fine-tune collapsed, export compact."""
+import numpy as np
+import pytest
+import torch
+
+from mtl_perception.model import load_model
+from training.checkpoint import load_checkpoint
+from training.config import ConfigError
+from training.export import export_checkpoint, trained_model
+from training.models.collapse import conv_flops, parameter_count
+from training.models.multitask import build_model
+from training.trainer import LAST, Trainer, tasks_from_checkpoint
+
+from test_training import tiny_data, tiny_recipe  # noqa: F401  (fixture)
+
+
+def compact_size(trainer):
+    """Parameters of the plain network the recipe describes (no over-parameterisation)."""
+    return parameter_count(build_model(trainer.recipe.model, trainer.tasks))
+
+
+def folded_size(trainer):
+    """The plain network's size once BN is folded: each BN's 2 affine parameters per channel
+    become one conv bias per channel."""
+    compact = build_model(trainer.recipe.model, trainer.tasks)
+    return parameter_count(compact) - sum(m.num_features for m in compact.modules() if isinstance(m, torch.nn.BatchNorm2d))
+
+
+def test_recipe_expands_the_selected_layers_only(tiny_data, tmp_path):
+    trainer = Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "rate": 2, "layers": ["trunk.stages"]}),
+                      progress=False)
+    assert trainer.expanded_layers and all(n.startswith("trunk.stages.") for n in trainer.expanded_layers)
+    assert parameter_count(trainer.model) > compact_size(trainer)
+
+
+def test_recipe_errors_are_one_line(tiny_data, tmp_path):
+    with pytest.raises(ConfigError, match="overparam: unknown kind .quadratic."):
+        tiny_recipe(tiny_data, tmp_path, overparam={"kind": "quadratic"})
+    with pytest.raises(ConfigError, match="selects no convolution"):
+        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["trunk.nothing"]}), progress=False)
+
+
+def test_fine_tuning_after_the_collapse_resumes_exactly_and_exports_compact(tiny_data, tmp_path):
+    """Epoch 1 expanded, epoch 2 on the collapsed network; a run interrupted at the collapse
+    boundary ends bit-identical to an uninterrupted one; the export has the compact size."""
+    over = {"kind": "linear", "rate": 2, "finetune_epochs": 1}
+    whole = Trainer(tiny_recipe(tiny_data, tmp_path / "whole", overparam=over,
+                                optim={"epochs": 1, "batch_size": 8, "warmup_steps": 1}), progress=False)
+    whole.fit()
+    assert whole.epoch == 2 and whole.collapsed
+    assert parameter_count(whole.model) == compact_size(whole)
+    # a fresh optimizer for the collapsed parameters, starting at lr x finetune_lr_scale
+    assert {id(p) for g in whole.optimizer.param_groups for p in g["params"]} >= {id(p) for p in whole.model.parameters()}
+    assert whole.optimizer.param_groups[0]["initial_lr"] == pytest.approx(whole.recipe.optim.lr * 0.1)
+
+    split_recipe = tiny_recipe(tiny_data, tmp_path / "split", overparam=over,
+                               optim={"epochs": 1, "batch_size": 8, "warmup_steps": 1})
+    Trainer(split_recipe, progress=False).fit(stop_after_epoch=1)
+    assert not load_checkpoint(tmp_path / "split" / LAST)["collapsed"]
+    resumed = Trainer(split_recipe, progress=False)
+    resumed.fit()
+    state = load_checkpoint(tmp_path / "split" / LAST)
+    assert state["collapsed"] and resumed.epoch == 2
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, resumed.model.state_dict()[name]), name
+
+    # a collapsed checkpoint loads into the plain network, strictly
+    build_model(split_recipe.model, tasks_from_checkpoint(state)).load_state_dict(state["model"])
+    worst = export_checkpoint(tmp_path / "split" / LAST, tmp_path / "model.onnx")
+    assert worst["collapse.max_rel"] < 1e-4
+    provenance = load_model(tmp_path / "model.onnx").metadata.provenance
+    assert provenance["parameters"] == folded_size(resumed)
+    assert provenance["training_parameters"] == compact_size(resumed)  # saved after the collapse
+
+
+@pytest.mark.parametrize("kind", ["linear", "elementwise", "shared_factors"])
+def test_expanded_checkpoint_exports_the_compact_network(tiny_data, tmp_path, kind):
+    """No fine-tuning: the export collapses and folds; onnxruntime reproduces the expanded
+    torch model (export verification), and the graph has the compact model's size and FLOPs."""
+    recipe = tiny_recipe(tiny_data, tmp_path, overparam={"kind": kind, "rate": 2},
+                         optim={"epochs": 1, "batch_size": 8, "warmup_steps": 1})
+    trainer = Trainer(recipe, progress=False)
+    trainer.fit()
+    state = load_checkpoint(tmp_path / LAST)
+    assert not state["collapsed"]
+    trained = trained_model(state, trainer.tasks)
+    assert parameter_count(trained) > compact_size(trainer)
+    worst = export_checkpoint(tmp_path / LAST, tmp_path / "model.onnx")
+    assert worst["collapse.max_rel"] < 1e-4
+    meta = load_model(tmp_path / "model.onnx").metadata
+    compact = build_model(recipe.model, trainer.tasks).eval()
+    assert meta.provenance["parameters"] == folded_size(trainer)
+    assert meta.provenance["training_parameters"] == parameter_count(trained)
+
+    import onnx
+
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    weights = {init.name: int(np.prod(init.dims)) for init in graph.initializer}
+    conv_weights = [n.input[1] for n in graph.node if n.op_type == "Conv"]
+    x = torch.rand(1, 3, 32, 64)
+    macs = conv_flops(compact, x)
+    assert len(conv_weights) == sum(isinstance(m, torch.nn.Conv2d) for m in compact.modules())
+    assert macs > 0 and all(w in weights for w in conv_weights)
