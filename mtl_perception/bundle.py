@@ -36,7 +36,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .contract import ContractError, ModelMetadata, TaskSpec
-from .model import ModelError, PerceptionModel, RuntimeOptions
+from .model import ContractModel, ModelError, PerceptionModel, RuntimeOptions
 
 MANIFEST_NAME = "bundle.json"
 FORMAT = "mtl_perception.bundle"
@@ -189,7 +189,7 @@ def _member_error(manifest: Path, label: str, member_path: Path, exc: ModelError
     return ModelError(f"{manifest}: member {label}: {message}")
 
 
-class ModelBundle:
+class ModelBundle(ContractModel):
     """Several contract models served as one: same interface as `PerceptionModel`."""
 
     def __init__(self, path: os.PathLike | str, options: RuntimeOptions = RuntimeOptions()):
@@ -214,25 +214,9 @@ class ModelBundle:
         if not self.providers:
             self.providers = list(self.member_providers[0])
 
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def tasks(self):
-        return self.metadata.tasks
-
-    @property
-    def input_size(self) -> tuple:
-        """(width, height) every member takes."""
-        return self.metadata.input.width, self.metadata.input.height
-
     def run(self, image: np.ndarray) -> Dict[str, Dict[str, np.ndarray]]:
         """Runs every member, one after another, on the same HxWx3 uint8 image; merged outputs."""
-        spec = self.metadata.input
-        if image.shape != (spec.height, spec.width, 3) or image.dtype != np.uint8:
-            raise ValueError(
-                f"expected a {spec.height}x{spec.width}x3 uint8 image, got {image.shape} {image.dtype}")
+        self.check_image(image)
         out: Dict[str, Dict[str, np.ndarray]] = {}
         for member in self.members:
             out.update(member.run(image))

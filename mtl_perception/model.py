@@ -108,7 +108,34 @@ def _provider_options(provider: str, options: RuntimeOptions) -> dict:
     return {}
 
 
-class PerceptionModel:
+class ContractModel:
+    """What every loaded model offers, read from its contract metadata (one ONNX file or a
+    bundle of several): name, tasks, input size, and the input check `run` starts with."""
+
+    metadata: ModelMetadata
+
+    @property
+    def name(self) -> str:
+        return self.metadata.name
+
+    @property
+    def tasks(self):
+        return self.metadata.tasks
+
+    @property
+    def input_size(self) -> tuple:
+        """(width, height) the model takes."""
+        return self.metadata.input.width, self.metadata.input.height
+
+    def check_image(self, image: np.ndarray) -> None:
+        spec = self.metadata.input
+        if image.shape != (spec.height, spec.width, 3) or image.dtype != np.uint8:
+            raise ValueError(
+                f"expected a {spec.height}x{spec.width}x3 uint8 image, got {image.shape} {image.dtype}"
+            )
+
+
+class PerceptionModel(ContractModel):
     """One self-describing ONNX model: `run(image)` returns every task's decoded outputs."""
 
     def __init__(self, path: os.PathLike | str, options: RuntimeOptions = RuntimeOptions()):
@@ -143,26 +170,9 @@ class PerceptionModel:
         self._check_io()
         self.input_name = self.metadata.input.name
 
-    @property
-    def name(self) -> str:
-        return self.metadata.name
-
-    @property
-    def tasks(self):
-        return self.metadata.tasks
-
-    @property
-    def input_size(self) -> tuple:
-        """(width, height) the model takes."""
-        return self.metadata.input.width, self.metadata.input.height
-
     def run(self, image: np.ndarray) -> Dict[str, Dict[str, np.ndarray]]:
         """Runs one HxWx3 uint8 image (model size and colour order); outputs per task and role."""
-        spec = self.metadata.input
-        if image.shape != (spec.height, spec.width, 3) or image.dtype != np.uint8:
-            raise ValueError(
-                f"expected a {spec.height}x{spec.width}x3 uint8 image, got {image.shape} {image.dtype}"
-            )
+        self.check_image(image)
         names = self.metadata.output_names()
         values = self.session.run(names, {self.input_name: image[None]})
         by_name = dict(zip(names, values))

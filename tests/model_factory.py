@@ -249,3 +249,27 @@ def write_bright_box_bag(path: Path, storage: str = "sqlite3", frames: int = 20,
             writer.write("/ground_truth/detections", stamp,
                          detections_msg(header, boxes, [1.0] * len(names), names, store))
     return stamps
+
+
+def randomise_batchnorm(model, seed: int = 0) -> None:
+    """Random BN statistics and affine terms, so folding and collapse are tested off the identity."""
+    import torch
+    from torch import nn
+
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+
+
+def flat_outputs(preds) -> list:
+    """A model's {task: tensor or {role: tensor}} predictions as one list in a fixed order."""
+    out = []
+    for name in sorted(preds):
+        value = preds[name]
+        out += [value[k] for k in sorted(value)] if isinstance(value, dict) else [value]
+    return out

@@ -143,30 +143,15 @@ def test_shared_factor_is_one_tensor_and_collapses_per_task():
     assert not torch.allclose(shared.weight.grad, alone.middle.weight.grad)  # both tasks contribute
 
 
-def _randomise_batchnorm(model: nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
 
 
-def _flat_outputs(preds):
-    out = []
-    for name in sorted(preds):
-        value = preds[name]
-        out += [value[k] for k in sorted(value)] if isinstance(value, dict) else [value]
-    return out
 
 
 @pytest.mark.parametrize("kind", ["linear", "elementwise", "shared_factors"])
 def test_whole_network_collapses_to_the_compact_model(kind):
     """Expanded multi-task net (eval mode, random BN statistics and affine terms)
     == collapsed + BN-folded net; parameter count and FLOPs equal the compact net's."""
-    from model_factory import tiny_network, tiny_tasks
+    from model_factory import flat_outputs, randomise_batchnorm, tiny_network, tiny_tasks
     from training.models.collapse import collapse, conv_flops, expand, fold_batchnorm, parameter_count
 
     tasks = tiny_tasks(input_size=(64, 32))
@@ -174,7 +159,7 @@ def test_whole_network_collapses_to_the_compact_model(kind):
     expanded = tiny_network(tasks)
     names = expand(expanded, kind, rate=2)
     assert names and parameter_count(expanded) > parameter_count(compact)
-    _randomise_batchnorm(expanded)
+    randomise_batchnorm(expanded)
     for p in expanded.parameters():
         if p.requires_grad:
             with torch.no_grad():
@@ -182,13 +167,13 @@ def test_whole_network_collapses_to_the_compact_model(kind):
     expanded.eval()
     x = torch.rand(2, 3, 32, 64)
     with torch.no_grad():
-        before = _flat_outputs(expanded(x))
+        before = flat_outputs(expanded(x))
     collapse(expanded)
     assert parameter_count(expanded) == parameter_count(compact)
     assert conv_flops(expanded, x) == conv_flops(compact, x)
     fold_batchnorm(expanded)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in expanded.modules())
     with torch.no_grad():
-        after = _flat_outputs(expanded(x))
+        after = flat_outputs(expanded(x))
     for a, b in zip(before, after):
         assert (a - b).abs().max().item() < 1e-5

@@ -101,3 +101,46 @@ def test_expanded_checkpoint_exports_the_compact_network(tiny_data, tmp_path, ki
     macs = conv_flops(compact, x)
     assert len(conv_weights) == sum(isinstance(m, torch.nn.Conv2d) for m in compact.modules())
     assert macs > 0 and all(w in weights for w in conv_weights)
+
+
+def test_collapsed_graph_is_the_compact_graph_and_costs_the_same(tmp_path):
+    """The exported graph of an over-parameterised, collapsed model has exactly the compact
+    graph's operators and weight shapes (so its latency can only differ by noise); the cost
+    table reports the same parameters and MACs and the larger training-time size."""
+    import onnx
+
+    from model_factory import tiny_network, tiny_tasks
+    from training.cost import _overparameterised, parse_variant
+    from training.export import DeployModule, export_onnx, output_names
+    from training.models.collapse import compact_copy
+
+    tasks = tiny_tasks(input_size=(64, 32))
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 32, 64, 3), dtype=np.uint8))
+    names = [n for t in output_names(tasks).values() for n in t.values()]
+    graphs = {}
+    for label, kind in (("compact", "none"), ("linear", "linear"), ("elementwise", "elementwise")):
+        torch.manual_seed(0)
+        # weights moved off their initialisation in every model alike (equal constants, such as
+        # fresh BN-folded biases, would be merged by the exporter and change the initializer list)
+        model = _overparameterised(tiny_network(tasks), kind, 2)
+        path = tmp_path / f"{label}.onnx"
+        export_onnx(DeployModule(compact_copy(model), tasks).eval(), image, path, 18, names)
+        graph = onnx.load(str(path)).graph
+        graphs[label] = ([n.op_type for n in graph.node], sorted(tuple(i.dims) for i in graph.initializer))
+    assert graphs["linear"] == graphs["compact"] and graphs["elementwise"] == graphs["compact"]
+
+    assert parse_variant("mtan+linear:4") == ("mtan", "linear", 4)
+    with pytest.raises(ValueError, match="kind:rate"):
+        parse_variant("shared+cubic:2")
+
+
+def test_cost_table_of_collapsed_variants(tiny_data, tmp_path):
+    from training.cost import compare_architectures
+
+    recipe = tiny_recipe(tiny_data, tmp_path)
+    result = compare_architectures(recipe, ["shared", "shared+linear:2", "shared+elementwise:3"], runs=2, rounds=1,
+                                   onnx=False)
+    rows = {r["architecture"]: r for r in result["rows"]}
+    for label in ("shared+linear:2", "shared+elementwise:3"):
+        assert rows[label]["params"] == rows["shared"]["params"] and rows[label]["flops"] == rows["shared"]["flops"]
+        assert rows[label]["training_params"] > rows["shared"]["training_params"]

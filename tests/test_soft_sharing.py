@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from model_factory import tiny_tasks
+from model_factory import flat_outputs, randomise_batchnorm, tiny_tasks
 from training.config import ConfigError
 from training.models.collapse import collapse, expand, parameter_count
 from training.models.multitask import MultiTaskNet, build_model
@@ -35,23 +35,8 @@ def image(seed=0, batch=2):
     return torch.rand(batch, 3, 32, 64, generator=torch.Generator().manual_seed(seed))
 
 
-def randomise_batchnorm(model, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
 
 
-def flat(preds):
-    out = []
-    for name in sorted(preds):
-        value = preds[name]
-        out += [value[k] for k in sorted(value)] if isinstance(value, dict) else [value]
-    return out
 
 
 # -- the default stays the shared trunk, unchanged ---------------------------------------------
@@ -310,9 +295,9 @@ def test_expanded_cross_stitch_collapses_to_the_compact_model():
     expanded.eval()
     x = image()
     with torch.no_grad():
-        before = flat(expanded(x))
+        before = flat_outputs(expanded(x))
         collapse(expanded)
-        after = flat(expanded(x))
+        after = flat_outputs(expanded(x))
     assert parameter_count(expanded) == parameter_count(compact)
     for a, b in zip(before, after):
         assert (a - b).abs().max().item() < 1e-5

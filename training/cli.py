@@ -96,11 +96,7 @@ def _bench_balancers(args) -> int:
     table = markdown(result)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        out.with_suffix(".md").write_text(table)
-        print(f"results: {out} and {out.with_suffix('.md')}")
+        _write_results(Path(args.out), result, table)
     return 0
 
 
@@ -113,18 +109,16 @@ def _cost(args) -> int:
 
     recipe = load_recipe(args.recipe, args.set)
     architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
-    unknown = [a for a in architectures if a not in ARCHITECTURES] or ([] if architectures else ["(none)"])
-    if unknown:
-        raise ConfigError(f"--architectures: unknown {unknown[0]!r} (known: {', '.join(ARCHITECTURES)})")
-    result = compare_architectures(recipe, architectures, runs=args.runs, onnx=not args.no_onnx, rounds=args.rounds)
+    if not architectures:
+        raise ConfigError(f"--architectures: name at least one (known: {', '.join(ARCHITECTURES)})")
+    try:
+        result = compare_architectures(recipe, architectures, runs=args.runs, onnx=not args.no_onnx, rounds=args.rounds)
+    except ValueError as exc:
+        raise ConfigError(f"--architectures: {exc}") from None
     table = markdown(result)
     print(table)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1) + "\n")
-        out.with_suffix(".md").write_text(table)
-        print(f"results: {out} and {out.with_suffix('.md')}")
+        _write_results(Path(args.out), result, table)
     return 0
 
 
@@ -171,6 +165,14 @@ def _full(args) -> int:
 
     run_full(args.plan, args.set, recipe=args.recipe, out=args.out, progress=not args.no_progress)
     return 0
+
+
+def _write_results(out: Path, result: dict, table: str) -> None:
+    """A result as JSON at `out` and its Markdown table beside it (.md)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table)
+    print(f"results: {out} and {out.with_suffix('.md')}")
 
 
 def _fmt(values) -> str:
@@ -260,7 +262,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "trunk architecture, relative to the shared trunk")
     p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and input size (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    p.add_argument("--architectures", default="shared,cross_stitch,nddr,mtan", help="default: %(default)s")
+    p.add_argument("--architectures", default="shared,cross_stitch,nddr,mtan",
+                   help="comma-separated; each optionally over-parameterised and collapsed, e.g. "
+                        "shared+linear:2 or mtan+elementwise:3 (default: %(default)s)")
     p.add_argument("--runs", type=int, default=20,
                    help="timed runs per model; the median is reported (default: %(default)s)")
     p.add_argument("--rounds", type=int, default=5,

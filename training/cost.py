@@ -155,20 +155,51 @@ def _onnx_runner(model: nn.Module, tasks: Mapping, input_size: Sequence[int], fo
     return lambda: runtime.run(image)
 
 
+def parse_variant(spec: str) -> Tuple[str, str, int]:
+    """"mtan" or "shared+linear:2" (architecture, optionally over-parameterised: kind and rate)
+    -> (architecture, kind, rate)."""
+    from .models.collapse import KINDS
+
+    arch, _, over = spec.partition("+")
+    kind, _, rate = over.partition(":")
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r} in {spec!r} (known: {', '.join(ARCHITECTURES)})")
+    if over and (kind not in KINDS or not rate.isdigit()):
+        raise ValueError(f"{spec!r}: write architecture+kind:rate with kind one of {', '.join(KINDS)}")
+    return arch, kind or "none", int(rate or 2)
+
+
+def _overparameterised(model: nn.Module, kind: str, rate: int, seed: int = 0) -> nn.Module:
+    """The model with every selectable layer expanded, factors moved away from their
+    initialisation (so the collapse has real work to do)."""
+    from .models.collapse import OverparamConfig, apply_overparam
+
+    apply_overparam(model, OverparamConfig(kind=kind, rate=rate))
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01 * torch.randn(p.shape, generator=generator))
+    return model.eval()
+
+
 def compare_architectures(recipe, architectures: Sequence[str] = ARCHITECTURES, runs: int = 20,
                           onnx: bool = True, rounds: int = 5) -> dict:
-    """Cost of the recipe's model with each trunk architecture, and ratios to "shared" (or to
-    the first one when "shared" is not listed). Latencies: `rounds` interleaved rounds."""
-    unknown = [a for a in architectures if a not in ARCHITECTURES]
-    if unknown:
-        raise ValueError(f"unknown architecture {unknown[0]!r} (known: {', '.join(ARCHITECTURES)})")
+    """Cost of the recipe's model with each trunk architecture (each optionally trained
+    over-parameterised and collapsed: "shared+linear:2"), and ratios to "shared" (or to the first
+    one when "shared" is not listed). Latencies: `rounds` interleaved rounds."""
+    variants = [parse_variant(a) for a in architectures]
     if not architectures:
         raise ValueError("name at least one architecture")
     statics, runners = [], []
     with tempfile.TemporaryDirectory(prefix="mtl-cost-") as tmp:
-        for arch in architectures:
+        for arch, kind, rate in variants:
             model, tasks = build_recipe_model(recipe, arch)
+            training_params = None
+            if kind != "none":
+                model = _overparameterised(model, kind, rate)
+                training_params = parameter_count(model)
             static, runner = _prepare(model, recipe.data.input_size, tasks, onnx, Path(tmp))
+            static["training_params"] = training_params or static["params"]
             statics.append(static)
             runners.append(runner)
         latencies = _timed(runners, runs, rounds)
@@ -198,12 +229,13 @@ def markdown(result: Mapping) -> str:
              f"one {width}x{height} image, untrained weights, CPU ({result.get('machine', '?')}), one thread; "
              f"latency = median of {result['runs']} runs in {result.get('rounds', 1)} interleaved rounds. "
              f"MACs: convolutions and linear layers. Ratios (×) are to `{result['baseline']}`.", ""]
-    header = "| architecture | parameters | MACs | torch ms |" + (" onnxruntime ms |" if onnx else "") + \
-        " parameters × | MACs × | torch ms × |" + (" onnxruntime ms × |" if onnx else "")
+    trained = any(r.get("training_params", r["params"]) != r["params"] for r in result["rows"])
+    header = "| architecture |" + (" trained parameters |" if trained else "") + " parameters | MACs | torch ms |" + \
+        (" onnxruntime ms |" if onnx else "") + " parameters × | MACs × | torch ms × |" + (" onnxruntime ms × |" if onnx else "")
     lines += [header, "|---|" + "---:|" * (header.count("|") - 2)]
     for r in result["rows"]:
-        cells = [f"`{r['architecture']}`", f"{r['params'] / 1e6:.2f} M", f"{r['flops'] / 1e9:.2f} G",
-                 f"{r['latency_ms']:.1f}"]
+        cells = [f"`{r['architecture']}`"] + ([f"{r.get('training_params', r['params']) / 1e6:.2f} M"] if trained else [])
+        cells += [f"{r['params'] / 1e6:.2f} M", f"{r['flops'] / 1e9:.2f} G", f"{r['latency_ms']:.1f}"]
         if onnx:
             cells.append(f"{r['onnx_latency_ms']:.1f}")
         cells += [f"{r['params_ratio']:.2f}", f"{r['flops_ratio']:.2f}", f"{r['latency_ms_ratio']:.2f}"]
