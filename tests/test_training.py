@@ -206,3 +206,30 @@ def test_torchrun_two_processes_train_in_step(tiny_data, tmp_path):
     state = load_checkpoint(tmp_path / "run" / LAST)
     assert state["epoch"] == 1 and state["step"] == 24 // (4 * 2)  # each rank saw half the batches
     assert run.stdout.count("epoch 1/1") == 1  # rank 0 alone reports
+
+
+def test_flips_follow_the_epoch_inside_persistent_workers(tiny_data):
+    """DataLoader workers keep their own copy of the dataset; the epoch (hence each sample's
+    flip) must come from the sampler, or every epoch would repeat epoch 0's flips."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from training.data import EpochSampler, TaskDataset, _coin
+    from training.trainer import build_tasks
+
+    source = MultiTaskDataset(tiny_data / "train")
+    tasks = build_tasks(tiny_recipe(tiny_data, "unused"), source)
+    dataset = TaskDataset(source, tasks, (64, 32), 2, augment=True, seed=5)
+    plain = TaskDataset(source, tasks, (64, 32), 2, augment=False)
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=5)
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(sampler), num_workers=1, persistent_workers=True)
+    flips_seen = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)  # the trainer never needs dataset.set_epoch for the workers now
+        for batch in loader:
+            for image, index in zip(batch["image"].numpy(), batch["index"].numpy()):
+                upright = plain[int(index)]["image"]
+                flipped = upright[:, :, ::-1]
+                expected = flipped if _coin(5, epoch, int(index)) else upright
+                assert np.array_equal(image, expected), (epoch, int(index))
+                flips_seen.append(_coin(5, epoch, int(index)))
+    assert any(flips_seen) and not all(flips_seen)

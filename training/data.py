@@ -6,11 +6,11 @@ with evaluation and the node); here samples are cached, flipped and given each t
 from __future__ import annotations
 
 import hashlib
-from typing import Dict, Mapping, Optional
+from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from mtl_perception.dataset import MultiTaskDataset
 from mtl_perception.preprocess import resize_sample
@@ -59,9 +59,12 @@ class TaskDataset(Dataset):
             self._cache[index] = base
         return base
 
-    def __getitem__(self, index: int) -> Dict[str, np.ndarray]:
+    def __getitem__(self, key: Union[int, Tuple[int, int]]) -> Dict[str, np.ndarray]:
+        """key: an index, or (epoch, index) from `EpochSampler` (DataLoader workers hold a copy
+        of this dataset, so `set_epoch` in the main process never reaches them)."""
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         base = self.base(index)
-        if self.augment and _coin(self.seed, self.epoch, index):
+        if self.augment and _coin(self.seed, epoch, index):
             base = hflip(base)
         item = {"image": np.ascontiguousarray(base["image"].transpose(2, 0, 1)), "index": np.int64(index)}
         for task in self.tasks.values():
@@ -71,3 +74,18 @@ class TaskDataset(Dataset):
 
 def to_device(batch: Mapping[str, torch.Tensor], device) -> Dict[str, torch.Tensor]:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class EpochSampler(Sampler):
+    """Yields (epoch, index) pairs from a DistributedSampler, so the flip of every sample is
+    decided by the epoch the main process is in, also inside persistent DataLoader workers."""
+
+    def __init__(self, sampler: DistributedSampler):
+        self.sampler = sampler
+
+    def __iter__(self) -> Iterator[Tuple[int, int]]:
+        epoch = self.sampler.epoch
+        return ((epoch, int(i)) for i in self.sampler)
+
+    def __len__(self) -> int:
+        return len(self.sampler)

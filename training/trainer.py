@@ -23,7 +23,7 @@ from . import distributed as dist_utils
 from .balancers import BALANCERS, BalanceContext
 from .balancers.base import all_reduce_grads, all_reduce_mean
 from .checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
-from .data import TaskDataset, to_device
+from .data import EpochSampler, TaskDataset, to_device
 from .logs import CsvLog, plot_curves, plot_weights
 from .config import ConfigError
 from .models.collapse import apply_overparam, collapse
@@ -135,7 +135,7 @@ class Trainer:
         self.val_set = TaskDataset(self.val_source, self.tasks, data.input_size, data.sr_scale, cache=data.cache)
         self.sampler = DistributedSampler(self.train_set, num_replicas=dist_utils.world_size(),
                                           rank=dist_utils.rank(), shuffle=True, seed=recipe.seed, drop_last=True)
-        self.train_loader = DataLoader(self.train_set, batch_size=recipe.optim.batch_size, sampler=self.sampler,
+        self.train_loader = DataLoader(self.train_set, batch_size=recipe.optim.batch_size, sampler=EpochSampler(self.sampler),
                                        num_workers=data.workers, drop_last=True,
                                        persistent_workers=data.workers > 0)
         self.val_loader = DataLoader(self.val_set, batch_size=recipe.optim.batch_size, shuffle=False,
