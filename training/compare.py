@@ -371,10 +371,18 @@ def compare(recipe_path: str, overrides: Sequence[str] = (), methods: Optional[S
 
 def main(argv: Optional[List[str]] = None) -> int:
     """Child process: `python -m training.compare <job.json>` trains and evaluates one run."""
+    import fcntl
+
     argv = sys.argv[1:] if argv is None else argv
-    spec = json.loads(Path(argv[0]).read_text())
-    run_job(spec["recipe"], Path(argv[0]).parent, Path(spec["test"]) if spec["test"] else None,
-            **spec.get("options", {}))
+    out_dir = Path(argv[0]).parent
+    # one process per run folder: two commands sharing runs (e.g. ablation plans with common
+    # variants) wait for each other instead of training into the same folder
+    with open(out_dir / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (out_dir / "epochs.json").exists():
+            return 0
+        spec = json.loads(Path(argv[0]).read_text())
+        run_job(spec["recipe"], out_dir, Path(spec["test"]) if spec["test"] else None, **spec.get("options", {}))
     return 0
 
 
