@@ -144,3 +144,31 @@ def test_cost_table_of_collapsed_variants(tiny_data, tmp_path):
     for label in ("shared+linear:2", "shared+elementwise:3"):
         assert rows[label]["params"] == rows["shared"]["params"] and rows[label]["flops"] == rows["shared"]["flops"]
         assert rows[label]["training_params"] > rows["shared"]["training_params"]
+
+
+@pytest.mark.parametrize("kind, tolerance", [("linear", 1e-5), ("elementwise", 2e-2)])
+def test_preserving_expansion_starts_as_the_compact_network(kind, tolerance):
+    """init: preserve (the default) solves the factors from the layer's weights, so the expanded
+    network computes what the compact one does (the tasks' output initialisations, such as the
+    detection prior and the zero SR residual, survive); init: random does not."""
+    from model_factory import flat_outputs, randomise_batchnorm, tiny_network, tiny_tasks
+    from training.models.collapse import OverparamConfig, apply_overparam
+
+    tasks = tiny_tasks(input_size=(64, 32))
+    x = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(1))
+
+    def outputs(init):
+        torch.manual_seed(0)
+        model = tiny_network(tasks)
+        randomise_batchnorm(model)
+        if init:
+            apply_overparam(model, OverparamConfig(kind=kind, rate=2, init=init))
+        with torch.no_grad():
+            return flat_outputs(model.eval()(x))
+
+    def worst(a, b):
+        return max(float((u - v).abs().max() / (u.abs().max() + 1e-6)) for u, v in zip(a, b))
+
+    compact = outputs(None)
+    assert worst(outputs("preserve"), compact) < tolerance
+    assert worst(outputs("random"), compact) > 0.1

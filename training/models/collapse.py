@@ -34,6 +34,7 @@ class OverparamConfig:
     layers: List[str] = field(default_factory=lambda: ["trunk", "heads"])  # module-name prefixes
     finetune_epochs: int = 0  # epochs on the collapsed network after optim.epochs
     finetune_lr_scale: float = 0.1  # fine-tune learning rate = optim.lr x this, cosine to zero
+    init: str = "preserve"  # preserve: expanded layers start equal to the compact ones; random: fresh factors
 
     @property
     def enabled(self) -> bool:
@@ -44,6 +45,8 @@ class OverparamConfig:
             raise ValueError(f"unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
         if self.rate < 1 or self.finetune_epochs < 0 or self.finetune_lr_scale <= 0:
             raise ValueError("rate must be >= 1, finetune_epochs >= 0 and finetune_lr_scale > 0")
+        if self.init not in ("preserve", "random"):
+            raise ValueError(f"init must be preserve or random, got {self.init!r}")
         if not self.layers:
             raise ValueError("layers: name at least one module prefix (e.g. trunk, heads, trunk.stages.3)")
 
@@ -58,7 +61,7 @@ def apply_overparam(model: nn.Module, config: OverparamConfig) -> List[str]:
     matches nothing (a typo would otherwise silently train the compact model)."""
     if not config.enabled:
         return []
-    names = expand(model, config.kind, config.rate, layer_selector(config.layers))
+    names = expand(model, config.kind, config.rate, layer_selector(config.layers), preserve=config.init == "preserve")
     if not names:
         raise ValueError(f"overparam: kind {config.kind!r} with layers {config.layers} selects no convolution")
     return names
@@ -85,8 +88,12 @@ def _replace(root: nn.Module, name: str, new: nn.Module) -> None:
 
 
 def expand(model: nn.Module, kind: str, rate: int = 2,
-           where: Callable[[str, nn.Conv2d], bool] = lambda name, conv: True) -> List[str]:
+           where: Callable[[str, nn.Conv2d], bool] = lambda name, conv: True, preserve: bool = False) -> List[str]:
     """Over-parameterises the convolutions `where` selects; returns their names.
+
+    preserve: start each expanded layer from the layer's current weights (`init_from`: exact
+    for linear, within 1 % noise for elementwise, least squares for shared factors) instead of
+    fresh random factors; the network then starts as the compact one did.
 
     linear: every selected conv (1x1 included, any groups) as 1x1 -> k x k -> 1x1 at rate `rate`.
     kernel: selected convs with kernels >= 5 as stacks of 3x3.
@@ -123,6 +130,8 @@ def expand(model: nn.Module, kind: str, rate: int = 2,
             args = _conv_args(module)
             new = SharedFactorConv2d(args["in_channels"], args["out_channels"], k, shared[key],
                                      stride=1, padding=args["padding"], bias=args["bias"])
+        if preserve and hasattr(new, "init_from"):
+            new.init_from(module)
         _replace(model, name, new)
         replaced.append(name)
     return replaced

@@ -85,6 +85,28 @@ class LinearExpandedConv2d(nn.Module):
         w = _pre_product(self.middle.weight, self.first.weight, self.groups)
         return _grouped_product(self.last.weight[..., 0, 0], w, self.groups)
 
+    @torch.no_grad()
+    def init_from(self, conv: nn.Conv2d) -> None:
+        """Function-preserving start: keep the random outer factors A (first) and B (last) and
+        solve the middle one, K = B^+ W A^+ per group and tap, so B.K.A is exactly the layer's
+        current weight W (and the bias is kept): the expanded network starts as the compact one,
+        with the tasks' own output initialisations (e.g. a detection prior) intact."""
+        g = self.groups
+        weight = conv.weight.detach()
+        a = self.first.weight[..., 0, 0]  # [r cin, cin / g]
+        b = self.last.weight[..., 0, 0]  # [cout, r cout / g]
+        ra, rb, cout = a.shape[0] // g, b.shape[1], weight.shape[0] // g
+        for i in range(g):
+            a_pinv = torch.linalg.pinv(a[i * ra:(i + 1) * ra].double())  # [cin/g, r cin/g]
+            b_pinv = torch.linalg.pinv(b[i * cout:(i + 1) * cout].double())  # [r cout/g, cout/g]
+            w = weight[i * cout:(i + 1) * cout].double()  # [cout/g, cin/g, k, k]
+            k = torch.einsum("bo,oiuv,ia->bauv", b_pinv, w, a_pinv)
+            self.middle.weight[i * rb:(i + 1) * rb].copy_(k.to(self.middle.weight.dtype))
+        self.template.weight.copy_(weight)
+        if conv.bias is not None:
+            self.last.bias.copy_(conv.bias)
+            self.template.bias.copy_(conv.bias)
+
     def collapsed(self) -> nn.Conv2d:
         return _plain_conv(self.template, self.composed_weight(), self.last.bias)
 
@@ -188,6 +210,22 @@ class ElementwiseConv2d(nn.Module):
             self.branches.data /= alpha
         self.bias = nn.Parameter(self.template.bias.detach().clone()) if bias else None
 
+    @torch.no_grad()
+    def init_from(self, conv: nn.Conv2d) -> None:
+        """Branches start as the layer's current weight plus 1 % noise (each branch's scale
+        the weight's norm / alpha), so the composed weight starts at the layer's, bias kept."""
+        base = conv.weight.detach()
+        alpha = self.branches.shape[0]
+        self.template.weight.copy_(base)
+        self.branches.copy_(torch.stack([base + 0.01 * base.std() * torch.randn_like(base) for _ in range(alpha)]))
+        if self.normalise:
+            norms = base.flatten(1).norm(dim=1).view(1, -1, 1, 1, 1)
+            self.scales.copy_(norms.expand(alpha, -1, -1, -1, -1) / alpha)
+        else:
+            self.branches /= alpha
+        if conv.bias is not None:
+            self.bias.copy_(conv.bias)
+
     def composed_weight(self) -> torch.Tensor:
         if not self.normalise:
             return self.branches.sum(0)
@@ -213,3 +251,17 @@ class SharedFactorConv2d(LinearExpandedConv2d):
         if shared.kernel_size != (kernel_size, kernel_size) or shared.out_channels != rate * out_channels:
             raise ValueError("the shared factor does not fit this layer")
         self.middle = shared  # the same module object in every head: its gradient sums over tasks
+
+    @torch.no_grad()
+    def init_from(self, conv: nn.Conv2d) -> None:
+        """The shared S and this task's A stay as they are; B_t is the least-squares fit of
+        B_t . (S . A_t) to the layer's current weight (exact only when r cout >= cin k^2, so
+        the start is close to, not equal to, the compact layer), bias kept."""
+        weight = conv.weight.detach().double()
+        m = torch.einsum("bauv,ai->biuv", self.middle.weight.double(), self.first.weight[..., 0, 0].double())
+        b = weight.flatten(1) @ torch.linalg.pinv(m.flatten(1))
+        self.last.weight.copy_(b.view_as(self.last.weight).to(self.last.weight.dtype))
+        self.template.weight.copy_(conv.weight)
+        if conv.bias is not None:
+            self.last.bias.copy_(conv.bias)
+            self.template.bias.copy_(conv.bias)
