@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from model_factory import flat_outputs, randomise_batchnorm, tiny_tasks
+from tiny_mtl import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 from training.config import ConfigError
 from training.models.collapse import collapse, expand, parameter_count
 from training.models.multitask import MultiTaskNet, build_model
@@ -16,14 +17,6 @@ from training.models.trunk import SharedTrunk, TrunkConfig
 
 SOFT = ("cross_stitch", "nddr", "mtan")
 TINY = dict(channels=[8, 8, 16, 16, 16], blocks=[1, 0, 0, 0], fpn_channels=16)
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny_model(architecture, names=("segmentation", "depth", "detection", "super_resolution"), seed=0):

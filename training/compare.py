@@ -328,16 +328,10 @@ def run_all(jobs: Sequence[Job], test_root: Optional[Path], workers: int, thread
 def compare(recipe_path: str, overrides: Sequence[str] = (), methods: Optional[Sequence[str]] = None,
             seeds: Sequence[int] = (0, 1, 2), out: str = "runs/compare", results: Optional[str] = None,
             workers: int = 2) -> dict:
-    import yaml
-
     from .balancers import BALANCERS
-    from .recipe import apply_overrides, recipe_from_dict
+    from .recipe import load_run_recipe, recipe_from_dict
 
-    doc = yaml.safe_load(Path(recipe_path).read_text()) or {}
-    apply_overrides(doc, overrides, recipe_path)
-    doc["threads"] = 1
-    recipe = recipe_from_dict(doc, recipe_path)
-    doc = recipe.to_dict()
+    recipe, doc = load_run_recipe(recipe_path, overrides)
     methods = list(methods or sorted(BALANCERS))
     for method in methods:  # validate every method and its options before anything runs
         name, options = parse_method(method)

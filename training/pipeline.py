@@ -222,12 +222,13 @@ def build_report(plan: Mapping, model_path: Path, bundle: Path, student_checkpoi
     test = {"student": score_on_test(model_path, test_root), "teachers": score_on_test(bundle, test_root)}
     delta = {split: delta_m(test["student"][split], test["teachers"][split]) for split in test["student"]}
     student_meta = load_model(model_path).metadata
+    trained_size = training_parameters(state)
     teacher_meta = load_model(bundle).metadata
     teacher_params = sum(m["provenance"]["parameters"] for m in teacher_meta.provenance["bundle"]["members"])
     teacher_files = [Path(bundle).parent / m["file"] for m in teacher_meta.provenance["bundle"]["members"]]
     cost = {
         "student": {"parameters": student_meta.provenance["parameters"],
-                    "training_parameters": student_meta.provenance["training_parameters"],
+                    "training_parameters": trained_size,
                     "file_mb": model_path.stat().st_size / 2**20},
         "teachers": {"parameters": teacher_params, "file_mb": sum(f.stat().st_size for f in teacher_files) / 2**20},
     }
@@ -236,6 +237,21 @@ def build_report(plan: Mapping, model_path: Path, bundle: Path, student_checkpoi
         cost[name].update(latency[name])
     return {"plan": plan["path"], "recipe": plan["recipe"], "student_recipe": recipe, "stages_val": stages,
             "test": test, "delta_m_vs_teachers": delta, "cost": cost}
+
+
+def training_parameters(state: Mapping) -> int:
+    """Parameters the student trained with: its network as built by the recipe, expanded by
+    `overparam` (the checkpoint itself may already hold the collapsed, fine-tuned network)."""
+    from .config import build
+    from .models.collapse import OverparamConfig, apply_overparam, parameter_count
+    from .models.multitask import build_model
+    from .models.trunk import TrunkConfig
+    from .trainer import tasks_from_checkpoint
+
+    recipe = state["recipe"]
+    model = build_model(build(TrunkConfig, recipe["model"], "model"), tasks_from_checkpoint(state))
+    apply_overparam(model, build(OverparamConfig, recipe.get("overparam") or {}, "overparam"))
+    return parameter_count(model)
 
 
 def _row_main(row: Mapping[str, float], tasks: Sequence[str]) -> Dict[str, float]:

@@ -164,14 +164,28 @@ def recipe_from_dict(data: Any, source: str = "recipe") -> Recipe:
 def load_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Recipe:
     """Reads a YAML recipe; `overrides` are `dotted.key=value` strings (value parsed as YAML)."""
     path = Path(path)
+    data = _read_yaml(path)
+    apply_overrides(data, overrides, str(path))
+    return recipe_from_dict(data, str(path))
+
+
+def load_run_recipe(path: str | Path, overrides: Sequence[str] = ()) -> Tuple[Recipe, Dict[str, Any]]:
+    """A recipe for commands that run many one-thread training processes side by side (sweep,
+    comparisons, task grouping): validated, with `threads: 1`; returns it and its full document."""
+    data = _read_yaml(Path(path))
+    apply_overrides(data, overrides, str(path))
+    data["threads"] = 1
+    recipe = recipe_from_dict(data, str(path))
+    return recipe, recipe.to_dict()
+
+
+def _read_yaml(path: Path) -> Dict[str, Any]:
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"{path}: recipe file not found") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML ({str(exc).splitlines()[0]})") from None
-    apply_overrides(data, overrides, str(path))
-    return recipe_from_dict(data, str(path))
 
 
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str = "recipe") -> None:

@@ -25,16 +25,10 @@ from .compare import _main_values, make_jobs, run_all
 def sweep(recipe_path: str, values: Sequence[float], tasks: Optional[Sequence[str]] = None,
           overrides: Sequence[str] = (), seeds: Sequence[int] = (0,), out: str = "runs/sweep",
           workers: int = 2, max_runs: int = 64) -> dict:
-    import yaml
-
-    from .recipe import apply_overrides, recipe_from_dict
+    from .recipe import load_run_recipe
     from .trainer import prepare_data
 
-    doc = yaml.safe_load(Path(recipe_path).read_text()) or {}
-    apply_overrides(doc, overrides, recipe_path)
-    doc["threads"] = 1
-    recipe = recipe_from_dict(doc, recipe_path)
-    doc = recipe.to_dict()
+    recipe, doc = load_run_recipe(recipe_path, overrides)
     all_tasks = list(recipe.tasks)
     swept = list(tasks) if tasks else all_tasks[1:]
     unknown = [t for t in swept if t not in all_tasks]

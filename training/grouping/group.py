@@ -92,9 +92,8 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
           cost_model: str = "latency", half_scale: float = 0.5, tag_every: int = 5, tag_update: str = "sgd",
           tag_epochs: int = 0, cost_rounds: int = 7, baselines: bool = True, log=print) -> dict:
     import torch
-    import yaml
 
-    from ..recipe import apply_overrides, recipe_from_dict
+    from ..recipe import load_run_recipe
 
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}")
@@ -108,11 +107,7 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
     if short_epochs < 1 or tag_every < 1 or not seeds:
         raise ConfigError("--short-epochs and --tag-every must be >= 1, and at least one seed is needed")
     methods = METHODS[method]
-    doc = yaml.safe_load(Path(recipe_path).read_text()) or {}
-    apply_overrides(doc, overrides, recipe_path)
-    doc["threads"] = 1
-    recipe = recipe_from_dict(doc, recipe_path)
-    doc = recipe.to_dict()
+    recipe, doc = load_run_recipe(recipe_path, overrides)
     tasks = list(recipe.tasks)
     if len(tasks) < 2:
         raise ConfigError(f"{recipe_path}: task grouping needs at least two tasks")
