@@ -32,11 +32,14 @@ def tiny_network(tasks, seed: int = 0):
 
 def export_random_model(path: Path, names: Sequence[str] = ALL_TASKS, input_size=(64, 32), seed: int = 0):
     """Exports an untrained tiny network with full metadata; returns (DeployModule, metadata)."""
-    tasks = tiny_tasks(names, input_size)
+    return _export_tiny(path, tiny_tasks(names, input_size), input_size, seed, "tiny")
+
+
+def _export_tiny(path: Path, tasks, input_size, seed: int, name: str):
     module = DeployModule(tiny_network(tasks, seed), tasks).eval()
     tensor_names = output_names(tasks)
     meta = ModelMetadata(
-        name="tiny", input=InputSpec(name="image", height=input_size[1], width=input_size[0]),
+        name=name, input=InputSpec(name="image", height=input_size[1], width=input_size[0]),
         tasks={t: task.spec(tensor_names[t]) for t, task in tasks.items()}, provenance={"test": True},
     )
     example = torch.from_numpy(np.zeros((1, input_size[1], input_size[0], 3), np.uint8))
@@ -171,16 +174,7 @@ def export_synthetic_world_model(path: Path, names: Sequence[str] = ALL_TASKS, i
     info = DataInfo(semantic_classes=SEMANTIC_CLASSES, detection_classes=DETECTION_CLASSES, sr_scale=2,
                     input_size=input_size)
     tasks = {n: TASKS[n](TASKS[n].Options(), info) for n in names}
-    module = DeployModule(tiny_network(tasks, seed), tasks).eval()
-    tensor_names = output_names(tasks)
-    meta = ModelMetadata(
-        name="tiny-synthetic", input=InputSpec(name="image", height=input_size[1], width=input_size[0]),
-        tasks={t: task.spec(tensor_names[t]) for t, task in tasks.items()}, provenance={"test": True},
-    )
-    example = torch.from_numpy(np.zeros((1, input_size[1], input_size[0], 3), np.uint8))
-    export_onnx(module, example, Path(path), 18, meta.output_names())
-    attach_metadata(Path(path), meta)
-    return module, meta
+    return _export_tiny(path, tasks, input_size, seed, "tiny-synthetic")
 
 
 # ------------------------------------------------------------------ bags for the bright-box model

@@ -87,6 +87,11 @@ def variant_jobs(plan: Mapping, seeds: Sequence[int]) -> List[Job]:
     return jobs
 
 
+def frames_by_light(dataset, night: bool) -> List[int]:
+    """Indices of a dataset's night (or day) frames, by the `night` flag of dataset.json."""
+    return [i for i in range(len(dataset)) if bool(dataset.image_info(i).get("night", False)) == night]
+
+
 def condition_scores(job: Job, test_root: Path) -> Dict[str, Dict[str, float]]:
     """Main metrics of a run's final weights on the day and the night frames of the test split
     (cached in the run folder as conditions.json)."""
@@ -111,8 +116,7 @@ def condition_scores(job: Job, test_root: Path) -> Dict[str, Dict[str, float]]:
     dataset = TaskDataset(source, tasks, tuple(info["input_size"]), int(info["sr_scale"]))
     scores = {}
     for name, night in (("day", False), ("night", True)):
-        picks = [i for i in range(len(source)) if bool(source.image_info(i).get("night", False)) == night]
-        loader = DataLoader(Subset(dataset, picks), batch_size=16, shuffle=False)
+        loader = DataLoader(Subset(dataset, frames_by_light(source, night)), batch_size=16, shuffle=False)
         scores[name] = _main_values(evaluate(model, tasks, loader))
     cached.write_text(json.dumps(scores))
     return scores

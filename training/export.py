@@ -213,13 +213,19 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
     return {"collapse.max_rel": collapse_error, **worst}
 
 
+def recipe_network(recipe: Mapping, tasks: Mapping[str, Task], expanded: bool = True) -> nn.Module:
+    """A checkpoint recipe's network (untrained), over-parameterised as its `overparam` section
+    says unless `expanded` is False."""
+    model = build_model(build(TrunkConfig, recipe["model"], "model"), tasks)
+    if expanded:
+        apply_overparam(model, build(OverparamConfig, recipe.get("overparam") or {}, "overparam"))
+    return model
+
+
 def trained_model(state: Mapping, tasks: Mapping[str, Task]) -> nn.Module:
     """The network as it was trained (over-parameterised unless the checkpoint was saved after
     the collapse), weights loaded, eval mode."""
-    recipe = state["recipe"]
-    model = build_model(build(TrunkConfig, recipe["model"], "model"), tasks)
-    if not state.get("collapsed"):
-        apply_overparam(model, build(OverparamConfig, recipe.get("overparam") or {}, "overparam"))
+    model = recipe_network(state["recipe"], tasks, expanded=not state.get("collapsed"))
     model.load_state_dict(state["model"])
     return model.eval()
 

@@ -25,10 +25,9 @@ bundle) on a held-out test split, day and night frames apart, and times them in 
 from __future__ import annotations
 
 import json
-import statistics
 import time
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Sequence
+from typing import Dict, Mapping, Optional, Sequence
 
 import numpy as np
 import yaml
@@ -143,8 +142,10 @@ class _Subset:
     """The frames of a dataset whose `night` flag equals `night` (evaluate_dataset's interface)."""
 
     def __init__(self, dataset, night: bool):
+        from .ablation import frames_by_light
+
         self.dataset = dataset
-        self.indices = [i for i in range(len(dataset)) if bool(dataset.image_info(i).get("night", False)) == night]
+        self.indices = frames_by_light(dataset, night)
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -174,25 +175,22 @@ def score_on_test(model_path: Path, test_root: Path) -> Dict[str, Dict[str, floa
 
 
 def interleaved_latency(paths: Mapping[str, Path], test_root: Path, frames: int) -> Dict[str, dict]:
-    """Per-frame onnxruntime latency of several models, run alternately on the same frames (so a
-    change in machine load hits all of them alike); medians in ms and ratios to the first."""
+    """onnxruntime latency of several models on a test frame, timed in interleaved rounds by
+    `cost._timed` (a change in machine load hits all alike); medians in ms, ratios to the first."""
     from mtl_perception.dataset import MultiTaskDataset
     from mtl_perception.model import RuntimeOptions, load_model
     from mtl_perception.preprocess import resize_image
 
-    models = {name: load_model(p, RuntimeOptions(providers=["cpu"])) for name, p in paths.items()}
-    dataset = MultiTaskDataset(test_root)
-    times: Dict[str, List[float]] = {name: [] for name in models}
-    for i in range(min(frames, len(dataset))):
-        for name, model in models.items():
-            image = resize_image(dataset.load(i).image, model.input_size)
-            start = time.perf_counter()
-            model.run(image)
-            times[name].append((time.perf_counter() - start) * 1e3)
-    first = next(iter(times))
-    ref = statistics.median(times[first][3:] or times[first])
-    return {name: {"p50_ms": statistics.median(t[3:] or t), "ratio": statistics.median(t[3:] or t) / ref}
-            for name, t in times.items()}
+    from .cost import _timed
+
+    image = MultiTaskDataset(test_root).load(0).image
+    runners = []
+    for p in paths.values():
+        model = load_model(p, RuntimeOptions(providers=["cpu"]))
+        resized = resize_image(image, model.input_size)
+        runners.append({"ms": lambda m=model, x=resized: m.run(x)})
+    medians = [t["ms"] for t in _timed(runners, runs=frames, rounds=max(1, frames // 10))]
+    return {name: {"p50_ms": ms, "ratio": ms / medians[0]} for name, ms in zip(paths, medians)}
 
 
 def build_report(plan: Mapping, model_path: Path, bundle: Path, student_checkpoint: Path, test_root: Path,
@@ -242,16 +240,11 @@ def build_report(plan: Mapping, model_path: Path, bundle: Path, student_checkpoi
 def training_parameters(state: Mapping) -> int:
     """Parameters the student trained with: its network as built by the recipe, expanded by
     `overparam` (the checkpoint itself may already hold the collapsed, fine-tuned network)."""
-    from .config import build
-    from .models.collapse import OverparamConfig, apply_overparam, parameter_count
-    from .models.multitask import build_model
-    from .models.trunk import TrunkConfig
+    from .export import recipe_network
+    from .models.collapse import parameter_count
     from .trainer import tasks_from_checkpoint
 
-    recipe = state["recipe"]
-    model = build_model(build(TrunkConfig, recipe["model"], "model"), tasks_from_checkpoint(state))
-    apply_overparam(model, build(OverparamConfig, recipe.get("overparam") or {}, "overparam"))
-    return parameter_count(model)
+    return parameter_count(recipe_network(state["recipe"], tasks_from_checkpoint(state)))
 
 
 def _row_main(row: Mapping[str, float], tasks: Sequence[str]) -> Dict[str, float]:

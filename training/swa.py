@@ -148,22 +148,12 @@ class SWACollector:
 
 # -- checkpoints ---------------------------------------------------------------------------------
 def model_from_state(state: Mapping, tasks=None) -> nn.Module:
-    """The network of a checkpoint as it was trained (CPU, eval mode), rebuilt the way the
-    exporter does (its `trained_model` where it has one: that also restores over-parameterised
-    layers)."""
-    from . import export
-    from .config import build
-    from .models.multitask import build_model
-    from .models.trunk import TrunkConfig
+    """The network of a checkpoint as it was trained (CPU, eval mode), rebuilt by the exporter's
+    `trained_model` (which also restores over-parameterised layers)."""
+    from .export import trained_model
     from .trainer import tasks_from_checkpoint
 
-    tasks = tasks if tasks is not None else tasks_from_checkpoint(state)
-    rebuild = getattr(export, "trained_model", None)
-    if rebuild is not None:
-        return rebuild(state, tasks).eval()
-    model = build_model(build(TrunkConfig, state["recipe"]["model"], "model"), tasks)
-    model.load_state_dict(state["model"])
-    return model.eval()
+    return trained_model(state, tasks if tasks is not None else tasks_from_checkpoint(state))
 
 
 def _architecture(state: Mapping) -> dict:

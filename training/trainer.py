@@ -438,7 +438,8 @@ class Trainer:
             for hook in self.batch_hooks:
                 hook(self, batch)
             values, logged = self._backward(batch, manual_sync)
-            window.append(batch)
+            if self.sam is not None:
+                window.append(batch)
             for t, v in values.items():
                 sums[t] += v
             count += 1
