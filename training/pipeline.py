@@ -269,7 +269,7 @@ def write_report(report: Mapping, out_dir: Path) -> None:
             dm = "0 (reference)" if name == "teachers" else f"{report['delta_m_vs_teachers'][split]:+.2f}"
             lines.append(f"| {name} | {split} | " + " | ".join(_fmt(k, values.get(k)) for k in keys) + f" | {dm} |")
     c = report["cost"]
-    lines += ["", "## Inference cost (onnxruntime, CPU, interleaved on the same frames)", "",
+    lines += ["", "## Inference cost (onnxruntime, CPU, interleaved rounds on one test frame)", "",
               "| model | parameters | file MB | latency p50 ms | × student |", "|---|---:|---:|---:|---:|"]
     for name in ("student", "teachers"):
         lines.append(f"| {name} | {c[name]['parameters']:,} | {c[name]['file_mb']:.2f} | {c[name]['p50_ms']:.1f} | "
