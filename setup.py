@@ -36,16 +36,16 @@ setup(
         "rosbags>=0.11",
     ],
     extras_require={
-        "training": ["torch>=2.5", "onnx>=1.16", "onnxscript>=0.1"],
-        "test": ["pytest>=7", "faster-coco-eval>=1.6"],
+        "training": ["torch>=2.5", "torchvision", "timm>=1.0", "onnx>=1.16", "onnxscript>=0.1"],
+        "test": ["pytest>=7", "faster-coco-eval>=1.6", "ruff>=0.6", "import-linter>=2.0"],
     },
     zip_safe=True,
     entry_points={
         "console_scripts": [
             "mtl-train = training.cli:main",
             "mtl-perception = mtl_perception.cli:main",
-            "perception_node = mtl_perception.node:main",
-            "camera_source = mtl_perception.camera_source:main",
+            "perception_node = mtl_perception.ros.node:main",
+            "camera_source = mtl_perception.ros.camera_source:main",
         ],
     },
 )

@@ -20,7 +20,7 @@ from typing import List, Optional
 
 
 def _generate(args) -> int:
-    from .synthetic import Camera, generate_dataset
+    from mtl_perception.data.synthetic import Camera, generate_dataset
 
     camera = Camera.default(args.width, args.height)
     root = generate_dataset(args.out, args.frames, seed=args.seed, night_fraction=args.night_fraction,
@@ -30,7 +30,8 @@ def _generate(args) -> int:
 
 
 def _info(args) -> int:
-    from .model import RuntimeOptions, load_model
+    from mtl_perception.inference.model import RuntimeOptions
+    from mtl_perception.inference.loader import load_model
 
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
     meta = model.metadata
@@ -50,7 +51,7 @@ def _info(args) -> int:
 
 
 def _bundle(args) -> int:
-    from .bundle import write_bundle
+    from mtl_perception.inference.bundle import write_bundle
 
     try:
         provenance = json.loads(args.provenance) if args.provenance else None
@@ -64,9 +65,10 @@ def _bundle(args) -> int:
 
 
 def _evaluate(args) -> int:
-    from .dataset import MultiTaskDataset
-    from .evaluate import evaluate_dataset
-    from .model import RuntimeOptions, load_model
+    from mtl_perception.data.dataset import MultiTaskDataset
+    from mtl_perception.evaluation.evaluate import evaluate_dataset
+    from mtl_perception.inference.model import RuntimeOptions
+    from mtl_perception.inference.loader import load_model
 
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
     report = evaluate_dataset(model, MultiTaskDataset(args.data), limit=args.limit, progress=not args.no_progress)
@@ -78,31 +80,31 @@ def _evaluate(args) -> int:
 
 
 def _demo(args) -> int:
-    from .demo import main as demo_main
+    from mtl_perception.tools.demo import main as demo_main
 
     return demo_main(args)
 
 
 def _benchmark(args) -> int:
-    from .benchmark import main as benchmark_main
+    from mtl_perception.tools.benchmark import main as benchmark_main
 
     return benchmark_main(args)
 
 
 def _make_bag(args) -> int:
-    from .make_bag import main as make_bag_main
+    from mtl_perception.bags.make import main as make_bag_main
 
     return make_bag_main(args)
 
 
 def _eval_bag(args) -> int:
-    from .eval_bag import main as eval_bag_main
+    from mtl_perception.bags.evaluate import main as eval_bag_main
 
     return eval_bag_main(args)
 
 
 def _replay(args) -> int:
-    from .replay import main as replay_main
+    from mtl_perception.tools.replay import main as replay_main
 
     return replay_main(args)
 
@@ -154,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--providers", help="comma-separated execution providers (default: best available)")
     p.add_argument("--stock-dds", action="store_true",
-                   help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.dds_profile)")
+                   help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.ros.dds_profile)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("benchmark", help="model-only vs end-to-end ROS latency, and overload behaviour")
@@ -167,10 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--providers", help="comma-separated execution providers (default: best available)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--stock-dds", action="store_true",
-                   help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.dds_profile)")
+                   help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.ros.dds_profile)")
     p.set_defaults(func=_benchmark)
 
-    from . import eval_bag, make_bag, replay  # argument definitions only (no heavy imports)
+    from mtl_perception.bags import evaluate as eval_bag, make as make_bag
+    from mtl_perception.tools import replay  # argument definitions only (no heavy imports)
 
     p = sub.add_parser("make-bag", help="write a rosbag2 bag (synthetic world with ground truth, images or a video)")
     make_bag.add_arguments(p)
@@ -187,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from .model import ModelError
+    from mtl_perception.inference.model import ModelError
 
     args = build_parser().parse_args(argv)
     try:

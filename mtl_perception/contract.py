@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, List, Mapping, Tuple
 
 METADATA_KEY = "mtl_perception"
-SCHEMA = "mtl_perception.model"
+SCHEMA = "mtl_perception.inference.model"
 SCHEMA_VERSION = 1
 
 #: Task kinds the runtime knows how to publish, with the output roles each one must provide

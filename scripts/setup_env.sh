@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PYTHON=${PYTHON:-$(command -v python3.11 || command -v python3)}
-TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
+TORCH_SPEC=${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1}
 VENV=.venv
 PIP=(env PIP_DISABLE_PIP_VERSION_CHECK=1 "$VENV/bin/python" -m pip -q)
 
@@ -24,8 +24,9 @@ if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.setup-stamp" 2>/dev/null)" = "$
 fi
 
 [ -x "$VENV/bin/python" ] || { echo "setup: creating $VENV with $PYTHON"; "$PYTHON" -m venv "$VENV"; }
-echo "setup: installing $TORCH_SPEC (CPU wheel first, so nothing pulls a CUDA build)"
-"${PIP[@]}" install "$TORCH_SPEC" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+echo "setup: installing $TORCH_SPEC first (pinned, so no later requirement resolves torch to another build)"
+# shellcheck disable=SC2086  # TORCH_SPEC is a list of requirements
+"${PIP[@]}" install $TORCH_SPEC 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 echo "setup: installing mtl_perception (editable) with training and test extras"
 "${PIP[@]}" install -e ".[training,test]" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 if [ -f scripts/setup_ros.sh ]; then

@@ -8,7 +8,7 @@ from typing import Sequence, Tuple
 import numpy as np
 import torch
 
-from training.export import DeployModule, attach_metadata, export_onnx, output_names
+from training.engine.export import DeployModule, attach_metadata, export_onnx, output_names
 from training.models.multitask import build_model
 from training.models.trunk import TrunkConfig
 from training.tasks import TASKS, DataInfo
@@ -169,7 +169,7 @@ def export_synthetic_world_model(path: Path, names: Sequence[str] = ALL_TASKS, i
     """Like `export_random_model`, with the synthetic world's classes (`SEMANTIC_CLASSES`,
     `DETECTION_CLASSES`), so that its labels (and bags made from it) can be scored.
     Returns (DeployModule, metadata)."""
-    from mtl_perception.synthetic import DETECTION_CLASSES, SEMANTIC_CLASSES
+    from mtl_perception.data.synthetic import DETECTION_CLASSES, SEMANTIC_CLASSES
 
     info = DataInfo(semantic_classes=SEMANTIC_CLASSES, detection_classes=DETECTION_CLASSES, sr_scale=2,
                     input_size=input_size)
@@ -214,7 +214,7 @@ def write_bright_box_bag(path: Path, storage: str = "sqlite3", frames: int = 20,
     """Writes the hand-made scene `frames` times (camera bgr8 + camera_info + all three labels,
     one stamp per frame) with rosbags. `bad` maps frame index -> "encoding" (a yuv422 image) or
     "short" (data shorter than height*step). Returns the stamps (ns)."""
-    from mtl_perception.bag_io import (BagWriter, camera_info_msg, detections_msg, image_msg,
+    from mtl_perception.bags.io import (BagWriter, camera_info_msg, detections_msg, image_msg,
                                        make_header)
 
     rgb, seg, depth, boxes, names = bright_box_frame()

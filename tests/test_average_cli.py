@@ -1,12 +1,12 @@
 """`mtl-train average` end to end: two tiny runs from one initialisation, different task weights."""
 import torch
 
-from mtl_perception.model import load_model
+from mtl_perception.inference.loader import load_model
 from test_training import tiny_data, tiny_recipe  # noqa: F401  (fixture)
 from tiny_mtl import one_thread  # noqa: F401
-from training.checkpoint import load_checkpoint
+from training.engine.checkpoint import load_checkpoint
 from training.cli import main
-from training.trainer import LAST, Trainer
+from training.engine.trainer import LAST, Trainer
 
 
 def test_average_command_greedy_then_export(tiny_data, tmp_path, capsys):  # noqa: F811
@@ -43,7 +43,7 @@ def test_average_command_greedy_then_export(tiny_data, tmp_path, capsys):  # noq
     other = tiny_recipe(tiny_data, tmp_path / "c", seed=8, tasks={"segmentation": {}, "depth": {}},
                         optim={"epochs": 1, "batch_size": 8})
     trainer = Trainer(other, progress=False, plots=False)
-    from training.checkpoint import save_checkpoint
+    from training.engine.checkpoint import save_checkpoint
     save_checkpoint(tmp_path / "c" / LAST, trainer.state())  # untrained is enough for the check
     assert main(["average", runs[0], str(tmp_path / "c" / LAST), "--out", str(tmp_path / "bad.pt")]) == 2
     err = capsys.readouterr().err.strip()

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtl_perception.bag_io import (
+from mtl_perception.bags.io import (
     VISION_MSGS_DEFINITIONS,
     BagError,
     TopicInfo,
@@ -18,8 +18,8 @@ from mtl_perception.bag_io import (
     open_bag,
     typestore,
 )
-from mtl_perception.make_bag import DEFAULT_START_NS, make_bag
-from mtl_perception.synthetic import DETECTION_CLASSES, Camera, is_night, render_frame
+from mtl_perception.bags.make import DEFAULT_START_NS, make_bag
+from mtl_perception.data.synthetic import DETECTION_CLASSES, Camera, is_night, render_frame
 
 ROOT = Path(__file__).resolve().parents[1]
 W, H = 64, 48
@@ -114,7 +114,7 @@ def test_png_compressed_bag_is_lossless_and_jpeg_close(tmp_path):
 
 
 def test_bag_from_dataset_image_folder_and_video(tmp_path):
-    from mtl_perception.synthetic import generate_dataset
+    from mtl_perception.data.synthetic import generate_dataset
 
     generate_dataset(tmp_path / "ds", 3, seed=2, camera=Camera.default(W, H), workers=1, progress=False)
     make_bag(tmp_path / "b_ds", str(tmp_path / "ds"), storage="mcap")
@@ -234,7 +234,7 @@ def test_cli_make_bag_and_errors(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "already exists" in err and "\n" not in err
     # a bag without a camera topic: eval-bag fails in one line before loading any model
-    from mtl_perception.bag_io import BagWriter, make_header
+    from mtl_perception.bags.io import BagWriter, make_header
 
     with BagWriter(tmp_path / "nocam", "sqlite3") as writer:
         header = make_header(1, "x")

@@ -13,10 +13,10 @@ from torch import nn
 
 from training.balancers import BALANCERS, BalanceContext
 from training.balancers import solvers
-from training.config import ConfigError, build
-from training.logs import CsvLog
-from training.recipe import recipe_from_dict
-from training.trainer import LAST, Trainer
+from training.recipe.config import ConfigError, build
+from training.engine.logs import CsvLog
+from training.recipe.core import recipe_from_dict
+from training.engine.trainer import LAST, Trainer
 
 TASKS = ("a", "b", "c")
 
@@ -419,7 +419,7 @@ def test_options_are_validated_like_every_recipe_key():
 # -- every method trains; resume, AMP, DDP -------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from mtl_perception.synthetic import Camera, generate_dataset
+    from mtl_perception.data.synthetic import Camera, generate_dataset
 
     root = tmp_path_factory.mktemp("bdata")
     camera = Camera.default(128, 64)
@@ -531,7 +531,7 @@ def test_ddp_two_processes_stay_in_step(tiny_data, tmp_path, name):
 
 
 def load_step(out_dir):
-    from training.checkpoint import load_checkpoint
+    from training.engine.checkpoint import load_checkpoint
 
     return load_checkpoint(Path(out_dir) / LAST)["step"]
 
@@ -542,8 +542,8 @@ def _epoch(n, val, test):
 
 
 def test_comparison_selects_epochs_on_validation_and_reports_test():
-    from mtl_perception.metrics import delta_m
-    from training.compare import summarize
+    from mtl_perception.evaluation.metrics import delta_m
+    from training.experiments.compare import summarize
 
     seg = lambda v: {"segmentation": {"miou": v}}  # noqa: E731
     dep = lambda v: {"depth": {"abs_rel": v}}  # noqa: E731
@@ -566,8 +566,8 @@ def test_comparison_selects_epochs_on_validation_and_reports_test():
 
 
 def test_sweep_grid_and_jobs(tmp_path):
-    from training.compare import make_jobs
-    from training.sweep import _by_weights, weight_grid
+    from training.experiments.compare import make_jobs
+    from training.experiments.sweep import _by_weights, weight_grid
 
     base = {"segmentation": 1.0, "depth": 1.0, "detection": 2.0}
     grid = weight_grid(base, ["depth", "detection"], [0.5, 1.0])

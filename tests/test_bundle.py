@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 from model_factory import DETECTION, export_bright_box_model, write_bright_box_bag
-from mtl_perception.bundle import FORMAT, ModelBundle, merge_metadata, read_manifest, write_bundle
-from mtl_perception.model import ModelError, PerceptionModel, load_model
+from mtl_perception.inference.bundle import FORMAT, ModelBundle, merge_metadata, read_manifest, write_bundle
+from mtl_perception.inference.model import ModelError, PerceptionModel
+from mtl_perception.inference.loader import load_model
 
 MODEL_W, MODEL_H = 64, 48
 SEG_DEPTH, DET_SR = ("segmentation", "depth"), ("detection", "super_resolution")
@@ -33,7 +34,7 @@ def parts(tmp_path_factory):
     export_bright_box_model(root / "det_sr.onnx", (MODEL_W, MODEL_H), tasks=DET_SR, name="det-sr")
     export_bright_box_model(root / "depth_only.onnx", (MODEL_W, MODEL_H), tasks=("depth",), name="depth-only")
     export_bright_box_model(root / "det_sr_small.onnx", (MODEL_W, 32), tasks=DET_SR, name="det-sr-small")
-    from training.export import attach_metadata
+    from training.engine.export import attach_metadata
 
     meta = export_bright_box_model(root / "det_sr_bgr.onnx", (MODEL_W, MODEL_H), tasks=DET_SR, metadata=False)
     attach_metadata(root / "det_sr_bgr.onnx", dataclasses.replace(
@@ -238,7 +239,7 @@ def test_evaluate_and_eval_bag_score_a_bundle_like_the_whole_model(parts, bundle
     from model_factory import bright_box_frame
 
     from mtl_perception.cli import main
-    from mtl_perception.dataset import DatasetWriter
+    from mtl_perception.data.dataset import DatasetWriter
 
     # evaluate: a two-frame dataset of the bright-box scene
     rgb, seg, depth, boxes, names = bright_box_frame()
@@ -269,7 +270,7 @@ def test_evaluate_and_eval_bag_score_a_bundle_like_the_whole_model(parts, bundle
     assert reports["bundle"]["tasks"]["detection"]["map50"] == 1.0
     assert reports["bundle"]["model"]["name"] == "grouped"
 
-    from mtl_perception.bag_io import open_bag
+    from mtl_perception.bags.io import open_bag
 
     topics = []
     for label in ("whole", "bundle"):

@@ -14,11 +14,11 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (see scripts/setup_ros.sh)")
 
 from conftest import ros_env  # noqa: E402
-from mtl_perception.ros_spin import spin_in_background  # noqa: E402
+from mtl_perception.ros.spin import spin_in_background  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
-from mtl_perception.ros_image import image_to_array  # noqa: E402
+from mtl_perception.messages.image import image_to_array  # noqa: E402
 
 
 class Listener:
@@ -49,7 +49,7 @@ class Listener:
 
 
 def start_source(namespace: str, *params: str) -> subprocess.Popen:
-    args = [sys.executable, "-m", "mtl_perception.camera_source", "--ros-args", "-r", f"__ns:={namespace}"]
+    args = [sys.executable, "-m", "mtl_perception.ros.camera_source", "--ros-args", "-r", f"__ns:={namespace}"]
     for p in params:
         args += ["-p", p]
     return subprocess.Popen(args, env=ros_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -66,7 +66,7 @@ def stop(proc: subprocess.Popen) -> str:
 
 
 def test_synthetic_source_publishes_rendered_frames_with_exact_intrinsics():
-    from mtl_perception.synthetic import Camera, render_frame
+    from mtl_perception.data.synthetic import Camera, render_frame
 
     listener = Listener("/cam_synthetic")
     proc = start_source("/cam_synthetic", "source:=synthetic", "rate:=20.0", "width:=160", "height:=120",
@@ -109,7 +109,7 @@ def test_folder_source_publishes_the_images_in_order_and_exits_without_loop(tmp_
     assert seen[:4] == [colours[(first + i) % 3] for i in range(4)]  # name order, looping
     assert (listener.images[0].width, listener.images[0].height) == (40, 30)
 
-    once = subprocess.run([sys.executable, "-m", "mtl_perception.camera_source", "--ros-args", "-r",
+    once = subprocess.run([sys.executable, "-m", "mtl_perception.ros.camera_source", "--ros-args", "-r",
                            "__ns:=/cam_folder_once", "-p", f"source:={tmp_path}", "-p", "rate:=50.0", "-p",
                            "loop:=false", "-p", "width:=20", "-p", "height:=16"],
                           env=ros_env(), capture_output=True, text=True, timeout=60)
@@ -125,13 +125,13 @@ def test_video_source_and_a_missing_source(tmp_path):
     for i in range(5):
         writer.write(np.full((48, 64, 3), 40 * i, np.uint8))
     writer.release()
-    result = subprocess.run([sys.executable, "-m", "mtl_perception.camera_source", "--ros-args", "-r",
+    result = subprocess.run([sys.executable, "-m", "mtl_perception.ros.camera_source", "--ros-args", "-r",
                              "__ns:=/cam_video", "-p", f"source:={video}", "-p", "rate:=50.0", "-p", "loop:=false"],
                             env=ros_env(), capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert "publishing 64x48 bgr8" in result.stderr and "source exhausted after 5 frames" in result.stderr
 
-    missing = subprocess.run([sys.executable, "-m", "mtl_perception.camera_source", "--ros-args", "-p",
+    missing = subprocess.run([sys.executable, "-m", "mtl_perception.ros.camera_source", "--ros-args", "-p",
                               f"source:={tmp_path / 'nothing'}"], env=ros_env(), capture_output=True, text=True,
                              timeout=60)
     assert missing.returncode == 1

@@ -9,7 +9,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtl_perception.dataset import (
+from mtl_perception.data.dataset import (
     DEFAULT_DEPTH_SCALE,
     DatasetWriter,
     MultiTaskDataset,
@@ -17,8 +17,8 @@ from mtl_perception.dataset import (
     encode_depth,
     write_dataset,
 )
-from mtl_perception.synthetic import DETECTION_CLASSES, SEMANTIC_CLASSES, Camera, render_frame
-from mtl_perception.synthetic import generate as gen
+from mtl_perception.data.synthetic import DETECTION_CLASSES, SEMANTIC_CLASSES, Camera, render_frame
+from mtl_perception.data.synthetic import generate as gen
 
 SMALL = Camera.default(128, 96)
 
@@ -59,7 +59,7 @@ def test_round_trip(written, frames):
         total_boxes += len(f.boxes)
     assert total_boxes > 0
     doc = json.loads((written / "dataset.json").read_text())
-    assert doc["format"] == "mtl_perception.dataset" and doc["format_version"] == 1
+    assert doc["format"] == "mtl_perception.data.dataset" and doc["format_version"] == 1
     assert [c["id"] for c in doc["categories"]] == [1, 2, 3]
     ann = doc["annotations"][0]
     assert ann["iscrowd"] == 0 and len(ann["bbox"]) == 4 and ann["area"] > 0 and 0 < ann["visible_fraction"] <= 1

@@ -7,7 +7,7 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from mtl_perception.dds_profile import SEGMENT_BYTES, large_frame_env, localhost_only, profile_xml, user_profile
+from mtl_perception.ros.dds_profile import SEGMENT_BYTES, large_frame_env, localhost_only, profile_xml, user_profile
 
 NS = {"d": "http://www.eprosima.com"}
 

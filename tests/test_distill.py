@@ -6,8 +6,8 @@ import torch
 
 from tiny_mtl import (ALL_TASKS, build_tiny, data_info_dict, one_thread, random_batches,  # noqa: F401
                       recipe_doc, write_checkpoint)
-from training.checkpoint import load_checkpoint, save_checkpoint
-from training.distill import (DistillConfig, DistillError, FeatureAdaptors, Teachers, distillation_losses,
+from training.engine.checkpoint import load_checkpoint, save_checkpoint
+from training.engine.distill import (DistillConfig, DistillError, FeatureAdaptors, Teachers, distillation_losses,
                               flip_flags)
 
 
@@ -152,7 +152,7 @@ def test_cache_hits_return_identical_outputs_and_a_changed_teacher_invalidates(t
 
 
 def test_flip_flags_follow_the_dataset_coin():
-    from training.data import _coin
+    from training.engine.data import _coin
 
     class FakeSet:
         augment, seed, epoch = True, 3, 5

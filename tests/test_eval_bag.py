@@ -24,9 +24,9 @@ from model_factory import (
     export_synthetic_world_model,
     write_bright_box_bag,
 )
-from mtl_perception.bag_io import BagError, detections_from_msg, open_bag
-from mtl_perception.eval_bag import EvalOptions, evaluate_bag
-from mtl_perception.model import load_model
+from mtl_perception.bags.io import BagError, detections_from_msg, open_bag
+from mtl_perception.bags.evaluate import EvalOptions, evaluate_bag
+from mtl_perception.inference.loader import load_model
 
 MODEL_W, MODEL_H = 64, 48
 
@@ -189,10 +189,10 @@ def test_output_bag_mirrors_the_node_and_can_be_rescored(tmp_path, bright_model)
 
 def test_eval_bag_equals_evaluate_on_the_same_frames(tmp_path):
     """A dataset at exactly twice the model size, evaluated directly and through a bag."""
-    from mtl_perception.dataset import MultiTaskDataset
-    from mtl_perception.evaluate import evaluate_dataset
-    from mtl_perception.make_bag import make_bag
-    from mtl_perception.synthetic import Camera, generate_dataset
+    from mtl_perception.data.dataset import MultiTaskDataset
+    from mtl_perception.evaluation.evaluate import evaluate_dataset
+    from mtl_perception.bags.make import make_bag
+    from mtl_perception.data.synthetic import Camera, generate_dataset
 
     export_synthetic_world_model(tmp_path / "m.onnx", input_size=(64, 32))
     model = load_model(tmp_path / "m.onnx")
@@ -209,7 +209,7 @@ def test_eval_bag_equals_evaluate_on_the_same_frames(tmp_path):
 
 
 def test_compressed_camera_and_missing_labels(tmp_path, bright_model):
-    from mtl_perception.make_bag import make_bag
+    from mtl_perception.bags.make import make_bag
 
     make_bag(tmp_path / "bag", frames=3, width=128, height=96, storage="sqlite3", compressed="jpeg")
     report = run(tmp_path / "bag", tmp_path / "report", bright_model, samples=1, gt_topics={

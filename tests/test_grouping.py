@@ -204,7 +204,7 @@ def test_block_structured_affinity_splits_into_its_blocks():
 
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from mtl_perception.synthetic import Camera, generate_dataset
+    from mtl_perception.data.synthetic import Camera, generate_dataset
 
     root = tmp_path_factory.mktemp("grouping-data")
     camera = Camera.default(128, 64)
@@ -227,8 +227,8 @@ def tiny_doc(data_root, out_dir, **overrides):
 
 
 def test_tag_recorder_does_not_change_the_training_trajectory(tiny_data, tmp_path):
-    from training.recipe import recipe_from_dict
-    from training.trainer import Trainer
+    from training.recipe.core import recipe_from_dict
+    from training.engine.trainer import Trainer
 
     doc = tiny_doc(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 4, "accumulate": 2, "warmup_steps": 1})
     plain = Trainer(recipe_from_dict(doc), out_dir=str(tmp_path / "plain"), progress=False, plots=False)
@@ -248,7 +248,7 @@ def test_tag_recorder_does_not_change_the_training_trajectory(tiny_data, tmp_pat
 def test_group_command_end_to_end(tmp_path):
     import yaml
 
-    from mtl_perception.model import load_model
+    from mtl_perception.inference.loader import load_model
     from training.cli import main
 
     doc = tiny_doc(tmp_path / "data", tmp_path / "unused")
@@ -281,11 +281,11 @@ def test_group_command_end_to_end(tmp_path):
 def test_overlapping_grouping_exports_each_task_once_as_a_bundle(tiny_data, tmp_path):
     """A network chosen for only some of its tasks is exported without the other heads, so the
     members of a bundle never serve a task twice."""
-    from mtl_perception.bundle import write_bundle
-    from mtl_perception.model import load_model
+    from mtl_perception.inference.bundle import write_bundle
+    from mtl_perception.inference.loader import load_model
     from training.grouping.group import _export
-    from training.recipe import recipe_from_dict
-    from training.trainer import Trainer
+    from training.recipe.core import recipe_from_dict
+    from training.engine.trainer import Trainer
 
     Trainer(recipe_from_dict(tiny_doc(tiny_data, tmp_path)), out_dir=str(tmp_path / "run"), progress=False,
             plots=False).fit()

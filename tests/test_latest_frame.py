@@ -4,7 +4,7 @@ from __future__ import annotations
 import threading
 import time
 
-from mtl_perception.latest_frame import FrameCounts, LatestFrame
+from mtl_perception.inference.latest_frame import FrameCounts, LatestFrame
 
 
 def test_newest_item_wins_and_replaced_items_count_as_dropped():

@@ -52,15 +52,15 @@ def test_launch_description_builds_where_launch_ros_exists():
 
 def test_console_scripts_and_installed_data_files_are_declared():
     setup = (ROOT / "setup.py").read_text()
-    assert re.search(r'"perception_node = mtl_perception\.node:main"', setup)
-    assert re.search(r'"camera_source = mtl_perception\.camera_source:main"', setup)
+    assert re.search(r'"perception_node = mtl_perception\.ros\.node:main"', setup)
+    assert re.search(r'"camera_source = mtl_perception\.ros\.camera_source:main"', setup)
     assert 'glob("launch/*.py")' in setup and 'glob("config/*.yaml")' in setup
 
 
 def test_params_file_matches_the_parameters_the_node_declares():
     rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed")
     pytest.importorskip("vision_msgs.msg")
-    from mtl_perception.node import PerceptionNode
+    from mtl_perception.ros.node import PerceptionNode
 
     doc = yaml.safe_load(PARAMS.read_text())
     assert list(doc) == ["/**"]

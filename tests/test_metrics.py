@@ -5,7 +5,7 @@ import cv2
 import numpy as np
 import pytest
 
-from mtl_perception.metrics import (
+from mtl_perception.evaluation.metrics import (
     METRIC_DIRECTIONS,
     DepthMetric,
     DetectionMetric,
@@ -394,5 +394,5 @@ def test_runtime_metrics_do_not_import_torch():
     import subprocess
     import sys
 
-    code = "import sys, mtl_perception.metrics; sys.exit('torch' in sys.modules)"
+    code = "import sys, mtl_perception.evaluation.metrics; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code]).returncode == 0

@@ -10,7 +10,8 @@ import pytest
 
 from model_factory import export_random_model
 from mtl_perception.contract import METADATA_KEY, SCHEMA_VERSION, ContractError, ModelMetadata
-from mtl_perception.model import ModelError, RuntimeOptions, load_model, normalise_provider_names, usable_providers
+from mtl_perception.inference.model import ModelError, RuntimeOptions, normalise_provider_names, usable_providers
+from mtl_perception.inference.loader import load_model
 
 
 @pytest.fixture(scope="module")
@@ -130,9 +131,9 @@ def test_runtime_imports_and_runs_without_torch(model_file):
                     raise ImportError('blocked: ' + name)
         sys.meta_path.insert(0, Block())
         import numpy as np
-        import mtl_perception, mtl_perception.contract, mtl_perception.metrics, mtl_perception.preprocess
-        import mtl_perception.evaluate, mtl_perception.cli
-        from mtl_perception.model import load_model
+        import mtl_perception, mtl_perception.contract, mtl_perception.evaluation.metrics, mtl_perception.inference.preprocess
+        import mtl_perception.evaluation.evaluate, mtl_perception.cli
+        from mtl_perception.inference.loader import load_model
         out = load_model({str(model_file)!r}).run(np.zeros((32, 64, 3), np.uint8))
         assert 'torch' not in sys.modules
         print(sorted(out))

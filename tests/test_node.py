@@ -33,7 +33,7 @@ from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from mtl_perception.ros_spin import spin_in_background  # noqa: E402
+from mtl_perception.ros.spin import spin_in_background  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
@@ -46,7 +46,7 @@ from model_factory import (  # noqa: E402
     FIXED_SCORE,
     export_bright_box_model,
 )
-from mtl_perception.ros_image import array_to_image, image_to_array  # noqa: E402
+from mtl_perception.messages.image import array_to_image, image_to_array  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 MODEL_W, MODEL_H = 64, 48
@@ -100,12 +100,12 @@ def key(header) -> int:
 
 
 class NodeProcess:
-    """`python -m mtl_perception.node` with the test environment; output goes to a file."""
+    """`python -m mtl_perception.ros.node` with the test environment; output goes to a file."""
 
     def __init__(self, *ros_args: str) -> None:
         self.log_file = tempfile.NamedTemporaryFile("w+", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "mtl_perception.node", "--ros-args", *ros_args],
+            [sys.executable, "-m", "mtl_perception.ros.node", "--ros-args", *ros_args],
             stdout=self.log_file, stderr=subprocess.STDOUT, env=ros_env(), text=True)
 
     def log(self) -> str:
@@ -504,7 +504,7 @@ def test_lifecycle_transitions_and_best_effort_input(model_path):
 
 
 def _run_node(*ros_args: str, timeout: float = 60) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mtl_perception.node", "--ros-args", *ros_args],
+    return subprocess.run([sys.executable, "-m", "mtl_perception.ros.node", "--ros-args", *ros_args],
                           env=ros_env(), capture_output=True, text=True, timeout=timeout)
 
 
@@ -527,7 +527,7 @@ def test_missing_or_unusable_models_exit_non_zero_with_one_line(tmp_path, model_
 
 def test_console_script_and_unset_model_path():
     script = Path(sys.executable).parent / "perception_node"
-    command = [str(script)] if script.exists() else [sys.executable, "-m", "mtl_perception.node"]
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "mtl_perception.ros.node"]
     result = subprocess.run(command + ["--ros-args", "-r", "__ns:=/node_unset"], env=ros_env(),
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 1

@@ -3,13 +3,13 @@ import numpy as np
 import pytest
 import torch
 
-from mtl_perception.model import load_model
-from training.checkpoint import load_checkpoint
-from training.config import ConfigError
-from training.export import export_checkpoint, trained_model
+from mtl_perception.inference.loader import load_model
+from training.engine.checkpoint import load_checkpoint
+from training.recipe.config import ConfigError
+from training.engine.export import export_checkpoint, trained_model
 from training.models.collapse import conv_flops, parameter_count
 from training.models.multitask import build_model
-from training.trainer import LAST, Trainer, tasks_from_checkpoint
+from training.engine.trainer import LAST, Trainer, tasks_from_checkpoint
 
 from test_training import tiny_data, tiny_recipe  # noqa: F401  (fixture)
 
@@ -110,8 +110,8 @@ def test_collapsed_graph_is_the_compact_graph_and_costs_the_same(tmp_path):
     import onnx
 
     from model_factory import tiny_network, tiny_tasks
-    from training.cost import _overparameterised, parse_variant
-    from training.export import DeployModule, export_onnx, output_names
+    from training.experiments.cost import _overparameterised, parse_variant
+    from training.engine.export import DeployModule, export_onnx, output_names
     from training.models.collapse import compact_copy
 
     tasks = tiny_tasks(input_size=(64, 32))
@@ -135,7 +135,7 @@ def test_collapsed_graph_is_the_compact_graph_and_costs_the_same(tmp_path):
 
 
 def test_cost_table_of_collapsed_variants(tiny_data, tmp_path):
-    from training.cost import compare_architectures
+    from training.experiments.cost import compare_architectures
 
     recipe = tiny_recipe(tiny_data, tmp_path)
     result = compare_architectures(recipe, ["shared", "shared+linear:2", "shared+elementwise:3"], runs=2, rounds=1,

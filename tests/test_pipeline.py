@@ -5,11 +5,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from mtl_perception.model import load_model
-from mtl_perception.synthetic import Camera, generate_dataset
-from training.ablation import deep_merge, load_plan
-from training.checkpoint import load_checkpoint
-from training.pipeline import load_full_plan, run_full
+from mtl_perception.inference.loader import load_model
+from mtl_perception.data.synthetic import Camera, generate_dataset
+from training.experiments.ablation import deep_merge, load_plan
+from training.engine.checkpoint import load_checkpoint
+from training.experiments.pipeline import load_full_plan, run_full
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -3,8 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from training.config import ConfigError
-from training.recipe import load_recipe
+from training.recipe.config import ConfigError
+from training.recipe.core import load_recipe
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "config" / "quick.yaml"

@@ -1,8 +1,8 @@
 """Recipe sections for SAM, SWA and distillation: validated like every recipe key."""
 import pytest
 
-from training.config import ConfigError, build
-from training.recipe_extras import DistillConfig, SAMConfig, SWAConfig
+from training.recipe.config import ConfigError, build
+from training.recipe.extras import DistillConfig, SAMConfig, SWAConfig
 
 
 def test_sections_build_with_defaults_and_reject_bad_values():

@@ -18,9 +18,9 @@ from conftest import ros_env  # noqa: E402
 from model_factory import export_bright_box_model, export_synthetic_world_model, write_bright_box_bag  # noqa: E402
 from test_eval_bag import EXPECTED_DETECTION, expected_segmentation  # noqa: E402
 
-from mtl_perception.bag_io import open_bag  # noqa: E402
-from mtl_perception.make_bag import make_bag  # noqa: E402
-from mtl_perception.replay import ReplayError, ReplayOptions, replay_bag  # noqa: E402
+from mtl_perception.bags.io import open_bag  # noqa: E402
+from mtl_perception.bags.make import make_bag  # noqa: E402
+from mtl_perception.tools.replay import ReplayError, ReplayOptions, replay_bag  # noqa: E402
 
 
 def test_replay_starts_the_node_and_scores_what_came_back(tmp_path):
@@ -79,7 +79,7 @@ def test_replay_into_a_node_the_user_started_with_sim_time(tmp_path):
     make_bag(bag, frames=10, width=128, height=64, storage="sqlite3", rate=10.0)
     ns = f"/user_{os.getpid()}"
     script = Path(sys.executable).with_name("perception_node")
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "mtl_perception.node"]
+    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "mtl_perception.ros.node"]
     node = subprocess.Popen(cmd + ["--ros-args", "-r", f"__ns:={ns}", "-r", "image:=/camera/image_raw",
                                    "-r", "camera_info:=/camera/camera_info", "-p", f"model_path:={model}",
                                    "-p", "use_sim_time:=true", "-p", "providers:=[cpu]"],

@@ -1,4 +1,4 @@
-"""mtl_perception.ros_image against real sensor_msgs messages (the installed message package).
+"""mtl_perception.messages.image against real sensor_msgs messages (the installed message package).
 
 References: arrays built independently with NumPy (byte order, padding written by hand),
 serialisation through rclpy's CDR serializer, and a CameraInfo scaled by hand following
@@ -18,7 +18,7 @@ sensor_msgs_msg = pytest.importorskip(
 Image = sensor_msgs_msg.Image
 CameraInfo = sensor_msgs_msg.CameraInfo
 
-from mtl_perception.ros_image import (  # noqa: E402
+from mtl_perception.messages.image import (  # noqa: E402
     ImageConversionError,
     array_to_image,
     encoding_info,
@@ -364,7 +364,7 @@ def test_rosbags_message_class():
 
 
 def test_module_imports_neither_rclpy_nor_torch():
-    code = ("import sys, mtl_perception.ros_image as m; "
+    code = ("import sys, mtl_perception.messages.image as m; "
             "bad = [n for n in ('rclpy', 'torch', 'sensor_msgs', 'cv2') if n in sys.modules]; "
             "print(bad); sys.exit(1 if bad else 0)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mtl_perception.ros_outputs import (
+from mtl_perception.inference.postprocess import (
     PALETTE_BGR,
     overlay_segmentation,
     select_detections,
@@ -56,7 +56,9 @@ def test_messages_carry_fields_with_humble_types():
     pytest.importorskip("vision_msgs.msg")
     from std_msgs.msg import Header
 
-    from mtl_perception.ros_outputs import Detections, detection_array, label_info
+    from mtl_perception.inference.postprocess import Detections
+
+    from mtl_perception.messages.outputs import detection_array, label_info
 
     header = Header(frame_id="cam")
     dets = Detections(np.array([[10.0, 20.0, 30.0, 60.0]]), np.array([0.75]), np.array([5]))
@@ -76,8 +78,8 @@ def test_image_checks_and_parameter_validation():
     pytest.importorskip("vision_msgs.msg")
     from sensor_msgs.msg import Image
 
-    from mtl_perception.node import _validate, check_image
-    from mtl_perception.ros_image import ImageConversionError, array_to_image
+    from mtl_perception.ros.node import _validate, check_image
+    from mtl_perception.messages.image import ImageConversionError, array_to_image
 
     check_image(array_to_image(np.zeros((4, 4, 3), np.uint8), "bgr8"))
     for encoding in ("yuv422", "32FC1"):

@@ -8,7 +8,7 @@ from torch import nn
 
 from tiny_mtl import one_thread  # noqa: F401
 from training.balancers import BALANCERS, BalanceContext
-from training.sam import SAM, frozen_bn_stats
+from training.engine.sam import SAM, frozen_bn_stats
 
 
 def quadratic(w1, w2, a=(10.0, 1.0)):
@@ -209,7 +209,7 @@ def test_grad_scaler_protocol_gives_the_unscaled_update():
 
 
 def test_famo_counts_the_first_pass_losses_once_under_frozen_buffers():
-    from training.sam import frozen_buffers
+    from training.engine.sam import frozen_buffers
 
     w1, w2 = nn.Parameter(torch.ones(1)), nn.Parameter(torch.ones(1))
     famo = BALANCERS["famo"]({"a": 1.0, "b": 1.0}, BALANCERS["famo"].Options())

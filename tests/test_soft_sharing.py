@@ -9,7 +9,7 @@ from torch import nn
 
 from model_factory import flat_outputs, randomise_batchnorm, tiny_tasks
 from tiny_mtl import one_thread  # noqa: F401  (autouse fixture: one torch thread)
-from training.config import ConfigError
+from training.recipe.config import ConfigError
 from training.models.collapse import collapse, expand, parameter_count
 from training.models.multitask import MultiTaskNet, build_model
 from training.models.soft_sharing import CrossStitchTrunk, MTANTrunk, NDDRFusion, NDDRTrunk
@@ -258,7 +258,7 @@ def test_cut_features_is_refused_by_the_model(architecture):
 @pytest.mark.parametrize("architecture", SOFT)
 @pytest.mark.parametrize("balancer", ["mgda_ub", "gradnorm"])
 def test_recipe_refuses_representation_balancers_with_soft_sharing(architecture, balancer):
-    from training.recipe import recipe_from_dict
+    from training.recipe.core import recipe_from_dict
 
     with pytest.raises(ConfigError, match=f"balancer.name: {balancer} needs the one representation"):
         recipe_from_dict({"model": {"architecture": architecture}, "balancer": {"name": balancer}})
@@ -267,7 +267,7 @@ def test_recipe_refuses_representation_balancers_with_soft_sharing(architecture,
 
 
 def test_recipe_validates_architecture_and_mixing_lr_scale():
-    from training.recipe import recipe_from_dict
+    from training.recipe.core import recipe_from_dict
 
     with pytest.raises(ConfigError, match="model.architecture: expected one of"):
         recipe_from_dict({"model": {"architecture": "sluice"}})
@@ -299,7 +299,7 @@ def test_expanded_cross_stitch_collapses_to_the_compact_model():
 # -- training, optimizer groups, export ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
-    from mtl_perception.synthetic import Camera, generate_dataset
+    from mtl_perception.data.synthetic import Camera, generate_dataset
 
     root = tmp_path_factory.mktemp("data")
     camera = Camera.default(128, 64)
@@ -314,10 +314,10 @@ def test_each_architecture_trains_a_step_and_exports_verified(architecture, bala
     """One optimizer step with the real Trainer (a gradient balancer for two of them: it writes
     gradients only into shared_parameters() and task_parameters()), then the real export,
     which verifies onnxruntime against torch."""
-    from mtl_perception.model import load_model
-    from training.export import export_checkpoint
-    from training.recipe import recipe_from_dict
-    from training.trainer import LAST, Trainer
+    from mtl_perception.inference.loader import load_model
+    from training.engine.export import export_checkpoint
+    from training.recipe.core import recipe_from_dict
+    from training.engine.trainer import LAST, Trainer
 
     recipe = recipe_from_dict({
         "name": f"tiny-{architecture}", "seed": 1, "out_dir": str(tmp_path), "threads": 1,
@@ -356,7 +356,7 @@ def test_each_architecture_trains_a_step_and_exports_verified(architecture, bala
 
 
 def test_model_cost_counts_the_compact_network():
-    from training.cost import model_cost
+    from training.experiments.cost import model_cost
 
     costs = {a: model_cost(tiny_model(a), (64, 32), runs=2) for a in ("shared",) + SOFT}
     for arch, cost in costs.items():

@@ -7,8 +7,8 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 
 from tiny_mtl import build_tiny, one_thread, random_batches, recipe_doc, write_checkpoint  # noqa: F401
-from training.checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
-from training.swa import (AveragingError, SWACollector, average_checkpoints, model_from_state, score_against,
+from training.engine.checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
+from training.engine.swa import (AveragingError, SWACollector, average_checkpoints, model_from_state, score_against,
                           update_bn_multitask)
 
 

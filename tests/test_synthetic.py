@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mtl_perception.synthetic import (
+from mtl_perception.data.synthetic import (
     DETECTION_CLASSES,
     MAX_DEPTH,
     MIN_VISIBLE_FRACTION,
@@ -27,7 +27,7 @@ from mtl_perception.synthetic import (
     render_scene,
     scene_for,
 )
-from mtl_perception.synthetic.generate import generate_dataset, is_night
+from mtl_perception.data.synthetic.generate import generate_dataset, is_night
 
 SMALL = Camera.default(192, 128)
 C = {name: i for i, name in enumerate(SEMANTIC_CLASSES)}
@@ -288,7 +288,7 @@ def test_generate_dataset_is_identical_for_any_worker_count(tmp_path):
 
 
 def test_generation_throughput_384x256_two_workers(tmp_path):
-    from mtl_perception.dataset import MultiTaskDataset
+    from mtl_perception.data.dataset import MultiTaskDataset
 
     n = 200
     t0 = time.perf_counter()

@@ -2,8 +2,8 @@
 import pytest
 import torch
 
-from training.checkpoint import load_checkpoint, parameter_fingerprint
-from training.trainer import LAST, Trainer
+from training.engine.checkpoint import load_checkpoint, parameter_fingerprint
+from training.engine.trainer import LAST, Trainer
 
 from test_training import tiny_data, tiny_recipe  # noqa: F401  (fixture)
 

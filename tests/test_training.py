@@ -12,15 +12,15 @@ import numpy as np
 import pytest
 import torch
 
-import training.export as export_module
-from mtl_perception.dataset import MultiTaskDataset
-from mtl_perception.model import load_model
-from mtl_perception.synthetic import Camera, generate_dataset
-from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from training.export import ExportError, export_checkpoint
-from training.recipe import recipe_from_dict
+import training.engine.export as export_module
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.inference.loader import load_model
+from mtl_perception.data.synthetic import Camera, generate_dataset
+from training.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.engine.export import ExportError, export_checkpoint
+from training.recipe.core import recipe_from_dict
 from training.tasks.depth import DepthTask
-from training.trainer import LAST, Trainer, TrainingError
+from training.engine.trainer import LAST, Trainer, TrainingError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -100,7 +100,7 @@ def test_checkpoint_survives_a_kill_during_writes(tmp_path):
     path = tmp_path / "ck.pt"
     code = textwrap.dedent(f"""
         import torch
-        from training.checkpoint import save_checkpoint
+        from training.engine.checkpoint import save_checkpoint
         i = 0
         while True:
             save_checkpoint({str(path)!r}, {{"i": i, "w": torch.full((4_000_000,), float(i))}})
@@ -213,8 +213,8 @@ def test_flips_follow_the_epoch_inside_persistent_workers(tiny_data):
     flip) must come from the sampler, or every epoch would repeat epoch 0's flips."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from training.data import EpochSampler, TaskDataset, _coin
-    from training.trainer import build_tasks
+    from training.engine.data import EpochSampler, TaskDataset, _coin
+    from training.engine.trainer import build_tasks
 
     source = MultiTaskDataset(tiny_data / "train")
     tasks = build_tasks(tiny_recipe(tiny_data, "unused"), source)

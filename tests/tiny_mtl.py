@@ -6,9 +6,9 @@ from typing import Dict, Optional, Sequence
 import pytest
 import torch
 
-from training.checkpoint import parameter_fingerprint, save_checkpoint
+from training.engine.checkpoint import parameter_fingerprint, save_checkpoint
 from training.models.multitask import build_model
-from training.recipe import recipe_from_dict
+from training.recipe.core import recipe_from_dict
 from training.tasks import TASKS, DataInfo
 
 ALL_TASKS = ("segmentation", "depth", "detection", "super_resolution")

@@ -24,10 +24,10 @@ from typing import List, Optional
 
 
 def _train(args) -> int:
-    from . import distributed
-    from .export import export_checkpoint
-    from .recipe import load_recipe
-    from .trainer import LAST, Trainer
+    from training.engine import distributed
+    from training.engine.export import export_checkpoint
+    from training.recipe.core import load_recipe
+    from training.engine.trainer import LAST, Trainer
 
     recipe = load_recipe(args.recipe, args.set)
     distributed.init_from_env()  # under torchrun: one process per rank, DDP
@@ -51,7 +51,7 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from .export import export_checkpoint
+    from training.engine.export import export_checkpoint
 
     worst = export_checkpoint(args.checkpoint, args.out, name=args.name, opset=args.opset)
     print(f"model: {args.out} (onnxruntime vs torch, worst: {_fmt(worst)})")
@@ -61,7 +61,7 @@ def _export(args) -> int:
 def _recipe(args) -> int:
     import yaml
 
-    from .recipe import load_recipe
+    from training.recipe.core import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     print(yaml.safe_dump(json.loads(json.dumps(recipe.to_dict())), sort_keys=False))
@@ -69,7 +69,7 @@ def _recipe(args) -> int:
 
 
 def _compare(args) -> int:
-    from .compare import compare
+    from training.experiments.compare import compare
 
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -78,7 +78,7 @@ def _compare(args) -> int:
 
 
 def _sweep(args) -> int:
-    from .sweep import sweep
+    from training.experiments.sweep import sweep
 
     values = [float(v) for v in args.weights.split(",")]
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
@@ -88,7 +88,7 @@ def _sweep(args) -> int:
 
 
 def _bench_balancers(args) -> int:
-    from .balancer_benchmark import markdown, run_benchmark
+    from training.experiments.balancer_benchmark import markdown, run_benchmark
 
     names = [n.strip() for n in args.methods.split(",")] if args.methods else None
     result = run_benchmark(args.recipe, args.set, names, steps=args.steps, rounds=args.rounds, device=args.device,
@@ -101,11 +101,11 @@ def _bench_balancers(args) -> int:
 
 
 def _cost(args) -> int:
-    from .cost import compare_architectures, markdown
-    from .recipe import load_recipe
+    from training.experiments.cost import compare_architectures, markdown
+    from training.recipe.core import load_recipe
 
-    from .config import ConfigError
-    from .models.trunk import ARCHITECTURES
+    from training.recipe.config import ConfigError
+    from training.models.trunk import ARCHITECTURES
 
     recipe = load_recipe(args.recipe, args.set)
     architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
@@ -123,7 +123,7 @@ def _cost(args) -> int:
 
 
 def _ablate(args) -> int:
-    from .ablation import ablate
+    from training.experiments.ablation import ablate
 
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
     ablate(args.plan, args.set, seeds, out=args.out, results=args.results, workers=args.jobs)
@@ -131,8 +131,8 @@ def _ablate(args) -> int:
 
 
 def _average(args) -> int:
-    from .export import export_checkpoint
-    from .swa import average_command
+    from training.engine.export import export_checkpoint
+    from training.engine.swa import average_command
 
     result = average_command(args.checkpoints, args.out, greedy=args.greedy, device=args.device,
                              bn_batches=args.bn_batches, batch_size=args.batch_size, evaluate=not args.no_eval)
@@ -144,13 +144,13 @@ def _average(args) -> int:
 
 
 def _group(args) -> int:
-    from .grouping.group import group
+    from training.grouping.group import group
 
     try:
         budgets = [float(v) for v in args.budgets.split(",")]
         seeds = [int(v) for v in args.seeds.split(",")]
     except ValueError:
-        from .config import ConfigError
+        from training.recipe.config import ConfigError
 
         raise ConfigError("--budgets and --seeds are comma-separated numbers") from None
     group(args.recipe, args.set, method=args.method, budgets=budgets, seeds=seeds, workers=args.jobs,
@@ -161,7 +161,7 @@ def _group(args) -> int:
 
 
 def _full(args) -> int:
-    from .pipeline import run_full
+    from training.experiments.pipeline import run_full
 
     run_full(args.plan, args.set, recipe=args.recipe, out=args.out, progress=not args.no_progress)
     return 0
@@ -319,12 +319,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from mtl_perception.model import ModelError
+    from mtl_perception.inference.model import ModelError
 
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .export import ExportError
-    from .trainer import TrainingError
+    from training.engine.checkpoint import CheckpointError
+    from training.recipe.config import ConfigError
+    from training.engine.export import ExportError
+    from training.engine.trainer import TrainingError
 
     args = build_parser().parse_args(argv)
     try:

@@ -3,7 +3,7 @@
 `mtl-train sweep` grid-searches these weights (the usual static baseline)."""
 from __future__ import annotations
 
-from .base import BalanceContext, Balancer, register_balancer
+from training.balancers.base import BalanceContext, Balancer, register_balancer
 
 
 @register_balancer

@@ -15,7 +15,7 @@ from typing import List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from .base import BalanceContext, Balancer
+from training.balancers.base import BalanceContext, Balancer
 
 Grads = Tuple[Optional[torch.Tensor], ...]
 

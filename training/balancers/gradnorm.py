@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import BalanceContext, Balancer, BalancerOptions, all_reduce_mean, register_balancer
-from .gradients import (add_to_grads, all_finite, backward_through, combine, head_params, representation, split_like,
+from training.balancers.base import BalanceContext, Balancer, BalancerOptions, all_reduce_mean, register_balancer
+from training.balancers.gradients import (add_to_grads, all_finite, backward_through, combine, head_params, representation, split_like,
                         task_gradients)
 
 

@@ -14,9 +14,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .base import BalanceContext, BalancerOptions, register_balancer
-from .gradients import SharedGradientBalancer
-from .solvers import imtl_weights, nash_weights
+from training.balancers.base import BalanceContext, BalancerOptions, register_balancer
+from training.balancers.gradients import SharedGradientBalancer
+from training.balancers.solvers import imtl_weights, nash_weights
 
 
 @dataclass

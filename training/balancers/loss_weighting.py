@@ -18,7 +18,7 @@ from typing import Dict, Literal, Optional, Sequence, Union
 import torch
 from torch import nn
 
-from .base import BalanceContext, Balancer, BalancerOptions, all_reduce_mean, register_balancer
+from training.balancers.base import BalanceContext, Balancer, BalancerOptions, all_reduce_mean, register_balancer
 
 
 def _check_task_keys(what: str, mapping, tasks: Sequence[str]) -> None:

@@ -16,10 +16,10 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from .base import BalanceContext, Balancer, BalancerOptions, register_balancer
-from .gradients import (SharedGradientBalancer, add_to_grads, all_finite, backward_through, combine, gram,
+from training.balancers.base import BalanceContext, Balancer, BalancerOptions, register_balancer
+from training.balancers.gradients import (SharedGradientBalancer, add_to_grads, all_finite, backward_through, combine, gram,
                         head_params, representation, task_gradients)
-from .solvers import min_norm_weights
+from training.balancers.solvers import min_norm_weights
 
 
 @dataclass

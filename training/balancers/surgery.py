@@ -18,9 +18,9 @@ from typing import Literal
 import numpy as np
 import torch
 
-from .base import BalancerOptions, register_balancer
-from .gradients import SharedGradientBalancer
-from .solvers import aligned_weights, cagrad_weights, pcgrad_weights
+from training.balancers.base import BalancerOptions, register_balancer
+from training.balancers.gradients import SharedGradientBalancer
+from training.balancers.solvers import aligned_weights, cagrad_weights, pcgrad_weights
 
 
 @dataclass

@@ -40,8 +40,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .higher_order import all_groups
-from .search import Candidate
+from training.grouping.higher_order import all_groups
+from training.grouping.search import Candidate
 
 UPDATES = ("sgd", "optimizer")
 

@@ -41,13 +41,13 @@ def scaled_model(model_doc: Mapping, scale: float) -> dict:
 
 def build_network(recipe_doc: Mapping, tasks: Sequence[str], scale: float = 1.0, data_source=None):
     """An untrained network of the recipe for `tasks` at width `scale` (architecture only)."""
-    from mtl_perception.dataset import MultiTaskDataset
+    from mtl_perception.data.dataset import MultiTaskDataset
 
-    from ..config import build
-    from ..models.multitask import build_model
-    from ..models.trunk import TrunkConfig
-    from ..recipe import recipe_from_dict
-    from ..trainer import build_tasks
+    from training.recipe.config import build
+    from training.models.multitask import build_model
+    from training.models.trunk import TrunkConfig
+    from training.recipe.core import recipe_from_dict
+    from training.engine.trainer import build_tasks
 
     doc = copy.deepcopy(dict(recipe_doc))
     doc["tasks"] = {t: (recipe_doc["tasks"].get(t) or {}) for t in tasks}
@@ -85,7 +85,7 @@ def time_interleaved(runners: Mapping[Hashable, Callable[[], object]], reference
 def torch_costs(networks: Mapping[Hashable, torch.nn.Module], reference: Hashable, input_size, rounds: int = 7,
                 threads: int = 1) -> Dict[Hashable, dict]:
     """Latency (ratio to the reference) and FLOPs ratio of untrained networks, batch 1."""
-    from ..models.collapse import conv_flops, parameter_count
+    from training.models.collapse import conv_flops, parameter_count
 
     width, height = input_size
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
@@ -110,7 +110,8 @@ def onnx_latency(paths: Mapping[Hashable, str], reference: Optional[Hashable] = 
                  threads: int = 1) -> Dict[Hashable, dict]:
     """Latency of exported models through the runtime's loader (what the node runs), CPU, one
     thread, on one random frame of the model's input size; ratio to `reference` (or the first)."""
-    from mtl_perception.model import RuntimeOptions, load_model
+    from mtl_perception.inference.model import RuntimeOptions
+    from mtl_perception.inference.loader import load_model
 
     options = RuntimeOptions(providers=["cpu"], intra_op_threads=threads, allow_spinning=False)
     models = {k: load_model(p, options) for k, p in paths.items()}

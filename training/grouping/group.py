@@ -3,7 +3,7 @@
 1. splits (train/val as the recipe makes them, a test split beside val, as `compare-balancers`);
 2. inference cost of every candidate architecture (`costs.py`; cached in <out>/costs.json so a
    rerun chooses from the same numbers);
-3. search runs through `training.compare.run_all` (separate processes, `--jobs` at a time, resumable,
+3. search runs through `training.experiments.compare.run_all` (separate processes, `--jobs` at a time, resumable,
    no test split): Standley's short runs (`standley.py`) and/or one joint TAG run with the
    affinity recorder (`affinity.py`);
 4. per budget, per method, the selection (`search.py`);
@@ -24,14 +24,14 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from ..compare import MAIN_METRIC, Job, prepare_splits, run_all
-from ..config import ConfigError
-from . import report
-from .affinity import UPDATES, tag_candidates
-from .costs import COST_MODELS, build_network, torch_costs
-from .higher_order import all_groups
-from .search import Candidate, GroupingError, branch_and_bound, brute_force
-from .standley import Net, make_jobs, net_recipe, predicted_losses, standley_candidates, standley_nets, trained_losses
+from training.experiments.compare import MAIN_METRIC, Job, prepare_splits, run_all
+from training.recipe.config import ConfigError
+from training.grouping import report
+from training.grouping.affinity import UPDATES, tag_candidates
+from training.grouping.costs import COST_MODELS, build_network, torch_costs
+from training.grouping.higher_order import all_groups
+from training.grouping.search import Candidate, GroupingError, branch_and_bound, brute_force
+from training.grouping.standley import Net, make_jobs, net_recipe, predicted_losses, standley_candidates, standley_nets, trained_losses
 
 METHODS = {"standley": ["standley"], "tag": ["tag"], "both": ["standley", "tag"]}
 
@@ -47,7 +47,7 @@ def _cost_models(doc: Mapping, tasks: Sequence[str], half_scale: float, out_dir:
         if set(cached) == {n.key for n in nets}:
             log(f"  inference costs from {cache}")
             return cached
-    from mtl_perception.dataset import MultiTaskDataset
+    from mtl_perception.data.dataset import MultiTaskDataset
 
     source = MultiTaskDataset(doc["data"]["train"])
     models = {n.key: build_network(doc, n.tasks, n.scale, source) for n in nets}
@@ -93,7 +93,7 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
           tag_epochs: int = 0, cost_rounds: int = 7, baselines: bool = True, log=print) -> dict:
     import torch
 
-    from ..recipe import load_run_recipe
+    from training.recipe.core import load_run_recipe
 
     if method not in METHODS:
         raise ConfigError(f"--method must be one of {', '.join(METHODS)}")
@@ -249,8 +249,8 @@ def _groupings(selections: Sequence[Mapping], tasks: Sequence[str], cost, std_ca
 def _export(run_dir: Path, tasks: Sequence[str], onnx_path: Path, name: str) -> None:
     """The run's last checkpoint as verified ONNX serving only `tasks` (heads of other tasks a
     grouping takes from another network are dropped, so the bundle serves each task once)."""
-    from ..checkpoint import load_checkpoint, save_checkpoint
-    from ..export import export_checkpoint
+    from training.engine.checkpoint import load_checkpoint, save_checkpoint
+    from training.engine.export import export_checkpoint
 
     checkpoint = run_dir / "last.pt"
     state = load_checkpoint(checkpoint)
@@ -271,7 +271,7 @@ def _export(run_dir: Path, tasks: Sequence[str], onnx_path: Path, name: str) -> 
 
 def _final(doc: Mapping, tasks: Sequence[str], groupings: List[dict], seeds: Sequence[int], out_dir: Path,
            test_root: Path, workers: int, log) -> List[dict]:
-    from .costs import onnx_latency
+    from training.grouping.costs import onnx_latency
 
     nets = sorted({n for g in groupings for n in g["nets"]}, key=lambda n: (-len(n.tasks), n.key))
     jobs = make_jobs(nets, doc, seeds, out_dir / "final", 0, {"losses": True}, prefix="final")
@@ -324,11 +324,11 @@ def _final(doc: Mapping, tasks: Sequence[str], groupings: List[dict], seeds: Seq
 
 
 def _write_bundle(folder: Path, members: Sequence[Path], name: str, provenance: Mapping, log) -> Optional[str]:
-    """The grouping as a model bundle (`mtl_perception.bundle.write_bundle`): a manifest plus its
-    member ONNX files, loadable by `mtl_perception.model.load_model` and the node."""
+    """The grouping as a model bundle (`mtl_perception.inference.bundle.write_bundle`): a manifest plus its
+    member ONNX files, loadable by `mtl_perception.inference.loader.load_model` and the node."""
     try:
-        from mtl_perception.bundle import write_bundle
+        from mtl_perception.inference.bundle import write_bundle
     except ImportError:  # an older runtime without bundles: the member ONNX files are still there
-        log(f"  (no mtl_perception.bundle: {folder} not written)")
+        log(f"  (no mtl_perception.inference.bundle: {folder} not written)")
         return None
     return str(write_bundle(folder, members, name=name, provenance=provenance, link=True))

@@ -46,7 +46,7 @@ def selection_table(result: Mapping) -> str:
 
 
 def measured_table(result: Mapping) -> str:
-    from mtl_perception.metrics import METRIC_DIRECTIONS
+    from mtl_perception.evaluation.metrics import METRIC_DIRECTIONS
 
     tasks = result["tasks"]
     main = result["main_metric"]

@@ -1,6 +1,6 @@
 """Standley et al.'s candidate networks: which to train, and their losses as search candidates.
 
-Trained (through `training.compare`'s job runner, with a short schedule: Standley et al.'s
+Trained (through `training.experiments.compare`'s job runner, with a short schedule: Standley et al.'s
 early-stopping approximation, here the whole cosine schedule compressed into `--short-epochs`):
 every single task and every pair at full width, every single task at half width, and with
 `all_subsets` every subset. Each network's per-task validation loss at its last epoch is the
@@ -15,10 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
-from ..compare import Job
-from .costs import scaled_model
-from .higher_order import all_groups, estimate_group_losses, group_key
-from .search import Candidate
+from training.experiments.compare import Job
+from training.grouping.costs import scaled_model
+from training.grouping.higher_order import all_groups, estimate_group_losses, group_key
+from training.grouping.search import Candidate
 
 
 @dataclass(frozen=True)

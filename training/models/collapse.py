@@ -14,7 +14,7 @@ from typing import Callable, Dict, List, Optional
 import torch
 from torch import nn
 
-from .overparam import (
+from training.models.overparam import (
     ElementwiseConv2d,
     KernelExpandedConv2d,
     LinearExpandedConv2d,

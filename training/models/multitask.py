@@ -9,8 +9,8 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
-from .soft_sharing import build_trunk
-from .trunk import SharedTrunk, TrunkConfig  # noqa: F401  (SharedTrunk re-exported)
+from training.models.soft_sharing import build_trunk
+from training.models.trunk import SharedTrunk, TrunkConfig  # noqa: F401  (SharedTrunk re-exported)
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBNAct
-from .trunk import SharedTrunk, TrunkConfig
+from training.models.blocks import ConvBNAct
+from training.models.trunk import SharedTrunk, TrunkConfig
 
 #: initial weight of a task's own features in a cross-stitch unit / NDDR fusion (Misra et al.'s
 #: and Gao et al.'s near-identity initialisation); the others share 1 - SELF_WEIGHT equally

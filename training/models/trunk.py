@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import ConvBNAct, ResidualBlock
+from training.models.blocks import ConvBNAct, ResidualBlock
 
 
 ARCHITECTURES = ("shared", "cross_stitch", "nddr", "mtan")

@@ -73,7 +73,7 @@ class Task(abc.ABC):
 
     @abc.abstractmethod
     def new_metric(self):
-        """A fresh metric accumulator from mtl_perception.metrics."""
+        """A fresh metric accumulator from mtl_perception.evaluation.metrics."""
 
     @abc.abstractmethod
     def update_metric(self, metric, decoded: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:

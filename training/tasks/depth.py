@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtl_perception.contract import TaskSpec
-from mtl_perception.metrics import DepthMetric
+from mtl_perception.evaluation.metrics import DepthMetric
 
-from ..models.blocks import ConvBNAct
-from .base import Task, TaskOptions, register_task
+from training.models.blocks import ConvBNAct
+from training.tasks.base import Task, TaskOptions, register_task
 
 
 @dataclass

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtl_perception.contract import TaskSpec
-from mtl_perception.metrics import DetectionMetric
+from mtl_perception.evaluation.metrics import DetectionMetric
 
-from ..models.blocks import ConvBNAct
-from .base import Task, TaskOptions, register_task
+from training.models.blocks import ConvBNAct
+from training.tasks.base import Task, TaskOptions, register_task
 
 STRIDE = 4
 PEAK_TIE = 1e-4  # heatmap values this close to their neighbourhood's maximum count as peaks

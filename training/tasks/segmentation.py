@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from mtl_perception.contract import TaskSpec
-from mtl_perception.metrics import SegmentationMetric
+from mtl_perception.evaluation.metrics import SegmentationMetric
 
-from ..models.blocks import ConvBNAct
-from .base import Task, register_task
+from training.models.blocks import ConvBNAct
+from training.tasks.base import Task, register_task
 
 IGNORE = 255
 

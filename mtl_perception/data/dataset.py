@@ -1,0 +1,429 @@
+"""The on-disk multi-task dataset format (writer and torch-free reader).
+
+Layout (the README's "Data" section has the full description)::
+
+    root/
+      dataset.json          COCO-style index: "images", "annotations", "categories" plus
+                            "format": "mtl_perception.data.dataset", "format_version": 1,
+                            "semantic_classes": [...], "depth_scale": metres per depth-PNG unit
+      images/000000.png     RGB image
+      semantic/000000.png   uint8 class ids, 255 = unlabelled            (optional per image)
+      depth/000000.png      uint16, metres = value * depth_scale, 0 = invalid (optional per image;
+                            a float32 .npy in metres, NaN = invalid, is accepted too)
+
+The generator of :mod:`mtl_perception.data.synthetic` writes it, and a user's own data in the same
+layout is read by the same :class:`MultiTaskDataset`. ``dataset.json`` is written last and
+atomically, so an interrupted writer never leaves a dataset that looks complete.
+"""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+FORMAT = "mtl_perception.data.dataset"
+FORMAT_VERSION = 1
+DEFAULT_DEPTH_SCALE = 1.0 / 256.0
+"""Metres per unit of a 16-bit depth PNG: range 0.0039 .. 255.996 m, rounding error <= 1.95 mm."""
+UNLABELLED = 255
+METADATA_FILE = "dataset.json"
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
+
+
+# ----------------------------------------------------------------------------------- encoding
+def encode_depth(depth: np.ndarray, depth_scale: float = DEFAULT_DEPTH_SCALE) -> np.ndarray:
+    """float metres (NaN/inf/<=0 invalid) -> uint16 units of ``depth_scale`` (0 = invalid).
+    Depths beyond the 16-bit range (65535 * depth_scale) are stored as invalid; valid depths
+    below half a unit are stored as 1 unit."""
+    d = np.asarray(depth, np.float64)
+    valid = np.isfinite(d) & (d > 0)
+    q = np.zeros(d.shape, np.float64)
+    q[valid] = np.rint(d[valid] / depth_scale)
+    q[valid & (q < 1)] = 1
+    q[q > 65535] = 0
+    return q.astype(np.uint16)
+
+
+def decode_depth(units: np.ndarray, depth_scale: float) -> np.ndarray:
+    """uint16 units -> float32 metres, NaN where the unit is 0."""
+    d = units.astype(np.float32) * np.float32(depth_scale)
+    d[units == 0] = np.nan
+    return d
+
+
+def _imwrite(path: Path, array: np.ndarray) -> None:
+    if not cv2.imwrite(str(path), array, _PNG_PARAMS):
+        raise OSError(f"{path}: could not write image")
+
+
+def _stem(index: int, digits: int = 6) -> str:
+    return f"{index:0{digits}d}"
+
+
+def write_frame_files(root: str | os.PathLike, index: int, frame: Any, depth_scale: float = DEFAULT_DEPTH_SCALE,
+                      digits: int = 6) -> tuple[dict, list[dict]]:
+    """Writes one frame's image (and semantic / depth when the frame has them) under ``root``
+    and returns its "images" entry and its annotations (COCO, without "id"; category ids are
+    label + 1). ``frame`` is any object with an ``image`` (HxWx3 uint8 RGB) and optionally
+    ``semantic``, ``depth``, ``boxes`` (xyxy), ``labels``, ``visible_fraction``, ``night`` and
+    ``camera`` (a :class:`~mtl_perception.data.synthetic.world.Camera` or a dict of fx, fy, cx, cy in
+    the OpenCV convention)."""
+    root = Path(root)
+    image = np.asarray(frame.image)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"frame {index}: image must be HxWx3 uint8 RGB, got {image.dtype} {image.shape}")
+    h, w = image.shape[:2]
+    stem = _stem(index, digits)
+    entry: dict[str, Any] = {"id": int(index), "file_name": f"images/{stem}.png", "width": int(w), "height": int(h)}
+    _imwrite(root / entry["file_name"], np.ascontiguousarray(image[..., ::-1]))
+    semantic = getattr(frame, "semantic", None)
+    if semantic is not None:
+        semantic = np.asarray(semantic)
+        if semantic.shape != (h, w) or semantic.dtype != np.uint8:
+            raise ValueError(f"frame {index}: semantic must be {h}x{w} uint8, got {semantic.dtype} {semantic.shape}")
+        entry["semantic_file"] = f"semantic/{stem}.png"
+        _imwrite(root / entry["semantic_file"], semantic)
+    depth = getattr(frame, "depth", None)
+    if depth is not None:
+        depth = np.asarray(depth)
+        if depth.shape != (h, w):
+            raise ValueError(f"frame {index}: depth must be {h}x{w}, got {depth.shape}")
+        entry["depth_file"] = f"depth/{stem}.png"
+        _imwrite(root / entry["depth_file"], encode_depth(depth, depth_scale))
+    night = getattr(frame, "night", None)
+    if night is not None:
+        entry["night"] = bool(night)
+    camera = getattr(frame, "camera", None)
+    if camera is not None:
+        entry["camera"] = _camera_entry(camera)
+    boxes = np.asarray(getattr(frame, "boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4)
+    labels = np.asarray(getattr(frame, "labels", np.zeros(0)), np.int64).reshape(-1)
+    if len(labels) != len(boxes):
+        raise ValueError(f"frame {index}: {len(boxes)} boxes but {len(labels)} labels")
+    vis = getattr(frame, "visible_fraction", None)
+    anns = []
+    for j, (b, lab) in enumerate(zip(boxes, labels)):
+        x1, y1, x2, y2 = (float(v) for v in b)
+        ann = {
+            "image_id": int(index),
+            "category_id": int(lab) + 1,
+            "bbox": [round(x1, 4), round(y1, 4), round(x2 - x1, 4), round(y2 - y1, 4)],
+            "area": None,
+            "iscrowd": 0,
+        }
+        inst = getattr(frame, "instances", None)
+        ids = getattr(frame, "instance_ids", None)
+        if inst is not None and ids is not None:
+            ann["area"] = int(np.count_nonzero(np.asarray(inst) == int(ids[j])))
+        else:
+            ann["area"] = round((x2 - x1) * (y2 - y1), 4)
+        if vis is not None:
+            ann["visible_fraction"] = round(float(vis[j]), 4)
+        anns.append(ann)
+    return entry, anns
+
+
+def _camera_entry(camera: Any) -> dict:
+    if isinstance(camera, Mapping):
+        return {k: float(v) for k, v in camera.items()}
+    K = camera.K_opencv()
+    out = {"fx": float(K[0, 0]), "fy": float(K[1, 1]), "cx": float(K[0, 2]), "cy": float(K[1, 2])}
+    for extra in ("mount_height", "pitch_deg"):
+        if hasattr(camera, extra):
+            out[extra] = round(float(getattr(camera, extra)), 6)
+    return out
+
+
+# ------------------------------------------------------------------------------------- writer
+class DatasetWriter:
+    """Streaming writer: ``add(frame)`` writes a frame's files at once; ``close()`` writes
+    ``dataset.json`` (atomically: temporary file + ``os.replace``). Used as a context manager,
+    an exception inside the ``with`` block leaves no ``dataset.json`` behind."""
+
+    def __init__(self, root: str | os.PathLike, semantic_classes: Iterable[str], detection_classes: Iterable[str],
+                 depth_scale: float = DEFAULT_DEPTH_SCALE, info: Mapping[str, Any] | None = None,
+                 digits: int = 6) -> None:
+        if not depth_scale > 0:
+            raise ValueError(f"depth_scale must be positive, got {depth_scale}")
+        self.root = Path(root)
+        self.semantic_classes = [str(c) for c in semantic_classes]
+        self.detection_classes = [str(c) for c in detection_classes]
+        self.depth_scale = float(depth_scale)
+        self.info = dict(info or {})
+        self.digits = int(digits)
+        self._images: list[dict] = []
+        self._annotations: list[dict] = []
+        self._closed = False
+        for sub in ("images", "semantic", "depth"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def add(self, frame: Any) -> int:
+        """Writes ``frame``'s files (see :func:`write_frame_files`); returns its image id."""
+        index = len(self._images)
+        entry, anns = write_frame_files(self.root, index, frame, self.depth_scale, self.digits)
+        self.add_record(entry, anns)
+        return index
+
+    def add_record(self, entry: dict, annotations: Iterable[dict]) -> None:
+        """Registers a frame whose files are already written (e.g. by a worker process)."""
+        if self._closed:
+            raise RuntimeError("DatasetWriter is closed")
+        self._images.append(dict(entry))
+        for ann in annotations:
+            ann = dict(ann)
+            ann["id"] = len(self._annotations) + 1
+            self._annotations.append(ann)
+
+    def close(self) -> Path:
+        """Writes dataset.json; returns its path."""
+        if self._closed:
+            return self.root / METADATA_FILE
+        doc = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "info": self.info,
+            "semantic_classes": self.semantic_classes,
+            "unlabelled_id": UNLABELLED,
+            "depth_scale": self.depth_scale,
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(self.detection_classes)],
+            "images": self._images,
+            "annotations": [
+                {"id": a["id"], **{k: v for k, v in a.items() if k != "id"}} for a in self._annotations
+            ],
+        }
+        path = self.root / METADATA_FILE
+        fd, tmp = tempfile.mkstemp(prefix=".dataset.", suffix=".json.tmp", dir=self.root)
+        try:
+            os.chmod(tmp, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(doc, f, indent=1)
+                f.write("\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        self._closed = True
+        return path
+
+    def __enter__(self) -> "DatasetWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+
+
+def write_dataset(root: str | os.PathLike, frames: Iterable[Any], semantic_classes: Iterable[str],
+                  detection_classes: Iterable[str], depth_scale: float = DEFAULT_DEPTH_SCALE,
+                  info: Mapping[str, Any] | None = None) -> Path:
+    """Writes ``frames`` (frame-like objects, see :func:`write_frame_files`) as a dataset at
+    ``root``; returns ``root``."""
+    with DatasetWriter(root, semantic_classes, detection_classes, depth_scale, info) as w:
+        for f in frames:
+            w.add(f)
+    return Path(root)
+
+
+# ------------------------------------------------------------------------------------- reader
+@dataclass
+class Sample:
+    """One image of a dataset with its labels (missing labels are all-unlabelled / all-NaN)."""
+
+    image: np.ndarray       # HxWx3 uint8 RGB
+    semantic: np.ndarray    # HxW uint8, 255 = unlabelled
+    depth: np.ndarray       # HxW float32 metres, NaN = invalid
+    boxes: np.ndarray       # Nx4 float32 xyxy pixels
+    labels: np.ndarray      # N int64, 0-based index into detection_classes
+    image_id: int
+    night: bool = False
+    file_name: str = ""
+    camera: dict | None = None
+
+
+class MultiTaskDataset:
+    """Torch-free reader of the format. Raises ``FileNotFoundError`` / ``ValueError`` with a
+    one-line message naming the offending file: at construction for a missing or malformed
+    dataset.json, an unsupported format version, or a missing image / label file; at
+    :meth:`load` for a file that cannot be decoded or whose size disagrees with dataset.json."""
+
+    def __init__(self, root: str | os.PathLike) -> None:
+        self.root = Path(root)
+        meta = self.root / METADATA_FILE
+        if not meta.is_file():
+            raise FileNotFoundError(f"{meta}: not found (a dataset root must contain {METADATA_FILE})")
+        try:
+            with open(meta, encoding="utf-8") as f:
+                doc = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{meta}: invalid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{meta}: not UTF-8 text ({e})") from None
+        if not isinstance(doc, dict):
+            raise ValueError(f"{meta}: top level must be a JSON object")
+        fmt = doc.get("format", FORMAT)
+        if fmt != FORMAT:
+            raise ValueError(f"{meta}: format is {fmt!r}, expected {FORMAT!r}")
+        if "format_version" not in doc:
+            raise ValueError(f"{meta}: missing 'format_version' (this reader supports version {FORMAT_VERSION})")
+        if doc["format_version"] != FORMAT_VERSION:
+            raise ValueError(f"{meta}: format_version {doc['format_version']!r} is not supported "
+                             f"(this reader supports version {FORMAT_VERSION})")
+        self.meta_path = meta
+        self.semantic_classes: tuple[str, ...] = tuple(str(c) for c in doc.get("semantic_classes", ()))
+        cats = doc.get("categories", [])
+        if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c and "name" in c for c in cats):
+            raise ValueError(f"{meta}: 'categories' must be a list of {{\"id\", \"name\"}} objects")
+        self.detection_classes: tuple[str, ...] = tuple(str(c["name"]) for c in cats)
+        cat_index = {c["id"]: i for i, c in enumerate(cats)}
+        if len(cat_index) != len(cats):
+            raise ValueError(f"{meta}: duplicate category ids")
+        scale = doc.get("depth_scale", DEFAULT_DEPTH_SCALE)
+        if not isinstance(scale, (int, float)) or not scale > 0:
+            raise ValueError(f"{meta}: depth_scale must be a positive number, got {scale!r}")
+        self.depth_scale = float(scale)
+        self.info = doc.get("info", {})
+        images = doc.get("images")
+        if not isinstance(images, list):
+            raise ValueError(f"{meta}: 'images' must be a list")
+        self._images: list[dict] = []
+        ids: dict[Any, int] = {}
+        for j, im in enumerate(images):
+            if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "width", "height")):
+                raise ValueError(f"{meta}: images[{j}] needs 'id', 'file_name', 'width' and 'height'")
+            if im["id"] in ids:
+                raise ValueError(f"{meta}: duplicate image id {im['id']!r}")
+            ids[im["id"]] = j
+            for key in ("file_name", "semantic_file", "depth_file"):
+                if im.get(key) is not None:
+                    p = self.root / im[key]
+                    if not p.is_file():
+                        raise FileNotFoundError(f"{p}: not found (listed as {key} of image {im['id']} in {meta})")
+            self._images.append(im)
+        anns = doc.get("annotations", [])
+        if not isinstance(anns, list):
+            raise ValueError(f"{meta}: 'annotations' must be a list")
+        boxes: list[list] = [[] for _ in self._images]
+        labels: list[list] = [[] for _ in self._images]
+        for a in anns:
+            if a.get("iscrowd", 0):
+                continue
+            try:
+                j = ids[a["image_id"]]
+                lab = cat_index[a["category_id"]]
+                x, y, w, h = (float(v) for v in a["bbox"])
+            except KeyError as e:
+                raise ValueError(f"{meta}: annotation {a.get('id')!r} refers to unknown {e} or lacks a field") from None
+            except (TypeError, ValueError):
+                raise ValueError(f"{meta}: annotation {a.get('id')!r} has a malformed bbox") from None
+            boxes[j].append((x, y, x + w, y + h))
+            labels[j].append(lab)
+        self._boxes = [np.array(b, np.float32).reshape(-1, 4) for b in boxes]
+        self._labels = [np.array(lbl, np.int64) for lbl in labels]
+
+    def __len__(self) -> int:
+        return len(self._images)
+
+    def image_info(self, index: int) -> dict:
+        """The "images" entry of sample ``index``."""
+        return dict(self._images[index])
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.load(index)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self.load(i)
+
+    def load(self, index: int) -> Sample:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        im = self._images[index]
+        h, w = int(im["height"]), int(im["width"])
+        path = self.root / im["file_name"]
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise ValueError(f"{path}: cannot decode image")
+        self._check_size(path, bgr, h, w)
+        image = np.ascontiguousarray(bgr[..., ::-1])
+        if im.get("semantic_file"):
+            p = self.root / im["semantic_file"]
+            semantic = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+            if semantic is None:
+                raise ValueError(f"{p}: cannot decode semantic label image")
+            if semantic.ndim != 2 or semantic.dtype != np.uint8:
+                raise ValueError(f"{p}: semantic labels must be a single-channel 8-bit PNG, got {semantic.dtype} "
+                                 f"with shape {semantic.shape}")
+            self._check_size(p, semantic, h, w)
+        else:
+            semantic = np.full((h, w), UNLABELLED, np.uint8)
+        if im.get("depth_file"):
+            depth = self._load_depth(self.root / im["depth_file"], h, w)
+        else:
+            depth = np.full((h, w), np.nan, np.float32)
+        cam = im.get("camera")
+        return Sample(
+            image=image,
+            semantic=semantic,
+            depth=depth,
+            boxes=self._boxes[index].copy(),
+            labels=self._labels[index].copy(),
+            image_id=int(im["id"]) if isinstance(im["id"], (int, np.integer)) else im["id"],
+            night=bool(im.get("night", False)),
+            file_name=str(im["file_name"]),
+            camera=dict(cam) if isinstance(cam, dict) else None,
+        )
+
+    def _load_depth(self, p: Path, h: int, w: int) -> np.ndarray:
+        if p.suffix.lower() == ".npy":
+            try:
+                arr = np.load(p, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise ValueError(f"{p}: cannot read depth array ({e})") from None
+            if arr.ndim != 2:
+                raise ValueError(f"{p}: depth must be a 2-D array, got shape {arr.shape}")
+            self._check_size(p, arr, h, w)
+            if arr.dtype == np.uint16:
+                return decode_depth(arr, self.depth_scale)
+            d = arr.astype(np.float32)
+            d[~np.isfinite(d) | (d <= 0)] = np.nan
+            return d
+        units = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
+        if units is None:
+            raise ValueError(f"{p}: cannot decode depth image")
+        if units.ndim != 2 or units.dtype != np.uint16:
+            raise ValueError(f"{p}: depth must be a single-channel 16-bit PNG, got {units.dtype} "
+                             f"with shape {units.shape}")
+        self._check_size(p, units, h, w)
+        return decode_depth(units, self.depth_scale)
+
+    @staticmethod
+    def _check_size(path: Path, arr: np.ndarray, h: int, w: int) -> None:
+        if arr.shape[:2] != (h, w):
+            raise ValueError(f"{path}: size {arr.shape[1]}x{arr.shape[0]} disagrees with dataset.json ({w}x{h})")
+
+
+__all__ = [
+    "DEFAULT_DEPTH_SCALE",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "DatasetWriter",
+    "MultiTaskDataset",
+    "Sample",
+    "decode_depth",
+    "encode_depth",
+    "write_dataset",
+    "write_frame_files",
+]

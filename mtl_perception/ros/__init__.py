@@ -1,0 +1,1 @@
+"""mtl_perception.ros."""

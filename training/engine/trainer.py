@@ -1,0 +1,481 @@
+"""The multi-task trainer: one loop for any set of registered tasks and any balancer.
+
+No global state: everything lives on the `Trainer`. Sampling is by `DistributedSampler`
+(rank-aware, seeded per epoch), logs and checkpoints are written by rank 0 only, so wrapping
+the model in DDP under torchrun needs no rewrite. Resume is exact: data order and flips
+depend only on (seed, epoch, index), and the checkpoint holds model, optimizer, scheduler,
+balancer and RNG state at an epoch boundary.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Mapping, Optional
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+
+from mtl_perception.data.dataset import MultiTaskDataset
+
+from training.engine import distributed as dist_utils
+from training.balancers import BALANCERS, BalanceContext
+from training.balancers.base import all_reduce_grads, all_reduce_mean
+from training.engine.checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
+from training.engine.data import EpochSampler, TaskDataset, to_device
+from training.engine.logs import CsvLog, plot_curves, plot_weights
+from training.recipe.config import ConfigError
+from training.models.collapse import apply_overparam, collapse
+from training.models.multitask import MultiTaskNet, build_model
+from training.engine.sam import frozen_bn_stats, frozen_buffers, sam_from_config
+from training.recipe.core import Recipe
+from training.tasks import TASKS, DataInfo, Task
+
+LAST = "last.pt"
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
+
+
+def prepare_data(recipe: Recipe, progress: bool = True) -> None:
+    """Generates the synthetic train/val sets named by the recipe when they do not exist yet."""
+    gen = recipe.data.generate
+    if gen is None or not dist_utils.is_main():
+        dist_utils.barrier()
+        return
+    from mtl_perception.data.synthetic import Camera, generate_dataset
+
+    width, height = recipe.data.input_size
+    camera = Camera.default(width * recipe.data.sr_scale, height * recipe.data.sr_scale)
+    for root, frames, seed in ((recipe.data.train, gen.train_frames, gen.seed),
+                               (recipe.data.val, gen.val_frames, gen.seed + 1)):
+        if not (Path(root) / "dataset.json").exists():
+            generate_dataset(root, frames, seed=seed, night_fraction=gen.night_fraction, camera=camera,
+                             progress=progress)
+    dist_utils.barrier()
+
+
+def build_tasks(recipe: Recipe, source: MultiTaskDataset) -> Dict[str, Task]:
+    info = DataInfo(semantic_classes=tuple(source.semantic_classes),
+                    detection_classes=tuple(source.detection_classes),
+                    sr_scale=recipe.data.sr_scale, input_size=tuple(recipe.data.input_size))
+    return {name: TASKS[name](opts, info) for name, opts in recipe.task_options().items()}
+
+
+def data_info_dict(tasks: Mapping[str, Task]) -> dict:
+    """The data facts a checkpoint needs to rebuild its tasks without the dataset."""
+    info = next(iter(tasks.values())).info
+    return {"semantic_classes": list(info.semantic_classes), "detection_classes": list(info.detection_classes),
+            "sr_scale": info.sr_scale, "input_size": list(info.input_size)}
+
+
+def tasks_from_checkpoint(state: Mapping) -> Dict[str, Task]:
+    from training.recipe.core import recipe_from_dict
+
+    recipe = recipe_from_dict(state["recipe"], "checkpoint recipe")
+    d = state["data_info"]
+    info = DataInfo(semantic_classes=tuple(d["semantic_classes"]), detection_classes=tuple(d["detection_classes"]),
+                    sr_scale=int(d["sr_scale"]), input_size=tuple(d["input_size"]))
+    return {name: TASKS[name](opts, info) for name, opts in recipe.task_options().items()}
+
+
+def evaluate(model: MultiTaskNet, tasks: Mapping[str, Task], loader: DataLoader) -> Dict[str, Dict[str, float]]:
+    """Validation metrics per task, computed on decoded outputs (what the exported model returns)."""
+    metrics = {name: task.new_metric() for name, task in tasks.items()}
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    with torch.no_grad():
+        for batch in loader:
+            image01 = batch["image"].to(device).float() / 255.0
+            preds = model(image01)
+            numpy_batch = {k: v.numpy() for k, v in batch.items()}
+            for name, task in tasks.items():
+                decoded = {k: v.cpu().numpy() for k, v in task.decode(preds[name], image01).items()}
+                task.update_metric(metrics[name], decoded, numpy_batch)
+    model.train(was_training)
+    return {name: {k: v for k, v in m.compute().items() if isinstance(v, (int, float))}
+            for name, m in metrics.items()}
+
+
+class Trainer:
+    def __init__(self, recipe: Recipe, out_dir: Optional[str] = None, progress: bool = True,
+                 device: str = "cpu", plots: bool = True):
+        """plots: redraw curves.png and weights.png after every epoch (a second or two each)."""
+        self.recipe = recipe
+        self.plots = plots
+        self.out_dir = Path(out_dir or recipe.out_dir)
+        self.progress = progress and dist_utils.is_main()
+        self.device = torch.device(device)
+        if recipe.threads:
+            torch.set_num_threads(recipe.threads)
+
+        prepare_data(recipe, progress=self.progress)
+        self.train_source = MultiTaskDataset(recipe.data.train)
+        self.val_source = MultiTaskDataset(recipe.data.val)
+        self.tasks = build_tasks(recipe, self.train_source)
+
+        torch.manual_seed(recipe.seed)
+        self.model = build_model(recipe.model, self.tasks)
+        try:  # over-parameterised layers train in place of the compact ones (recipe `overparam`)
+            self.expanded_layers = apply_overparam(self.model, recipe.overparam)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        self.model.to(self.device)
+        self.collapsed = False  # True once the over-parameterised layers were collapsed for fine-tuning
+        self.init_fingerprint = parameter_fingerprint(self.model.state_dict())
+        task_weights = {name: task.options.weight for name, task in self.tasks.items()}
+        self.balancer = BALANCERS[recipe.balancer.name](task_weights, recipe.balancer_options()).to(self.device)
+
+        data = recipe.data
+        self.train_set = TaskDataset(self.train_source, self.tasks, data.input_size, data.sr_scale,
+                                     augment=data.augment_flip, seed=recipe.seed, cache=data.cache)
+        self.val_set = TaskDataset(self.val_source, self.tasks, data.input_size, data.sr_scale, cache=data.cache)
+        self.sampler = DistributedSampler(self.train_set, num_replicas=dist_utils.world_size(),
+                                          rank=dist_utils.rank(), shuffle=True, seed=recipe.seed, drop_last=True)
+        self.train_loader = DataLoader(self.train_set, batch_size=recipe.optim.batch_size, sampler=EpochSampler(self.sampler),
+                                       num_workers=data.workers, drop_last=True,
+                                       persistent_workers=data.workers > 0)
+        self.val_loader = DataLoader(self.val_set, batch_size=recipe.optim.batch_size, shuffle=False,
+                                     num_workers=data.workers)
+        self.steps_per_epoch = max(1, len(self.train_loader) // recipe.optim.accumulate)
+        self.distiller = None  # frozen teachers' distillation terms (recipe `distill`)
+        if recipe.distill is not None:
+            from training.engine.distill import Distiller
+
+            self.distiller = Distiller(recipe.distill, self.tasks, data_info_dict(self.tasks),
+                                       self.model.trunk.feature_channels, self.train_set, recipe.data.train, self.device)
+        self.sam = None  # SAM wrapper around self.optimizer (recipe `sam`)
+        self.optimizer = self._build_optimizer()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
+        self.swa = None  # weight averaging during the last epochs (recipe `swa`)
+        self.swa_done = False  # the averaged weights have replaced the model's
+        self.stage_metrics: Dict[str, dict] = {}  # validation metrics at stage boundaries (before SWA)
+        if recipe.swa is not None:
+            from training.engine.swa import SWACollector
+
+            self.swa = SWACollector.from_config(self.model, self.optimizer, recipe.swa, device=self.device)
+        # AMP: bf16 autocast on CPU (no loss scaling needed), fp16 + GradScaler on CUDA
+        self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=recipe.optim.amp and self.device.type == "cuda")
+        self._bind_model()
+        self.epoch = 0  # completed epochs
+        self.step = 0  # optimizer steps
+        self.history: list = []
+        #: called as hook(trainer, batch) with each training micro-batch (on the device) before its
+        #: forward pass; e.g. task grouping's lookahead affinities read the model here
+        self.batch_hooks: List[Callable[["Trainer", dict], None]] = []
+
+    # -- setup -------------------------------------------------------------------------------
+    def _bind_model(self) -> None:
+        """(Re)creates what refers to the model's parameters: the DDP wrapper and the parameter
+        lists the balancers read. Called again after the collapse swaps layers."""
+        self.train_model = self.model
+        if dist_utils.is_distributed():
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model, device_ids=device_ids)
+        self.shared_params = self.model.shared_parameters()
+        self.last_shared_params = self.model.last_shared_parameters()
+        self.task_params = self.model.task_parameters()
+
+    def _enter_finetune(self) -> None:
+        """Collapses the over-parameterised layers and goes on training the compact network with
+        a fresh optimizer at `finetune_lr_scale` x lr, cosine to zero (the design notes'
+        fine-tune after collapse: it repairs what the collapse cannot, e.g. BN statistics)."""
+        collapse(self.model)
+        self.model.to(self.device)
+        self.collapsed = True
+        self._bind_model()
+        self.optimizer = self._build_optimizer()
+        for group in self.optimizer.param_groups:
+            group["lr"] *= self.recipe.overparam.finetune_lr_scale
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._finetune_lr_factor)
+
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        """The recipe's optimizer over the model (and balancer, distillation adaptors), wrapped
+        by SAM when the recipe asks for it (`self.sam`; the scheduler and checkpoint use the base)."""
+        optimizer = self._make_optimizer()
+        if self.distiller is not None and self.distiller.parameters():
+            optimizer.add_param_group({"params": self.distiller.parameters(), "weight_decay": 0.0, "name": "distill"})
+        if self.recipe.sam is not None:
+            if not self.recipe.sam.perturb_balancer:
+                for group in optimizer.param_groups:
+                    if group.get("name") == "balancer":
+                        group["sam"] = False
+            self.sam = sam_from_config(optimizer, self.recipe.sam)
+        return optimizer
+
+    def _finish_swa(self) -> None:
+        """End of the SWA phase: the average (BN statistics refreshed on training batches)
+        replaces the model's weights; what follows (evaluation, collapse, export) uses it."""
+        if dist_utils.is_main():  # what the average is compared with in the full recipe's report
+            self.stage_metrics["before_swa"] = evaluate(self.model, self.tasks, self.val_loader)
+        averaged = self.swa.finalize(self.train_loader, self.device, self.recipe.swa.bn_batches)
+        self.model.load_state_dict(averaged.state_dict())
+        self.swa, self.swa_done = None, True
+
+    def _finetune_due(self) -> bool:
+        over = self.recipe.overparam
+        return over.enabled and over.finetune_epochs > 0 and not self.collapsed and self.epoch >= self.recipe.optim.epochs
+
+    def _finetune_lr_factor(self, step: int) -> float:
+        total = max(1, self.recipe.overparam.finetune_epochs * self.steps_per_epoch)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, step / total)))
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        opt = self.recipe.optim
+        decay, no_decay = [], []
+        mixing = self.model.mixing_parameters()  # cross-stitch / NDDR mixing: own lr, never decayed
+        mixing_ids = {id(p) for p in mixing}
+        for param in self.model.parameters():
+            if id(param) not in mixing_ids:
+                (no_decay if param.ndim <= 1 else decay).append(param)
+        groups = [{"params": decay, "weight_decay": opt.weight_decay},
+                  {"params": no_decay, "weight_decay": 0.0}]
+        if mixing:
+            groups.append({"params": mixing, "weight_decay": 0.0, "name": "mixing",
+                           "lr": opt.lr * self.recipe.model.mixing_lr_scale})
+        balancer_params = list(self.balancer.parameters())
+        if balancer_params:  # learnable task weights get their own group, never decayed
+            groups.append({"params": balancer_params, "weight_decay": 0.0, "name": "balancer",
+                           "lr": self.balancer.param_lr() or opt.lr})
+        if opt.optimizer == "sgd":
+            return torch.optim.SGD(groups, lr=opt.lr, momentum=opt.momentum, nesterov=True)
+        return torch.optim.AdamW(groups, lr=opt.lr)
+
+    def _lr_factor(self, step: int) -> float:
+        opt = self.recipe.optim
+        total = max(1, opt.epochs * self.steps_per_epoch)
+        if step < opt.warmup_steps:
+            return (step + 1) / opt.warmup_steps
+        if opt.schedule == "constant":
+            return 1.0
+        progress = min(1.0, (step - opt.warmup_steps) / max(1, total - opt.warmup_steps))
+        return 0.5 * (1 + math.cos(math.pi * progress))
+
+    # -- state -------------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch, "step": self.step,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "balancer": self.balancer.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": torch.get_rng_state(), "recipe": self.recipe.to_dict(), "history": self.history,
+            "init_fingerprint": self.init_fingerprint, "data_info": data_info_dict(self.tasks),
+            "collapsed": self.collapsed,
+            "swa": self.swa.state_dict() if self.swa is not None else None, "swa_done": self.swa_done,
+            "stage_metrics": self.stage_metrics,
+            "distill_adaptors": self.distiller.adaptors.state_dict()
+            if self.distiller is not None and self.distiller.adaptors is not None else None,
+        }
+
+    def load_state(self, state: dict) -> None:
+        if state.get("collapsed") and not self.collapsed:  # saved during fine-tuning after the collapse
+            self._enter_finetune()
+        self.model.load_state_dict(state["model"])
+        if state.get("distill_adaptors") and self.distiller is not None and self.distiller.adaptors is not None:
+            self.distiller.adaptors.load_state_dict(state["distill_adaptors"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.stage_metrics = dict(state.get("stage_metrics") or {})
+        if state.get("swa_done"):
+            self.swa, self.swa_done = None, True
+        elif state.get("swa") is not None and self.swa is not None:
+            self.swa.load_state_dict(state["swa"])
+        self.balancer.load_state_dict(state["balancer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng"])
+        self.epoch, self.step = int(state["epoch"]), int(state["step"])
+        self.history = list(state["history"])
+        self.init_fingerprint = state["init_fingerprint"]
+
+    def resume_if_possible(self) -> bool:
+        path = self.out_dir / LAST
+        if not path.exists():
+            return False
+        self.load_state(load_checkpoint(path))
+        return True
+
+    # -- loop --------------------------------------------------------------------------------
+    def fit(self, stop_after_epoch: Optional[int] = None) -> list:
+        """Trains to `optim.epochs` (or stops after `stop_after_epoch` completed epochs)."""
+        resumed = self.resume_if_possible()
+        main = dist_utils.is_main()
+        epoch_log = step_log = None
+        if main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            epoch_log = CsvLog(self.out_dir / "metrics.csv")
+            step_log = CsvLog(self.out_dir / "steps.csv")
+            # rows written after the checkpoint we resumed from belong to a lost future: drop them
+            epoch_log.truncate(lambda r: r.get("epoch", 0) <= self.epoch)
+            step_log.truncate(lambda r: r.get("step", 0) <= self.step)
+            if resumed:
+                print(f"resumed from {self.out_dir / LAST} at epoch {self.epoch}")
+        total = self.recipe.total_epochs
+        last = total if stop_after_epoch is None else min(stop_after_epoch, total)
+        while self.epoch < last:
+            if self._finetune_due():
+                self._enter_finetune()
+                if main:
+                    print(f"collapsed {len(self.expanded_layers)} over-parameterised layers; "
+                          f"fine-tuning for {self.recipe.overparam.finetune_epochs} epochs", flush=True)
+            t0 = time.time()
+            if self.swa is not None:
+                self.swa.epoch_start(self.epoch)
+            mean_losses = self.train_epoch(step_log)
+            if self.swa is not None:
+                self.swa.epoch_end(self.epoch)
+                if self.epoch + 1 == self.recipe.optim.epochs:
+                    self._finish_swa()
+            metrics = dist_utils.broadcast_object(evaluate(self.model, self.tasks, self.val_loader) if main else None)
+            self.balancer.epoch_end(self.epoch, mean_losses, metrics)
+            self.epoch += 1
+            row = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
+                   "seconds": round(time.time() - t0, 2)}
+            row.update({f"train/{t}": v for t, v in mean_losses.items()})
+            row.update({f"val/{t}/{k}": v for t, m in metrics.items() for k, v in m.items()})
+            self.history.append(row)
+            if main:
+                epoch_log.append(row)
+                save_checkpoint(self.out_dir / LAST, self.state())
+                if self.plots:
+                    plot_curves(epoch_log.rows, step_log.rows, self.out_dir / "curves.png", self.recipe.name)
+                    plot_weights(step_log.rows, self.out_dir / "weights.png",
+                                 f"{self.recipe.name}: {self.recipe.balancer.name} task weights")
+                summary = "  ".join(f"{t}.{self.tasks[t].main_metric}={metrics[t][self.tasks[t].main_metric]:.4f}"
+                                    for t in self.tasks)
+                print(f"epoch {self.epoch}/{total} ({row['seconds']:.0f}s)  {summary}", flush=True)
+            dist_utils.barrier()
+        return self.history
+
+    def _backward(self, batch: dict, manual_sync: bool):
+        """Forward, task losses (+ distillation terms) and the balancer's backward for one
+        micro-batch; returns the task losses as floats and the balancer's logged values."""
+        opt = self.recipe.optim
+        image01 = batch["image"].float() / 255.0
+        with self.train_model.no_sync() if manual_sync else contextlib.nullcontext():
+            with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=opt.amp):
+                if self.balancer.needs_representation:  # heads read features cut from the trunk
+                    preds, features, head_inputs = self.train_model(image01, cut_features=True)
+                else:
+                    preds, features = self.train_model(image01, return_features=True)
+            if opt.amp:  # losses in float32, outside autocast
+                preds = _to_float(preds)
+            losses = {t: task.loss(preds[t], batch) for t, task in self.tasks.items()}
+            if self.distiller is not None:  # each task's distillation terms join that task's loss
+                for t, term in self.distiller.losses(batch, image01, preds, features).items():
+                    losses[t] = losses[t] + term
+            bad = [t for t, v in losses.items() if not torch.isfinite(v)]
+            if bad:
+                raise TrainingError(f"non-finite {', '.join(bad)} loss at epoch {self.epoch + 1}, step {self.step}; "
+                                    f"the last good checkpoint is {self.out_dir / LAST}")
+            ctx = BalanceContext(
+                shared_params=self.shared_params,
+                last_shared_params=self.last_shared_params,
+                representation=list(head_inputs.values()) if self.balancer.needs_representation else None,
+                trunk_features=list(features.values()) if self.balancer.needs_representation else None,
+                scale_loss=self.scaler.scale if self.scaler.is_enabled() else (lambda loss: loss),
+                step=self.step, epoch=self.epoch, task_params=self.task_params, accumulate=opt.accumulate,
+            )
+            scaled = {t: v / opt.accumulate for t, v in losses.items()}
+            logged = self.balancer.backward(scaled, ctx)
+        return {t: float(v.detach()) for t, v in losses.items()}, logged
+
+    def _reduce_gradients(self, manual_sync: bool) -> None:
+        if manual_sync:
+            all_reduce_grads(list(self.model.parameters()))
+        if dist_utils.is_distributed():  # balancer parameters are outside DDP's model
+            all_reduce_grads([p for p in self.balancer.parameters() if p.requires_grad])
+
+    def _clip_gradients(self) -> None:
+        if self.recipe.optim.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
+
+    def _sam_second_pass(self, window: list, manual_sync: bool) -> None:
+        """SAM: climb to w + rho g/|g| along the (balanced, accumulated) gradient, recompute the
+        gradient there on the same micro-batches without moving BN statistics or balancer state,
+        then step from w with it. (The loss scale of AMP does not change the perturbation, so
+        the gradient is unscaled once, for the second pass, as GradScaler allows.)"""
+        if self.sam.first_step():
+            self.optimizer.zero_grad(set_to_none=True)
+            with frozen_bn_stats(self.model), frozen_buffers(self.balancer):
+                for batch in window:
+                    self._backward(batch, manual_sync)
+            self._reduce_gradients(manual_sync)
+        self._clip_gradients()
+        self.sam.restore()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def _after_step(self) -> None:
+        """Per-optimizer-step work of the optional stages (SWA collection per step)."""
+        if self.swa is not None:
+            self.swa.step_end(self.epoch)
+
+    def train_epoch(self, step_log: Optional[CsvLog]) -> Dict[str, float]:
+        opt = self.recipe.optim
+        self.train_model.train()
+        self.sampler.set_epoch(self.epoch)
+        self.train_set.set_epoch(self.epoch)
+        sums = {t: 0.0 for t in self.tasks}
+        count = 0
+        batches = self.train_loader
+        if self.progress:
+            from tqdm import tqdm
+
+            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.recipe.total_epochs}", leave=False, dynamic_ncols=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        # a balancer that writes gradients itself does not backpropagate through DDP's hooks:
+        # run it without DDP's sync and average the gradients here instead
+        manual_sync = dist_utils.is_distributed() and self.balancer.manual_gradients
+        window = []  # the micro-batches of the current optimizer step (SAM's second pass re-runs them)
+        for i, batch in enumerate(batches):
+            batch = to_device(batch, self.device)
+            for hook in self.batch_hooks:
+                hook(self, batch)
+            values, logged = self._backward(batch, manual_sync)
+            if self.sam is not None:
+                window.append(batch)
+            for t, v in values.items():
+                sums[t] += v
+            count += 1
+            if (i + 1) % opt.accumulate:
+                continue
+            self._reduce_gradients(manual_sync)
+            if self.sam is not None:
+                self._sam_second_pass(window, manual_sync)
+            else:
+                self._clip_gradients()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            window = []
+            self.optimizer.zero_grad(set_to_none=True)
+            self.balancer.after_step()
+            if self.swa is None or not self.swa.controls_lr(self.epoch):  # SWALR steps per epoch instead
+                self.scheduler.step()
+            self.step += 1
+            self._after_step()
+            if step_log is not None:
+                row = {"step": self.step, "epoch": self.epoch + (i + 1) / len(self.train_loader)}
+                row.update({f"loss/{t}": v for t, v in values.items()})
+                row.update(logged)
+                step_log.append(row)
+            if self.progress:
+                batches.set_postfix({t[:5]: f"{v:.3f}" for t, v in values.items()})
+        means = all_reduce_mean(torch.tensor([sums[t] / max(1, count) for t in self.tasks], dtype=torch.float64))
+        return dict(zip(self.tasks, means.tolist()))
+
+
+def _to_float(value):
+    """Predictions made under autocast, cast back to float32 (tensors inside dicts/lists too)."""
+    if torch.is_tensor(value):
+        return value.float() if value.is_floating_point() else value
+    if isinstance(value, dict):
+        return {k: _to_float(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_float(v) for v in value)
+    return value

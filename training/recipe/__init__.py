@@ -1,0 +1,1 @@
+"""training.recipe.core."""
