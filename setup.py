@@ -3,6 +3,11 @@
 The runtime (`mtl_perception`) needs no torch; the offline trainer (`training`) is installed
 with it and needs the `training` extra. ROS 2 (rclpy, message packages) is never a pip
 requirement: on a robot it comes from the distro.
+
+onnxruntime is required in one of its builds, which cannot be installed side by side, so it is
+an extra rather than a requirement: `gpu` (onnxruntime-gpu: x86-64 with NVIDIA, TensorRT/CUDA,
+also runs on CPU), `cpu` (plain onnxruntime), or neither on a Jetson, where the JetPack build
+comes from NVIDIA's Jetson wheels. Loading a model without any says which to install.
 """
 from glob import glob
 
@@ -28,7 +33,6 @@ setup(
         "setuptools",
         "numpy>=1.21",
         "opencv-python-headless>=4.5",
-        "onnxruntime-gpu>=1.16",
         "pyyaml>=5.4",
         "tqdm>=4.60",
         "matplotlib>=3.5",
@@ -36,6 +40,8 @@ setup(
         "rosbags>=0.11",
     ],
     extras_require={
+        "gpu": ["onnxruntime-gpu>=1.16"],
+        "cpu": ["onnxruntime>=1.16"],
         "training": ["torch>=2.5", "torchvision", "timm>=1.0", "onnx>=1.16", "onnxscript>=0.1"],
         "test": ["pytest>=7", "faster-coco-eval>=1.6", "ruff>=0.6", "import-linter>=2.0"],
     },

@@ -27,8 +27,8 @@ fi
 echo "setup: installing $TORCH_SPEC first (pinned, so no later requirement resolves torch to another build)"
 # shellcheck disable=SC2086  # TORCH_SPEC is a list of requirements
 "${PIP[@]}" install $TORCH_SPEC 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
-echo "setup: installing mtl_perception (editable) with training and test extras"
-"${PIP[@]}" install -e ".[training,test]" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
+echo "setup: installing mtl_perception (editable) with gpu (onnxruntime-gpu, runs on CPU too), training and test extras"
+"${PIP[@]}" install -e ".[gpu,training,test]" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2)
 if [ -f scripts/setup_ros.sh ]; then
   echo "setup: ROS 2 side"
   bash scripts/setup_ros.sh "$VENV"

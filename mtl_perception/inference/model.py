@@ -65,9 +65,26 @@ def normalise_provider_names(names: Sequence[str]) -> List[str]:
     return out
 
 
+#: What to install when no onnxruntime build is importable (setup.py's `gpu` / `cpu` extras).
+ONNXRUNTIME_MISSING = (
+    "onnxruntime is not installed: pip install 'mtl_perception[gpu]' (onnxruntime-gpu: x86-64 with NVIDIA), "
+    "NVIDIA's JetPack onnxruntime-gpu wheel on a Jetson, or 'mtl_perception[cpu]' (onnxruntime, CPU only)"
+)
+
+
+def import_onnxruntime():
+    """The onnxruntime module of whichever build is installed; a one-line ModelError naming the
+    builds to choose from when none is (the runtime requires one but cannot pick it for you)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ModelError(ONNXRUNTIME_MISSING) from None
+    return onnxruntime
+
+
 def usable_providers(requested: Optional[Sequence[str]] = None) -> List[str]:
     """The requested (or default) providers that onnxruntime has and whose libraries load."""
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     available = set(ort.get_available_providers())
     wanted = normalise_provider_names(requested) if requested else list(DEFAULT_PROVIDER_ORDER)
@@ -81,7 +98,7 @@ def _provider_library_loads(provider: str) -> bool:
     library = _PROVIDER_LIBRARIES.get(provider)
     if library is None:
         return True
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     capi = Path(ort.__file__).parent / "capi"
     if not (capi / library).exists():
@@ -139,7 +156,7 @@ class PerceptionModel(ContractModel):
     """One self-describing ONNX model: `run(image)` returns every task's decoded outputs."""
 
     def __init__(self, path: os.PathLike | str, options: RuntimeOptions = RuntimeOptions()):
-        import onnxruntime as ort
+        ort = import_onnxruntime()
 
         self.path = Path(path)
         if not self.path.is_file():
