@@ -87,6 +87,8 @@ def test_psnr_closed_form():
     ref = np.random.default_rng(1).integers(0, 255, (16, 16, 3)).astype(np.uint8)
     assert gpu_check.psnr(ref, ref) == math.inf
     assert gpu_check.psnr(ref, ref + 1) == pytest.approx(20 * math.log10(255))  # every pixel off by one
+    # identical outputs give an infinite PSNR, which JSON cannot hold as a number
+    assert gpu_check._strict_json({"a": [math.inf, 1.5, math.nan], "b": (2,)}) == {"a": ["inf", 1.5, "nan"], "b": [2]}
 
 
 def test_fp16_tolerances_are_looser_and_failures_name_the_metric():
@@ -184,4 +186,5 @@ def test_a_gpu_that_falls_back_to_cpu_is_reported_partial_and_failed(model_file,
     assert any("asked for TensorrtExecutionProvider" in line for line in doc["failed"])
     assert any(line.startswith("engine cache fp16: not reused") for line in doc["failed"])
     assert doc["node_rate"] == {"status": "unmeasured", "reason": "--skip-node"}
+    json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("gpu_check: partial, ")

@@ -332,6 +332,17 @@ def _verdict(result: Dict[str, Any]) -> List[str]:
     return failed
 
 
+def _strict_json(value: Any) -> Any:
+    """inf / NaN (identical outputs give an infinite PSNR) as strings: JSON has no such numbers."""
+    if isinstance(value, float) and not np.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {k: _strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(v) for v in value]
+    return value
+
+
 def write_result(path: Path, document: Dict[str, Any]) -> bool:
     """Writes the document; an 'unmeasured' one never replaces a measurement already there."""
     if document["status"] == "unmeasured" and path.is_file():
@@ -341,7 +352,7 @@ def write_result(path: Path, document: Dict[str, Any]) -> bool:
         except (OSError, ValueError):
             pass
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(document, indent=2, allow_nan=True) + "\n")
+    path.write_text(json.dumps(_strict_json(document), indent=2, allow_nan=False) + "\n")
     return True
 
 
