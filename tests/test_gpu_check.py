@@ -188,3 +188,14 @@ def test_a_gpu_that_falls_back_to_cpu_is_reported_partial_and_failed(model_file,
     assert doc["node_rate"] == {"status": "unmeasured", "reason": "--skip-node"}
     json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} is not JSON"))
     assert capsys.readouterr().out.strip().splitlines()[-1].startswith("gpu_check: partial, ")
+
+
+def test_verdict_fails_a_node_run_on_cpu_or_one_that_did_not_start():
+    result = {"accuracy": {}, "engine_cache": {}, "node_rate": {
+        "status": "measured", "width": 1280, "height": 720,
+        "tensorrt,cuda,cpu": {"status": "measured", "provider": "CPUExecutionProvider", "on_gpu": False},
+        "cuda,cpu": {"status": "failed", "reason": "the node did not come up: ..."}}}
+    assert gpu_check._verdict(result) == ["node rate [cuda,cpu]: the node did not come up: ...",
+                                          "node rate [tensorrt,cuda,cpu]: ran on CPUExecutionProvider"]
+    result["node_rate"] = {"status": "unmeasured", "reason": "--skip-node"}
+    assert gpu_check._verdict(result) == []

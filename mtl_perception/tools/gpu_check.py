@@ -236,10 +236,14 @@ def node_rate(model_path: str, width: int, height: int, frames: int,
         return {"status": "unmeasured", "reason": "rclpy is not installed (source the ROS 2 setup first)"}
     out: Dict[str, Any] = {"status": "measured", "width": width, "height": height}
     for providers in (["tensorrt", "cuda", "cpu"], ["cuda", "cpu"]):
-        result = run_benchmark(model_path, width, height, frames, providers, startup_timeout=900.0, log=log)
+        try:  # the first start may build a TensorRT engine: minutes on a Jetson
+            result = run_benchmark(model_path, width, height, frames, providers, startup_timeout=900.0, log=log)
+        except RuntimeError as exc:  # the node did not come up or exited: keep the other results
+            out[",".join(providers)] = {"status": "failed", "reason": str(exc)}
+            continue
         e2e, b2b = result["end_to_end"], result["model_only_back_to_back"]
         out[",".join(providers)] = {
-            "provider": result["provider"], "on_gpu": result["provider"] != "CPUExecutionProvider",
+            "status": "measured", "provider": result["provider"], "on_gpu": result["provider"] != "CPUExecutionProvider",
             "model_only_p50_ms": b2b["p50_ms"], "model_max_rate_hz": b2b["max_rate_hz"],
             "end_to_end_rate_hz": e2e["achieved_rate_hz"], "end_to_end_p50_ms": e2e["p50_ms"],
             "end_to_end_p95_ms": e2e["p95_ms"], "ros_floor_p50_ms": result["ros_floor"]["p50_ms"],
@@ -329,6 +333,10 @@ def _verdict(result: Dict[str, Any]) -> List[str]:
     failed += [f"{name}: {r['reason']}" for name, r in result["accuracy"].items() if r["status"] != "measured"]
     failed += [f"engine cache {name}: not reused ({r['second_start_s']:.2f} s after {r['first_start_s']:.2f} s, "
                f"{r['engine_files']} engine files)" for name, r in result["engine_cache"].items() if not r["reused"]]
+    runs = {k: v for k, v in result["node_rate"].items() if isinstance(v, dict)}
+    failed += [f"node rate [{k}]: {v['reason']}" for k, v in runs.items() if v["status"] != "measured"]
+    failed += [f"node rate [{k}]: ran on {v['provider']}" for k, v in runs.items()
+               if v["status"] == "measured" and not v["on_gpu"]]
     return failed
 
 
