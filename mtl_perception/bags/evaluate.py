@@ -74,8 +74,8 @@ class EvalOptions:
     output_bag: Optional[str] = None  # write the model outputs to this new bag
     output_storage: Optional[str] = None  # None: the input bag's storage
     output_namespace: str = "/perception"
-    output_resolution: str = "model"  # 'model' or 'input' for segmentation and depth in the output bag
-    score_threshold: float = 0.3  # detections written to the output bag (metrics use all)
+    output_resolution: str = RenderSettings.output_resolution  # 'model' or 'input': segmentation/depth size
+    score_threshold: float = RenderSettings.score_threshold  # detections written to the output bag (metrics use all)
     progress: bool = False
 
 
@@ -715,9 +715,10 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--output-storage", choices=("sqlite3", "mcap"),
                    help="storage of --output-bag (default: the input's)")
     p.add_argument("--output-namespace", default="/perception", help="namespace of the topics in --output-bag")
-    p.add_argument("--output-resolution", choices=("model", "input"), default="model",
+    p.add_argument("--output-resolution", choices=("model", "input"), default=RenderSettings.output_resolution,
                    help="segmentation/depth size in --output-bag")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="detections written to --output-bag")
+    p.add_argument("--score-threshold", type=float, default=RenderSettings.score_threshold,
+                   help="detections written to --output-bag")
     p.add_argument("--limit", type=int, help="evaluate only the first N camera frames")
     p.add_argument("--samples", type=int, default=6, help="sample overlays to write")
     p.add_argument("--match-window", type=float, default=1.0, help="seconds a frame waits for its ground truth")
