@@ -436,9 +436,8 @@ class _BagRun:
 
     def open_output_bag(self) -> None:
         o = self.options
-        top_k = max(1, next((t.top_k for t in self.tasks.values() if t.kind == "detection"), 100))
         settings = RenderSettings(output_resolution=o.output_resolution, score_threshold=o.score_threshold,
-                                  max_detections=top_k, color_order=self.color_order)
+                                  max_detections=registry.all_detections(self.tasks), color_order=self.color_order)
         self.output_bag = OutputBag(o.output_bag, o.output_storage or self.reader.storage or "sqlite3",
                                     o.output_namespace, self.tasks, settings)
 

@@ -14,7 +14,7 @@ from mtl_perception.inference.preprocess import FrameMapping, ModelInput
 from mtl_perception.kinds import depth, detection, segmentation, super_resolution
 from mtl_perception.kinds.base import Kind, Payload, RenderSettings, Topic
 
-__all__ = ["KINDS", "kind", "topics", "topics_for", "metric_for", "make_metrics", "score_frame", "baselines",
+__all__ = ["KINDS", "kind", "topics", "topics_for", "all_detections", "metric_for", "make_metrics", "score_frame", "baselines",
            "frame_scalars", "render", "latched", "decode", "Scoring"]
 
 _MODULES = (segmentation, depth, detection, super_resolution)
@@ -50,6 +50,12 @@ def topics(kinds: Optional[Iterable[str]] = None, *, per_frame: Optional[bool] =
 def topics_for(tasks: Mapping[str, Any], **filters: Any) -> List[Topic]:
     """`topics` of the kinds of a model's tasks (`ModelMetadata.tasks`)."""
     return topics({t.kind for t in tasks.values()}, **filters)
+
+
+def all_detections(tasks: Mapping[str, Any]) -> int:
+    """A `max_detections` that keeps every output of the model's detection task (its top_k; the
+    default without one): how bag tools publish detections unthresholded."""
+    return max(1, next((t.top_k for t in tasks.values() if t.kind == "detection"), RenderSettings.max_detections))
 
 
 def metric_for(task: Any) -> Any:

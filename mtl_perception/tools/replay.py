@@ -211,9 +211,8 @@ def _plan(reader: Any, meta: Any, record_path: Path, options: ReplayOptions) -> 
 
 def _node_params(plan: _Plan, model_path: str, options: ReplayOptions) -> Dict[str, Any]:
     """A started node's parameters: detections unthresholded (mAP comparable with eval-bag)."""
-    top_k = next((t.top_k for t in plan.meta.tasks.values() if t.kind == "detection"), 100)
     params: Dict[str, Any] = {"model_path": str(Path(model_path).resolve()), "score_threshold": 0.0,
-                              "max_detections": max(1, top_k)}
+                              "max_detections": registry.all_detections(plan.meta.tasks)}
     if options.providers:
         params["providers"] = [p for p in options.providers.split(",") if p]
     if options.clock:
