@@ -10,7 +10,14 @@ from mtl_perception.evaluation.evaluate import scalars
 from mtl_perception.evaluation.metrics import DepthMetric
 from mtl_perception.inference.postprocess import valid_depth
 from mtl_perception.inference.preprocess import FrameMapping, ModelInput
-from mtl_perception.kinds.base import ImageOut, Kind, Outputs, Payload, RenderSettings, Topic
+from mtl_perception.kinds.base import (
+    ImageOut,
+    Kind,
+    Outputs,
+    Payload,
+    RenderSettings,
+    Topic,
+)
 from mtl_perception.messages.image import image_to_array
 from mtl_perception.messages.types import IMAGE
 
@@ -21,6 +28,7 @@ class Depth(Kind):
     label = "depth"
     baseline_label = True
     frame_keys = ("abs_rel", "delta1")
+    headline = ("abs_rel", "delta1")
 
     def metric(self, spec: Any) -> DepthMetric:
         return DepthMetric(min_depth=spec.min_depth, max_depth=spec.max_depth)

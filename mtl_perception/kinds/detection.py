@@ -9,7 +9,14 @@ import numpy as np
 from mtl_perception.evaluation.metrics import DetectionMetric
 from mtl_perception.inference.postprocess import select_detections
 from mtl_perception.inference.preprocess import FrameMapping, ModelInput
-from mtl_perception.kinds.base import DetectionsOut, Kind, Outputs, Payload, RenderSettings, Topic
+from mtl_perception.kinds.base import (
+    DetectionsOut,
+    Kind,
+    Outputs,
+    Payload,
+    RenderSettings,
+    Topic,
+)
 from mtl_perception.messages.outputs import detections_from_msg
 from mtl_perception.messages.types import DETECTIONS
 
@@ -21,6 +28,7 @@ class Detection(Kind):
     name = "detection"
     topics = (Topic("detections", DETECTIONS, "small"),)
     label = "boxes"
+    headline = ("map50", "map50_95")
 
     def metric(self, spec: Any) -> DetectionMetric:
         return DetectionMetric(class_names=spec.class_names)

@@ -45,11 +45,29 @@ from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import ModelError, PerceptionModel
 from mtl_perception.inference.preprocess import model_input
 from mtl_perception.kinds import registry
-from mtl_perception.kinds.base import DetectionsOut, ImageOut, LabelsOut, Payload, ScaledCameraInfo
-from mtl_perception.messages.image import ImageConversionError, array_to_image, encoding_info, image_to_array
+from mtl_perception.kinds.base import (
+    DetectionsOut,
+    ImageOut,
+    LabelsOut,
+    Payload,
+    ScaledCameraInfo,
+)
+from mtl_perception.messages.image import (
+    ImageConversionError,
+    array_to_image,
+    encoding_info,
+    image_to_array,
+)
 from mtl_perception.messages.outputs import detection_array, label_info, sr_camera_info
 from mtl_perception.ros.message_types import message_class, publisher_qos
-from mtl_perception.ros.parameters import BY_NAME, PARAMETERS, Param, Settings, runtime_options, validate
+from mtl_perception.ros.parameters import (
+    BY_NAME,
+    PARAMETERS,
+    Param,
+    Settings,
+    runtime_options,
+    validate,
+)
 
 NODE_NAME = "perception_node"
 WARN_PERIOD_S = 5.0  # throttle for repeated warnings of the same kind
