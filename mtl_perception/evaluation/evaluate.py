@@ -85,6 +85,16 @@ def score_frame(tasks: Mapping, outputs: Mapping[str, Mapping[str, np.ndarray]],
     return frame
 
 
+def without_unlabelled(target: Dict[str, Any], labelled_tasks) -> Dict[str, Any]:
+    """``target`` with the labels of task kinds outside ``labelled_tasks`` set to None, so that
+    `score_frame` leaves them out (a dataset reader's sample without box labels is not a frame
+    without objects). ``labelled_tasks`` None (the project's own format) keeps everything."""
+    if labelled_tasks is None:
+        return target
+    keys = {"segmentation": ("semantic",), "depth": ("depth",), "detection": ("boxes", "labels")}
+    return {**target, **{k: None for kind, ks in keys.items() if kind not in labelled_tasks for k in ks}}
+
+
 def evaluate_dataset(model: PerceptionModel, dataset: MultiTaskDataset, limit: Optional[int] = None,
                      progress: bool = True) -> Dict:
     tasks = model.metadata.tasks
@@ -100,15 +110,18 @@ def evaluate_dataset(model: PerceptionModel, dataset: MultiTaskDataset, limit: O
 
         indices = tqdm(indices, desc="evaluate", leave=False)
     for index in indices:
-        sample = resize_sample(dataset.load(index), (width, height), sr_scale)
+        raw = dataset.load(index)
+        sample = without_unlabelled(resize_sample(raw, (width, height), sr_scale), getattr(raw, "labelled_tasks", None))
         image = sample["image"] if color_order == "rgb" else sample["image"][..., ::-1].copy()
         start = time.perf_counter()
         out = model.run(image)
         latencies.append((time.perf_counter() - start) * 1e3)
         for name, frame_metric in score_frame(tasks, out, sample, color_order).items():
             metrics[name].merge(frame_metric)
-        semantic_gt.append(sample["semantic"])
-        depth_gt.append(sample["depth"])
+        if sample["semantic"] is not None:
+            semantic_gt.append(sample["semantic"])
+        if sample["depth"] is not None:
+            depth_gt.append(sample["depth"])
     report = {
         "model": str(model.path), "frames": len(latencies), "providers": model.providers,
         "tasks": {name: scalars(m.compute()) for name, m in metrics.items()},
