@@ -4,6 +4,9 @@ tables); then `mtl-perception convert` and `evaluate --format` on those trees.""
 from __future__ import annotations
 
 import json
+import pickle
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
@@ -133,6 +136,28 @@ def test_cityscapes_sample(cityscapes):
     assert s.camera == {"fx": 2000.0, "fy": 2010.0, "cx": 20.5, "cy": 12.25, "baseline": 0.2}
 
 
+def test_cityscapes_boxes_match_brute_force():
+    """The one-sort box extraction against a per-id scan of a random instance map."""
+    from mtl_perception.data.readers.cityscapes import boxes_from_instances
+
+    rng = np.random.default_rng(3)
+    values = np.array([7, 11, 23, 24, 26, 33, 29000, 30001] + [c * 1000 + k for c in (24, 26, 33) for k in range(4)])
+    inst = rng.choice(values, (37, 53)).astype(np.uint16)
+    expected, expected_crowd = [], []
+    for v in np.unique(inst):
+        cls = v // 1000 if v >= 1000 else v
+        if cls not in (24, 26, 33):
+            continue
+        ys, xs = np.nonzero(inst == v)
+        entry = ({24: 0, 26: 2, 33: 7}[cls], [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+        (expected if v >= 1000 else expected_crowd).append(entry)
+    boxes, labels, crowd, crowd_labels = boxes_from_instances(inst)
+    assert sorted(zip(labels.tolist(), boxes.tolist())) == sorted(expected) and len(expected) == 12
+    assert sorted(zip(crowd_labels.tolist(), crowd.tolist())) == sorted(expected_crowd)
+    empty = boxes_from_instances(np.full((4, 4), 7, np.uint16))
+    assert empty[0].shape == (0, 4) and empty[1].shape == (0,)
+
+
 def test_cityscapes_partial_and_test_split(cityscapes, tmp_path):
     s = open_reader("cityscapes", cityscapes, split="val").load(1)
     assert s.labelled_tasks == {"segmentation", "super_resolution"}
@@ -142,6 +167,16 @@ def test_cityscapes_partial_and_test_split(cityscapes, tmp_path):
     (cityscapes / "gtFine/val").rename(cityscapes / "gtFine/test")
     t = open_reader("cityscapes", cityscapes, split="test").load(1)
     assert t.labelled_tasks == {"super_resolution"} and (t.semantic == 255).all()
+
+
+def test_cityscapes_coarse(cityscapes):
+    gt = cityscapes / "gtFine/val/bochum/bochum_000000_000313_gtFine_labelIds.png"
+    png(cityscapes / "gtCoarse/val/bochum/bochum_000000_000313_gtCoarse_labelIds.png", np.full((H, W), 21, np.uint8))
+    gt.unlink()
+    coarse = open_reader("cityscapes", cityscapes, split="val", annotations="gtCoarse")
+    assert (coarse.load(1).semantic == 8).all()      # vegetation
+    assert coarse.load(0).labelled_tasks == {"depth", "super_resolution"}
+    assert open_reader("cityscapes", cityscapes, split="val").load(1).labelled_tasks == {"super_resolution"}
 
 
 def test_reader_tasks_filter_drops_labels(cityscapes):
@@ -291,6 +326,8 @@ def test_nyuv2_axes_depth_and_classes(nyu):
     assert ds13.semantic_classes[ds13.load(0).semantic[3, 4]] == "wall"
     assert ds13.semantic_classes[ds13.load(1).semantic[5, 7]] == "wall"     # door -> wall
     assert (ds13.load(1).semantic == 255).sum() == NH * NW - 1
+    # DataLoader workers get a pickled copy: the open HDF5 handle must not travel
+    np.testing.assert_array_equal(pickle.loads(pickle.dumps(ds13)).load(0).semantic, ds13.load(0).semantic)
 
 
 def test_nyuv2_mapping_forms_and_errors(nyu, tmp_path):
@@ -351,6 +388,7 @@ def test_bdd100k(bdd):
     assert [ds.detection_classes[i] for i in det.labels] == ["car", "traffic light"]    # "other vehicle" dropped
     np.testing.assert_allclose(det.boxes, [[1.5, 2.25, 11.0, 9.75], [30, 0, 33, 6]])
     assert not det.night and night.night
+    assert [ds.image_info(i)["night"] for i in range(3)] == [False, False, True]
     assert night.labelled_tasks == {"detection", "super_resolution"} and len(night.boxes) == 0   # no objects
     assert det.image.shape == (H, W, 3)
 
@@ -430,6 +468,7 @@ def test_video(tmp_path):
     ds = open_reader("video", path, every=3)
     assert len(ds) == 4
     assert [round(float(ds.load(i).image.mean()) / 20) for i in (0, 1, 2, 3, 1, 0)] == [0, 3, 6, 9, 3, 0]
+    assert round(float(pickle.loads(pickle.dumps(ds)).load(2).image.mean()) / 20) == 6
 
 
 # ------------------------------------------------------------------------------ registry, CLI
@@ -444,9 +483,6 @@ def test_registry_errors(tmp_path):
 
 
 def test_readers_are_torch_free():
-    import subprocess
-    import sys
-
     code = ("import sys, mtl_perception.data.readers, mtl_perception.data.readers.convert; "
             "bad = {'torch', 'rclpy', 'h5py', 'training'} & set(sys.modules); assert not bad, bad")
     subprocess.run([sys.executable, "-c", code], check=True)

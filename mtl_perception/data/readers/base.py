@@ -181,9 +181,3 @@ def require_dir(path: Path, layout: str) -> Path:
         raise FileNotFoundError(f"{path}: not found (expected {layout})")
     return path
 
-
-def box_of_mask(mask: np.ndarray) -> tuple[float, float, float, float]:
-    """The tight box of a boolean mask in pixel-edge coordinates: columns 10..19 give x1=10, x2=20."""
-    rows = np.flatnonzero(mask.any(axis=1))
-    cols = np.flatnonzero(mask.any(axis=0))
-    return float(cols[0]), float(rows[0]), float(cols[-1] + 1), float(rows[-1] + 1)

@@ -93,6 +93,11 @@ class BDD100KReader(DatasetReader):
     def _file_name(self, item: dict) -> str:
         return item["image"]
 
+    def image_info(self, index: int) -> dict:
+        """Also ``night`` (the detection JSON's timeofday), known without decoding the image."""
+        item = self._items[index]
+        return {**super().image_info(index), "night": "det" in item and self._det[item["det"]]["night"]}
+
     def _load(self, index: int, item: dict) -> ReaderSample:
         image = read_rgb(self.root / item["image"])
         semantic = boxes = labels = None
