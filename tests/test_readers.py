@@ -340,6 +340,19 @@ def test_nyuv2_mapping_forms_and_errors(nyu, tmp_path):
         f["mapClass"] = values.reshape(894, 1)          # MATLAB's 1x894, HDF5 order
     for m in (tmp_path / "map.json", tmp_path / "classMapping40.mat"):
         assert open_reader("nyuv2", path, classes=40, mapping=m).load(0).semantic[1, 2] == 10
+    with h5py.File(tmp_path / "splits.mat", "w") as f:      # MATLAB's column vectors, HDF5 order
+        f["trainNdxs"] = np.array([[2.0]])
+        f["testNdxs"] = np.array([[1.0]])
+    test = open_reader("nyuv2", path, split="test", splits=tmp_path / "splits.mat")
+    train = open_reader("nyuv2", path, split="train", splits=tmp_path / "splits.mat")
+    assert len(test) == len(train) == 1
+    np.testing.assert_array_equal(train.load(0).image, open_reader("nyuv2", path).load(1).image)
+    with pytest.raises(ValueError, match="split=train needs splits=splits.mat"):
+        open_reader("nyuv2", path, split="train")
+    with h5py.File(tmp_path / "bad_splits.mat", "w") as f:
+        f["trainNdxs"] = np.array([[3.0]])
+    with pytest.raises(ValueError, match=r"bad_splits.mat: trainNdxs must hold 1-based frame numbers 1..2"):
+        open_reader("nyuv2", path, split="train", splits=tmp_path / "bad_splits.mat")
     with pytest.raises(ValueError, match="classes=40 needs mapping=classMapping40.mat"):
         open_reader("nyuv2", path, classes=40)
     with pytest.raises(ValueError, match="894 raw classes do not fit"):

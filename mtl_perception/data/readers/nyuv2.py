@@ -10,7 +10,9 @@ project's uint8 class maps. ``classes=40`` maps them to the 40 classes of Gupta 
 through the standard ``classMapping40.mat`` (``mapClass``, 894 values 1..40), which must be passed
 as ``mapping`` (it is a separate download; this module does not reproduce it). ``classes=13``
 groups those 40 into the 13 classes of Couprie et al. / Eigen & Fergus with the table below.
-Without ``classes`` the samples carry depth only.
+Without ``classes`` the samples carry depth only. ``split`` train / test reads the official
+split from ``splits.mat`` (``trainNdxs`` / ``testNdxs``, 1-based; the file is MATLAB v5, read
+through scipy, or v7.3 through h5py).
 """
 from __future__ import annotations
 
@@ -110,6 +112,25 @@ def semantic_table(classes: int | None, mapping: str | os.PathLike | None) -> tu
     return to13[lut], NYU13_CLASSES
 
 
+def split_indices(split: str, splits: str | os.PathLike | None, count: int) -> list[int]:
+    """0-based frame indices of ``split``: all frames, or the official ``trainNdxs`` / ``testNdxs``
+    (1-based, 795 / 654 frames) of ``splits.mat``."""
+    if split == "all":
+        return list(range(count))
+    if split not in ("train", "test"):
+        raise ValueError(f"nyuv2: split must be all, train or test, got {split!r}")
+    if splits is None:
+        raise ValueError(f"nyuv2: split={split} needs splits=splits.mat (the official train/test split, a "
+                         "separate download)")
+    path = Path(str(splits))
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: not found (the NYUv2 splits.mat)")
+    values = np.asarray(_mat_variable(path, f"{split}Ndxs"), np.float64).reshape(-1)
+    if not np.all((values >= 1) & (values <= count) & (values == np.round(values))):
+        raise ValueError(f"{path}: {split}Ndxs must hold 1-based frame numbers 1..{count}")
+    return sorted(int(v) - 1 for v in values)
+
+
 class NYUv2Reader(DatasetReader):
     """The 1449 labeled frames of NYU Depth V2 (640x480) from ``nyu_depth_v2_labeled.mat``.
 
@@ -119,7 +140,8 @@ class NYUv2Reader(DatasetReader):
     format = "nyuv2"
     tasks = frozenset({"segmentation", "depth", "super_resolution"})
 
-    def __init__(self, root: str | os.PathLike, *, classes: int | None = None, mapping: str | os.PathLike | None = None,
+    def __init__(self, root: str | os.PathLike, *, split: str = "all", splits: str | os.PathLike | None = None,
+                 classes: int | None = None, mapping: str | os.PathLike | None = None,
                  tasks: Iterable[str] | None = None) -> None:
         import h5py
 
@@ -137,9 +159,9 @@ class NYUv2Reader(DatasetReader):
         with h5py.File(path, "r") as f:
             self._check(f, path)
             n = f["images"].shape[0]
-        self._items = list(range(n))
+        self._items = split_indices(split, splits, n)
         self._file = None
-        self.info.update(classes=len(self.semantic_classes) or None)
+        self.info.update(split=split, classes=len(self.semantic_classes) or None)
 
     @staticmethod
     def _check(f, path: Path) -> None:
