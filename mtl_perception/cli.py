@@ -4,6 +4,7 @@
     mtl-perception info model.onnx
     mtl-perception bundle grouped/bundle.json seg_depth.onnx det_sr.onnx --name grouped
     mtl-perception evaluate --model model.onnx --data data/synthetic/val --json report.json
+    mtl-perception convert cityscapes /data/cityscapes --split val --out data/cityscapes_val
     mtl-perception demo --model model.onnx --out runs/demo
     mtl-perception benchmark --model model.onnx --width 640 --height 480 --frames 200 --json bench.json
     mtl-perception make-bag drive --frames 100 --storage mcap
@@ -72,13 +73,62 @@ def _evaluate(args) -> int:
     from mtl_perception.kinds.registry import Scoring
 
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
-    report = evaluate_dataset(model, MultiTaskDataset(args.data), Scoring.of(model.metadata), limit=args.limit,
+    dataset = _open_source(args.format, args.data, args) if args.format else MultiTaskDataset(args.data)
+    report = evaluate_dataset(model, dataset, Scoring.of(model.metadata), limit=args.limit,
                               progress=not args.no_progress)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")
     print(text)
     return 0
+
+
+# ------------------------------------------------------------ dataset readers (convert, evaluate --format)
+def _reader_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--split", help="the split to read (e.g. train, val; default: the format's own)")
+    p.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="a reader option, e.g. raw_root=/data/kitti_raw, classes=40, tasks=detection (repeatable)")
+
+
+def _open_source(fmt: str, root: str, args):
+    """The reader of ``fmt`` on ``root`` with --split and the -o KEY=VALUE options (values parsed as YAML
+    scalars: true, 40; paths stay text)."""
+    import yaml
+
+    from mtl_perception.data.readers import open_reader
+
+    options = {}
+    for text in args.option:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--option {text!r}: expected KEY=VALUE")
+        parsed = yaml.safe_load(value) if value else None
+        options[key] = parsed if isinstance(parsed, (bool, int, float)) or parsed is None else value
+    if args.split is not None:
+        options["split"] = args.split
+    return open_reader(fmt, root, options)
+
+
+def _convert(args) -> int:
+    from mtl_perception.data.readers.convert import convert
+
+    reader = _open_source(args.format, args.source, args)
+    out = convert(reader, args.out, limit=args.limit, progress=not args.no_progress)
+    print(f"dataset: {out} ({min(len(reader), args.limit or len(reader))} frames from {args.format} {args.source})")
+    return 0
+
+
+def _add_convert(sub) -> None:
+    from mtl_perception.data.readers import READERS
+
+    p = sub.add_parser("convert", help="write a public dataset (read in place) in the project's dataset format")
+    p.add_argument("format", choices=sorted(READERS), help="the source's layout")
+    p.add_argument("source", help="the dataset's root folder (nyuv2: the .mat file; video: the video file)")
+    p.add_argument("--out", required=True, help="dataset folder to create")
+    p.add_argument("--limit", type=int, help="convert only the first N frames")
+    p.add_argument("--no-progress", action="store_true")
+    _reader_options(p)
+    p.set_defaults(func=_convert)
 
 
 def _demo(args) -> int:
@@ -142,12 +192,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="score a model on a dataset folder beside trivial baselines")
     p.add_argument("--model", required=True)
-    p.add_argument("--data", required=True, help="dataset folder (dataset.json + images)")
+    p.add_argument("--data", required=True, help="dataset folder (dataset.json + images), or with --format the "
+                                                  "root of a public dataset read in place")
     p.add_argument("--limit", type=int, help="evaluate only the first N frames")
     p.add_argument("--json", help="also write the report to this file")
     p.add_argument("--providers", help="comma-separated execution providers")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--format", help="read --data with this dataset reader (see `convert --help`)")
+    _reader_options(p)
     p.set_defaults(func=_evaluate)
+    _add_convert(sub)
 
     p = sub.add_parser("demo", help="run the node on a synthetic camera, report rates/latency/drops, write a mosaic")
     p.add_argument("--model", required=True)

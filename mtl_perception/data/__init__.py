@@ -1,0 +1,1 @@
+"""Datasets: the project's on-disk format, readers of public datasets' layouts, the synthetic world."""
