@@ -36,7 +36,8 @@ def _info(args) -> int:
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
     meta = model.metadata
     print(f"model: {model.path}\nname: {meta.name}\nproviders: {', '.join(model.providers)}")
-    print(f"input: {meta.input.width}x{meta.input.height} {meta.input.color_order} uint8 NHWC")
+    spec = meta.input
+    print(f"input: {spec.width}x{spec.height} {spec.color_order} {spec.dtype} {spec.layout}")
     for member in getattr(model, "describe_members", lambda: [])():  # a bundle: one line per member
         tasks = ", ".join(f"{n} ({k})" for n, k in member["tasks"].items())
         providers = ", ".join(member["providers"])
