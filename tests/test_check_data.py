@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from mtl_perception.cli import main as cli_main
+from mtl_perception.data import check
 from mtl_perception.data.check import check_dataset
 from mtl_perception.data.dataset import DatasetError, MultiTaskDataset
 from mtl_perception.data.synthetic import Camera, generate_dataset
@@ -64,8 +65,7 @@ def test_every_corruption_is_listed_one_line_each(dataset, capsys):
     cv2.imwrite(str(dataset / "images" / "000005.png"), np.zeros((32, 64, 3), np.uint8))  # wrong size
     cv2.imwrite(str(dataset / "semantic" / "000000.png"), np.zeros((64, 128, 3), np.uint8))  # 3 channels
     doc = json.loads((dataset / "dataset.json").read_text())
-    boxed = [a for a in doc["annotations"]]
-    assert len(boxed) >= 3, "the synthetic frames should carry boxes"
+    assert len(doc["annotations"]) >= 3, "the synthetic frames should carry boxes"
 
     def corrupt(doc):
         anns = doc["annotations"]
@@ -164,3 +164,13 @@ def test_training_on_a_corrupt_image_stops_with_one_line(dataset, tmp_path, work
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == 2, run.stderr
     assert run.stderr.strip() == f"mtl-train: error: {dataset / 'images' / '000003.png'}: cannot decode image"
+
+
+def test_progress_bar_only_on_large_sets(pristine, monkeypatch, capsys):
+    monkeypatch.setattr(check, "PROGRESS_MIN_IMAGES", N_FRAMES + 1)
+    assert check_dataset(pristine, progress=True) == []
+    assert "check-data" not in capsys.readouterr().err
+    monkeypatch.setattr(check, "PROGRESS_MIN_IMAGES", N_FRAMES)
+    assert check_dataset(pristine, progress=True) == []
+    err = capsys.readouterr().err
+    assert "check-data:" in err and f"0/{N_FRAMES} [" in err
