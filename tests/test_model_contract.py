@@ -6,6 +6,7 @@ it is) and expects one `ModelError` line naming the file and the field by its do
 import json
 import subprocess
 import sys
+import textwrap
 
 import numpy as np
 import onnx
@@ -211,3 +212,29 @@ def test_metadata_built_in_python_is_validated_with_field_paths():
 def test_contract_model_still_runs(model_file):
     out = load_model(model_file).run(np.zeros((32, 64, 3), np.uint8))
     assert out["detection"]["boxes"].shape == (50, 4)
+
+
+def test_without_onnx_installed_only_the_class_counts_go_unchecked(tmp_path, model_file):
+    """A vehicle image may have onnxruntime but not onnx: the loader still works and still checks
+    every claim that onnxruntime shows (shapes, dtypes, names); class counts need the graph's nodes."""
+    short = tamper(model_file, tmp_path / "short.onnx", _drop_last_class("segmentation"))
+    k10 = tamper(model_file, tmp_path / "k10.onnx", _set("tasks.detection.top_k", 10))
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split('.')[0] in ('onnx', 'torch', 'training'):
+                    raise ImportError('blocked: ' + name)
+        sys.meta_path.insert(0, Block())
+        from mtl_perception.inference.loader import load_model
+        from mtl_perception.inference.model import ModelError
+        print(len(load_model({str(short)!r}).tasks['segmentation'].class_names))
+        try:
+            load_model({str(k10)!r})
+        except ModelError as exc:
+            print(exc)
+    """)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "8" and "metadata field tasks.detection.top_k is 10" in lines[1]

@@ -60,7 +60,7 @@ def _check_input(meta: ModelMetadata, session) -> None:
     if graph.type != ORT_TYPES["uint8"]:
         raise ContractError(f"metadata field input.dtype is {spec.dtype!r}, the graph's input is {graph.type}")
     shape = list(graph.shape)
-    if len(shape) != 4 or shape[0] not in (1,) or shape[3] != 3:
+    if len(shape) != 4 or shape[0] != 1 or shape[3] != 3:
         raise ContractError(f"metadata field input.layout is {spec.layout!r}, the graph's input has shape {shape} "
                             f"(NHWC is [1, H, W, 3])")
     for key, dim in (("height", shape[1]), ("width", shape[2])):
