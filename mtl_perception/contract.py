@@ -87,7 +87,7 @@ class ModelMetadata:
             raise ContractError(f"metadata is not valid JSON ({exc})") from None
         if not isinstance(doc, dict):
             raise ContractError("metadata is not a JSON object")
-        if doc.get("schema") != SCHEMA or not isinstance(doc.get("schema"), str):
+        if doc.get("schema") != SCHEMA:
             raise ContractError(f"metadata field schema is {doc.get('schema')!r}, expected {SCHEMA!r}")
         version = doc.get("schema_version")
         if type(version) is not int or version != SCHEMA_VERSION:  # true and 1.0 are not version 1
