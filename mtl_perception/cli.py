@@ -2,6 +2,7 @@
 
     mtl-perception generate --out data/synthetic/train --frames 2000
     mtl-perception info model.onnx
+    mtl-perception check-data data/synthetic/train
     mtl-perception bundle grouped/bundle.json seg_depth.onnx det_sr.onnx --name grouped
     mtl-perception evaluate --model model.onnx --data data/synthetic/val --json report.json
     mtl-perception convert cityscapes /data/cityscapes --split val --out data/cityscapes_val
@@ -37,7 +38,8 @@ def _info(args) -> int:
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
     meta = model.metadata
     print(f"model: {model.path}\nname: {meta.name}\nproviders: {', '.join(model.providers)}")
-    print(f"input: {meta.input.width}x{meta.input.height} {meta.input.color_order} uint8 NHWC")
+    spec = meta.input
+    print(f"input: {spec.width}x{spec.height} {spec.color_order} {spec.dtype} {spec.layout}")
     for member in getattr(model, "describe_members", lambda: [])():  # a bundle: one line per member
         tasks = ", ".join(f"{n} ({k})" for n, k in member["tasks"].items())
         providers = ", ".join(member["providers"])
@@ -48,6 +50,19 @@ def _info(args) -> int:
     metrics = meta.provenance.get("metrics", {})
     if metrics:
         print("training validation: " + ", ".join(f"{k[4:]}={v:.4g}" for k, v in sorted(metrics.items())))
+    return 0
+
+
+def _check_data(args) -> int:
+    from mtl_perception.data.check import check_dataset
+
+    problems = check_dataset(args.root, progress=not args.no_progress)
+    for problem in problems:
+        print(problem)
+    if problems:
+        print(f"mtl-perception: {args.root}: {len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{args.root}: no problems found")
     return 0
 
 
@@ -180,6 +195,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model")
     p.add_argument("--providers", help="comma-separated, e.g. tensorrt,cuda,cpu (default: best available)")
     p.set_defaults(func=_info)
+
+    p = sub.add_parser("check-data", help="validate every file of a dataset before a long run; one line per problem")
+    p.add_argument("root", help="dataset folder (dataset.json + images)")
+    p.add_argument("--no-progress", action="store_true")
+    p.set_defaults(func=_check_data)
 
     p = sub.add_parser("bundle", help="write a model bundle: a manifest naming several exported models (task grouping)")
     p.add_argument("out", help="manifest to write (*.json), or a folder (gets bundle.json); members are copied "

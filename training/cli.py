@@ -319,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    from mtl_perception.data.dataset import DatasetError
     from mtl_perception.inference.model import ModelError
 
     from training.engine.checkpoint import CheckpointError
@@ -329,7 +330,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, CheckpointError, ExportError, TrainingError, ModelError, FileNotFoundError) as exc:
+    except (ConfigError, CheckpointError, ExportError, TrainingError, ModelError, DatasetError,
+            FileNotFoundError) as exc:
         print(f"mtl-train: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -253,60 +253,181 @@ class Sample:
     camera: dict | None = None
 
 
+class DatasetError(ValueError):
+    """A dataset's index or one of its files cannot be used; str() is one line naming the file.
+
+    A DataLoader worker hands an exception to the main process as ``type(exc)(its formatted
+    traceback)``; the constructor keeps only the original line, so the error a training run
+    ends with still reads ``<file>: cannot decode image``."""
+
+    def __init__(self, message: object) -> None:
+        super().__init__(_original_line(str(message), type(self)))
+
+
+def _original_line(text: str, kind: type) -> str:
+    if "Traceback (most recent call last)" not in text:
+        return text
+    last = text.rstrip().splitlines()[-1]
+    for prefix in (f"{kind.__module__}.{kind.__qualname__}: ", f"{kind.__qualname__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix):]
+    return last
+
+
+def read_index(root: str | os.PathLike) -> tuple[Path, dict]:
+    """``(path, document)`` of ``root/dataset.json`` after the checks every reader needs: it
+    exists (else ``FileNotFoundError``), is UTF-8 JSON, an object, of this format and of
+    ``format_version`` 1 (the integer: ``true`` and ``1.0`` are refused). Else ``DatasetError``."""
+    meta = Path(root) / METADATA_FILE
+    if not meta.is_file():
+        raise FileNotFoundError(f"{meta}: not found (a dataset root must contain {METADATA_FILE})")
+    try:
+        with open(meta, encoding="utf-8") as f:
+            doc = json.load(f)
+    except json.JSONDecodeError as e:
+        raise DatasetError(f"{meta}: invalid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise DatasetError(f"{meta}: not UTF-8 text ({e})") from None
+    if not isinstance(doc, dict):
+        raise DatasetError(f"{meta}: top level must be a JSON object")
+    fmt = doc.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise DatasetError(f"{meta}: format is {fmt!r}, expected {FORMAT!r}")
+    if "format_version" not in doc:
+        raise DatasetError(f"{meta}: missing 'format_version' (this reader supports version {FORMAT_VERSION})")
+    version = doc["format_version"]
+    if type(version) is not int or version != FORMAT_VERSION:
+        raise DatasetError(f"{meta}: format_version {version!r} is not supported "
+                           f"(this reader supports version {FORMAT_VERSION})")
+    return meta, doc
+
+
+def read_categories(doc: Mapping[str, Any], meta: Path) -> tuple[tuple[str, ...], dict]:
+    """``(detection class names, {category id: 0-based label})`` of an index document."""
+    cats = doc.get("categories", [])
+    if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c and "name" in c for c in cats):
+        raise DatasetError(f"{meta}: 'categories' must be a list of {{\"id\", \"name\"}} objects")
+    cat_index = {c["id"]: i for i, c in enumerate(cats)}
+    if len(cat_index) != len(cats):
+        raise DatasetError(f"{meta}: duplicate category ids")
+    return tuple(str(c["name"]) for c in cats), cat_index
+
+
+def read_depth_scale(doc: Mapping[str, Any], meta: Path) -> float:
+    scale = doc.get("depth_scale", DEFAULT_DEPTH_SCALE)
+    if type(scale) not in (int, float) or not np.isfinite(scale) or not scale > 0:
+        raise DatasetError(f"{meta}: depth_scale must be a positive number, got {scale!r}")
+    return float(scale)
+
+
+IMAGE_KEYS = ("id", "file_name", "width", "height")
+LABEL_FILE_KEYS = ("file_name", "semantic_file", "depth_file")
+
+
+def image_entry_problem(im: Any, j: int) -> str | None:
+    """What is wrong with ``images[j]`` of an index (its keys and their types), or None."""
+    if not isinstance(im, dict) or not all(k in im for k in IMAGE_KEYS):
+        return f"images[{j}] needs 'id', 'file_name', 'width' and 'height'"
+    for key in ("width", "height"):
+        if type(im[key]) is not int or im[key] <= 0:
+            return f"images[{j}] {key} must be a positive integer, got {im[key]!r}"
+    for key in LABEL_FILE_KEYS:
+        if key in im and im[key] is not None and (not isinstance(im[key], str) or not im[key]):
+            return f"images[{j}] {key} must be a file name, got {im[key]!r}"
+    return None
+
+
+def annotation_box(a: Any, meta: Path) -> tuple[float, float, float, float]:
+    """``(x1, y1, x2, y2)`` of a COCO annotation's ``bbox`` (x, y, width, height)."""
+    try:
+        x, y, w, h = (float(v) for v in a["bbox"])
+    except (KeyError, TypeError, ValueError):
+        raise DatasetError(f"{meta}: annotation {a.get('id')!r} has a missing or malformed bbox") from None
+    return x, y, x + w, y + h
+
+
+def _check_size(path: Path, arr: np.ndarray, h: int, w: int) -> None:
+    if arr.shape[:2] != (h, w):
+        raise DatasetError(f"{path}: size {arr.shape[1]}x{arr.shape[0]} disagrees with dataset.json ({w}x{h})")
+
+
+def read_image(path: Path, h: int, w: int) -> np.ndarray:
+    """An index's image as HxWx3 uint8 RGB (``DatasetError`` naming the file otherwise)."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise DatasetError(f"{path}: cannot decode image")
+    _check_size(path, bgr, h, w)
+    return np.ascontiguousarray(bgr[..., ::-1])
+
+
+def read_semantic(path: Path, h: int, w: int) -> np.ndarray:
+    """A semantic label file as HxW uint8 class ids."""
+    semantic = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if semantic is None:
+        raise DatasetError(f"{path}: cannot decode semantic label image")
+    if semantic.ndim != 2 or semantic.dtype != np.uint8:
+        raise DatasetError(f"{path}: semantic labels must be a single-channel 8-bit PNG, got {semantic.dtype} "
+                           f"with shape {semantic.shape}")
+    _check_size(path, semantic, h, w)
+    return semantic
+
+
+def read_depth(path: Path, h: int, w: int, depth_scale: float) -> np.ndarray:
+    """A depth file (16-bit PNG in units of ``depth_scale``, or a .npy) as HxW float32 metres."""
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (ValueError, OSError) as e:
+            raise DatasetError(f"{path}: cannot read depth array ({e})") from None
+        if arr.ndim != 2:
+            raise DatasetError(f"{path}: depth must be a 2-D array, got shape {arr.shape}")
+        _check_size(path, arr, h, w)
+        if arr.dtype == np.uint16:
+            return decode_depth(arr, depth_scale)
+        if arr.dtype.kind != "f":
+            raise DatasetError(f"{path}: depth array must be float metres or uint16 units, got {arr.dtype}")
+        d = arr.astype(np.float32)
+        d[~np.isfinite(d) | (d <= 0)] = np.nan
+        return d
+    units = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if units is None:
+        raise DatasetError(f"{path}: cannot decode depth image")
+    if units.ndim != 2 or units.dtype != np.uint16:
+        raise DatasetError(f"{path}: depth must be a single-channel 16-bit PNG, got {units.dtype} "
+                           f"with shape {units.shape}")
+    _check_size(path, units, h, w)
+    return decode_depth(units, depth_scale)
+
+
 class MultiTaskDataset:
-    """Torch-free reader of the format. Raises ``FileNotFoundError`` / ``ValueError`` with a
-    one-line message naming the offending file: at construction for a missing or malformed
-    dataset.json, an unsupported format version, or a missing image / label file; at
-    :meth:`load` for a file that cannot be decoded or whose size disagrees with dataset.json."""
+    """Torch-free reader of the format. Raises ``FileNotFoundError`` / ``DatasetError`` (a
+    ``ValueError``) with a one-line message naming the offending file: at construction for a
+    missing or malformed dataset.json, an unsupported format version, or a missing image / label
+    file; at :meth:`load` for a file that cannot be decoded or whose size disagrees with
+    dataset.json. ``mtl-perception check-data`` (:mod:`mtl_perception.data.check`) lists every
+    such problem of a dataset at once, before a long run."""
 
     def __init__(self, root: str | os.PathLike) -> None:
         self.root = Path(root)
-        meta = self.root / METADATA_FILE
-        if not meta.is_file():
-            raise FileNotFoundError(f"{meta}: not found (a dataset root must contain {METADATA_FILE})")
-        try:
-            with open(meta, encoding="utf-8") as f:
-                doc = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{meta}: invalid JSON ({e})") from None
-        except UnicodeDecodeError as e:
-            raise ValueError(f"{meta}: not UTF-8 text ({e})") from None
-        if not isinstance(doc, dict):
-            raise ValueError(f"{meta}: top level must be a JSON object")
-        fmt = doc.get("format", FORMAT)
-        if fmt != FORMAT:
-            raise ValueError(f"{meta}: format is {fmt!r}, expected {FORMAT!r}")
-        if "format_version" not in doc:
-            raise ValueError(f"{meta}: missing 'format_version' (this reader supports version {FORMAT_VERSION})")
-        if doc["format_version"] != FORMAT_VERSION:
-            raise ValueError(f"{meta}: format_version {doc['format_version']!r} is not supported "
-                             f"(this reader supports version {FORMAT_VERSION})")
+        meta, doc = read_index(self.root)
         self.meta_path = meta
         self.semantic_classes: tuple[str, ...] = tuple(str(c) for c in doc.get("semantic_classes", ()))
-        cats = doc.get("categories", [])
-        if not isinstance(cats, list) or not all(isinstance(c, dict) and "id" in c and "name" in c for c in cats):
-            raise ValueError(f"{meta}: 'categories' must be a list of {{\"id\", \"name\"}} objects")
-        self.detection_classes: tuple[str, ...] = tuple(str(c["name"]) for c in cats)
-        cat_index = {c["id"]: i for i, c in enumerate(cats)}
-        if len(cat_index) != len(cats):
-            raise ValueError(f"{meta}: duplicate category ids")
-        scale = doc.get("depth_scale", DEFAULT_DEPTH_SCALE)
-        if not isinstance(scale, (int, float)) or not scale > 0:
-            raise ValueError(f"{meta}: depth_scale must be a positive number, got {scale!r}")
-        self.depth_scale = float(scale)
+        self.detection_classes, cat_index = read_categories(doc, meta)
+        self.depth_scale = read_depth_scale(doc, meta)
         self.info = doc.get("info", {})
         images = doc.get("images")
         if not isinstance(images, list):
-            raise ValueError(f"{meta}: 'images' must be a list")
+            raise DatasetError(f"{meta}: 'images' must be a list")
         self._images: list[dict] = []
         ids: dict[Any, int] = {}
         for j, im in enumerate(images):
-            if not isinstance(im, dict) or not all(k in im for k in ("id", "file_name", "width", "height")):
-                raise ValueError(f"{meta}: images[{j}] needs 'id', 'file_name', 'width' and 'height'")
+            problem = image_entry_problem(im, j)
+            if problem:
+                raise DatasetError(f"{meta}: {problem}")
             if im["id"] in ids:
-                raise ValueError(f"{meta}: duplicate image id {im['id']!r}")
+                raise DatasetError(f"{meta}: duplicate image id {im['id']!r}")
             ids[im["id"]] = j
-            for key in ("file_name", "semantic_file", "depth_file"):
+            for key in LABEL_FILE_KEYS:
                 if im.get(key) is not None:
                     p = self.root / im[key]
                     if not p.is_file():
@@ -314,21 +435,20 @@ class MultiTaskDataset:
             self._images.append(im)
         anns = doc.get("annotations", [])
         if not isinstance(anns, list):
-            raise ValueError(f"{meta}: 'annotations' must be a list")
+            raise DatasetError(f"{meta}: 'annotations' must be a list")
         boxes: list[list] = [[] for _ in self._images]
         labels: list[list] = [[] for _ in self._images]
         for a in anns:
+            if not isinstance(a, dict):
+                raise DatasetError(f"{meta}: annotations must be objects, got {a!r:.40}")
             if a.get("iscrowd", 0):
                 continue
             try:
                 j = ids[a["image_id"]]
                 lab = cat_index[a["category_id"]]
-                x, y, w, h = (float(v) for v in a["bbox"])
-            except KeyError as e:
-                raise ValueError(f"{meta}: annotation {a.get('id')!r} refers to unknown {e} or lacks a field") from None
-            except (TypeError, ValueError):
-                raise ValueError(f"{meta}: annotation {a.get('id')!r} has a malformed bbox") from None
-            boxes[j].append((x, y, x + w, y + h))
+            except (KeyError, TypeError) as e:
+                raise DatasetError(f"{meta}: annotation {a.get('id')!r} refers to unknown {e} or lacks a field") from None
+            boxes[j].append(annotation_box(a, meta))
             labels[j].append(lab)
         self._boxes = [np.array(b, np.float32).reshape(-1, 4) for b in boxes]
         self._labels = [np.array(lbl, np.int64) for lbl in labels]
@@ -351,26 +471,14 @@ class MultiTaskDataset:
         if not -len(self) <= index < len(self):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         im = self._images[index]
-        h, w = int(im["height"]), int(im["width"])
-        path = self.root / im["file_name"]
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
-        if bgr is None:
-            raise ValueError(f"{path}: cannot decode image")
-        self._check_size(path, bgr, h, w)
-        image = np.ascontiguousarray(bgr[..., ::-1])
+        h, w = im["height"], im["width"]
+        image = read_image(self.root / im["file_name"], h, w)
         if im.get("semantic_file"):
-            p = self.root / im["semantic_file"]
-            semantic = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-            if semantic is None:
-                raise ValueError(f"{p}: cannot decode semantic label image")
-            if semantic.ndim != 2 or semantic.dtype != np.uint8:
-                raise ValueError(f"{p}: semantic labels must be a single-channel 8-bit PNG, got {semantic.dtype} "
-                                 f"with shape {semantic.shape}")
-            self._check_size(p, semantic, h, w)
+            semantic = read_semantic(self.root / im["semantic_file"], h, w)
         else:
             semantic = np.full((h, w), UNLABELLED, np.uint8)
         if im.get("depth_file"):
-            depth = self._load_depth(self.root / im["depth_file"], h, w)
+            depth = read_depth(self.root / im["depth_file"], h, w, self.depth_scale)
         else:
             depth = np.full((h, w), np.nan, np.float32)
         cam = im.get("camera")
@@ -386,39 +494,12 @@ class MultiTaskDataset:
             camera=dict(cam) if isinstance(cam, dict) else None,
         )
 
-    def _load_depth(self, p: Path, h: int, w: int) -> np.ndarray:
-        if p.suffix.lower() == ".npy":
-            try:
-                arr = np.load(p, allow_pickle=False)
-            except (ValueError, OSError) as e:
-                raise ValueError(f"{p}: cannot read depth array ({e})") from None
-            if arr.ndim != 2:
-                raise ValueError(f"{p}: depth must be a 2-D array, got shape {arr.shape}")
-            self._check_size(p, arr, h, w)
-            if arr.dtype == np.uint16:
-                return decode_depth(arr, self.depth_scale)
-            d = arr.astype(np.float32)
-            d[~np.isfinite(d) | (d <= 0)] = np.nan
-            return d
-        units = cv2.imread(str(p), cv2.IMREAD_UNCHANGED)
-        if units is None:
-            raise ValueError(f"{p}: cannot decode depth image")
-        if units.ndim != 2 or units.dtype != np.uint16:
-            raise ValueError(f"{p}: depth must be a single-channel 16-bit PNG, got {units.dtype} "
-                             f"with shape {units.shape}")
-        self._check_size(p, units, h, w)
-        return decode_depth(units, self.depth_scale)
-
-    @staticmethod
-    def _check_size(path: Path, arr: np.ndarray, h: int, w: int) -> None:
-        if arr.shape[:2] != (h, w):
-            raise ValueError(f"{path}: size {arr.shape[1]}x{arr.shape[0]} disagrees with dataset.json ({w}x{h})")
-
 
 __all__ = [
     "DEFAULT_DEPTH_SCALE",
     "FORMAT",
     "FORMAT_VERSION",
+    "DatasetError",
     "DatasetWriter",
     "MultiTaskDataset",
     "Sample",

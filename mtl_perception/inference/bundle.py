@@ -88,7 +88,7 @@ def read_manifest(path: os.PathLike | str) -> Dict[str, Any]:
     if doc.get("format") != FORMAT:
         raise ModelError(f"{manifest}: not a model bundle manifest (format is {doc.get('format')!r}, "
                          f"expected {FORMAT!r})")
-    if doc.get("schema") != SCHEMA:
+    if type(doc.get("schema")) is not int or doc.get("schema") != SCHEMA:  # true and 1.0 are not schema 1
         raise ModelError(f"{manifest}: bundle schema is {doc.get('schema')!r}; this runtime reads schema {SCHEMA}")
     files = doc.get("models")
     if not isinstance(files, list) or not all(isinstance(f, str) and f.strip() for f in files):

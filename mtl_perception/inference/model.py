@@ -1,8 +1,9 @@
 """Torch-free loader for exported models: read the contract, pick providers, run frames.
 
 `load_model(path)` is what the node, bag evaluation and benchmarks call. It fails with one
-`ModelError` line that names the file and the problem (missing, not ONNX, no or wrong metadata,
-outputs that do not match the metadata), never with a traceback wall. It also loads model
+`ModelError` line that names the file and the problem (missing, not ONNX, no metadata, a
+malformed or wrongly typed field, a claim the graph contradicts: see
+`mtl_perception.inference.contract_check`), never with a traceback wall. It also loads model
 bundles (several contract files plus a manifest, `mtl_perception.inference.bundle`) behind the same interface.
 """
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 import numpy as np
 
 from mtl_perception.contract import METADATA_KEY, ContractError, ModelMetadata
+from mtl_perception.inference.contract_check import check_claims
 
 LOG = logging.getLogger(__name__)
 
@@ -199,19 +201,10 @@ class PerceptionModel(ContractModel):
         }
 
     def _check_io(self) -> None:
-        inputs = self.session.get_inputs()
-        spec = self.metadata.input
-        if len(inputs) != 1 or inputs[0].name != spec.name:
-            raise ModelError(f"{self.path}: metadata names input {spec.name!r}, graph has {[i.name for i in inputs]}")
-        if list(inputs[0].shape) != [1, spec.height, spec.width, 3] or inputs[0].type != "tensor(uint8)":
-            raise ModelError(
-                f"{self.path}: graph input is {inputs[0].type} {inputs[0].shape}, metadata says uint8 "
-                f"[1, {spec.height}, {spec.width}, 3]"
-            )
-        graph_outputs = {o.name for o in self.session.get_outputs()}
-        missing = [n for n in self.metadata.output_names() if n not in graph_outputs]
-        if missing:
-            raise ModelError(f"{self.path}: metadata names outputs {missing} that the graph does not have")
+        try:
+            check_claims(self.metadata, self.session, self.path)
+        except ContractError as exc:
+            raise ModelError(f"{self.path}: {exc}") from None
 
 
 def _read_metadata(path: Path, session) -> ModelMetadata:

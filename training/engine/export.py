@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from mtl_perception import __version__
-from mtl_perception.contract import METADATA_KEY, TASK_KINDS, InputSpec, ModelMetadata
+from mtl_perception.contract import METADATA_KEY, TASK_KINDS, InputSpec, ModelMetadata, graph_input_note
 from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.inference.loader import load_model
 
@@ -100,6 +100,7 @@ def attach_metadata(path: Path, metadata: ModelMetadata) -> None:
     del model.metadata_props[:]
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, metadata.to_json()
+    model.graph.doc_string = graph_input_note(metadata.input)  # what the loader checks the colour order by
     model.producer_name = "mtl_perception"
     model.producer_version = __version__
     onnx.checker.check_model(model)
