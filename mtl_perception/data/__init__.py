@@ -1,0 +1,1 @@
+"""Datasets: the on-disk dataset format (reader and writer) and the synthetic world."""
