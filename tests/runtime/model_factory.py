@@ -1,71 +1,19 @@
-"""Builds small real models for tests: a randomly initialised network exported through the
-same exporter users run (no training needed when only the contract matters)."""
+"""Hand-built contract models and bags for the runtime's tests, with answers known in closed form.
+
+Needs onnx and the runtime only (no torch): the runtime-only test run uses it too. Models exported
+through training's exporter are in tests/train/exported_models.py."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence, Tuple
+from typing import Sequence
 
 import numpy as np
-import torch
 
-from training.engine.export import DeployModule, attach_metadata, export_onnx, output_names
-from training.models.multitask import build_model
-from training.models.trunk import TrunkConfig
-from training.tasks import TASKS, DataInfo
-from mtl_perception.contract import InputSpec, ModelMetadata
+from mtl_perception.contract import METADATA_KEY, InputSpec, ModelMetadata
 
 ALL_TASKS = ("segmentation", "depth", "detection", "super_resolution")
 SEMANTIC = ("road", "sidewalk", "lane_marking", "building", "sky", "pole", "traffic_sign", "vehicle", "pedestrian")
 DETECTION = ("vehicle", "pedestrian", "traffic_sign")
-
-
-def tiny_tasks(names: Sequence[str] = ALL_TASKS, input_size: Tuple[int, int] = (64, 32)):
-    info = DataInfo(semantic_classes=SEMANTIC, detection_classes=DETECTION, sr_scale=2, input_size=input_size)
-    return {n: TASKS[n](TASKS[n].Options(), info) for n in names}
-
-
-def tiny_network(tasks, seed: int = 0):
-    torch.manual_seed(seed)
-    config = TrunkConfig(channels=[8, 8, 16, 16, 16], blocks=[0, 0, 0, 0], fpn_channels=16)
-    return build_model(config, tasks).eval()
-
-
-def export_random_model(path: Path, names: Sequence[str] = ALL_TASKS, input_size=(64, 32), seed: int = 0):
-    """Exports an untrained tiny network with full metadata; returns (DeployModule, metadata)."""
-    return _export_tiny(path, tiny_tasks(names, input_size), input_size, seed, "tiny")
-
-
-def _export_tiny(path: Path, tasks, input_size, seed: int, name: str):
-    module = DeployModule(tiny_network(tasks, seed), tasks).eval()
-    tensor_names = output_names(tasks)
-    meta = ModelMetadata(
-        name=name, input=InputSpec(name="image", height=input_size[1], width=input_size[0]),
-        tasks={t: task.spec(tensor_names[t]) for t, task in tasks.items()}, provenance={"test": True},
-    )
-    example = torch.from_numpy(np.zeros((1, input_size[1], input_size[0], 3), np.uint8))
-    export_onnx(module, example, Path(path), 18, meta.output_names())
-    attach_metadata(Path(path), meta)
-    return module, meta
-
-
-def export_untrained_model(path: Path, names: Sequence[str] = ALL_TASKS, input_size=(192, 128), seed: int = 0):
-    """Exports an untrained network of the default (quick recipe) size with full metadata.
-
-    Inference time does not depend on the weights, so this stands in for a trained quick model
-    in benchmarks and latency-sensitive checks. Returns (DeployModule, metadata).
-    """
-    tasks = tiny_tasks(names, input_size)
-    torch.manual_seed(seed)
-    module = DeployModule(build_model(TrunkConfig(), tasks).eval(), tasks).eval()
-    tensor_names = output_names(tasks)
-    meta = ModelMetadata(
-        name="untrained-default", input=InputSpec(name="image", height=input_size[1], width=input_size[0]),
-        tasks={t: task.spec(tensor_names[t]) for t, task in tasks.items()}, provenance={"test": True},
-    )
-    example = torch.from_numpy(np.zeros((1, input_size[1], input_size[0], 3), np.uint8))
-    export_onnx(module, example, Path(path), 18, meta.output_names())
-    attach_metadata(Path(path), meta)
-    return module, meta
 
 
 BRIGHT_BOX_CLASSES = ("background", "bright")
@@ -75,7 +23,7 @@ BRIGHT_SCORE, BRIGHT_CLASS = 0.9, 0
 
 
 def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = True,
-                            tasks: Sequence[str] = ALL_TASKS, name: str = "bright-box"):
+                            tasks: Sequence[str] = ALL_TASKS, name: str = "bright-box", color_order: str = "rgb"):
     """A hand-built contract model whose answers are known in closed form (RGB input, W x H):
 
     - segmentation: 1 ("bright") where R > 127, else 0 ("background");
@@ -84,9 +32,11 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
       class 0 ("vehicle"); then FIXED_BOX with score 0.4, class 1 ("pedestrian");
     - super_resolution (scale 2): the input enlarged by pixel repetition.
 
-    Same metadata layout as the exporter (`attach_metadata`); `metadata=False` leaves it out.
-    `tasks` keeps only those tasks' outputs (graph and metadata), e.g. to build bundle members.
-    Returns the ModelMetadata.
+    The metadata is the contract's document under `METADATA_KEY`, as the exporter writes it;
+    `metadata=False` leaves it out. `tasks` keeps only those tasks' outputs (graph and metadata),
+    e.g. to build bundle members. `color_order="bgr"` only declares BGR input in the metadata (the
+    graph still reads channel 0), for models that disagree with their bundle. Returns the
+    ModelMetadata.
     """
     import onnx
     from onnx import TensorProto, helper
@@ -143,10 +93,8 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
         [info for task in ALL_TASKS if task in tasks for info in outputs[task]], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
-    onnx.checker.check_model(model)
-    onnx.save(model, str(path))
     meta = ModelMetadata(
-        name=name, input=InputSpec(name="image", height=height, width=width, color_order="rgb"),
+        name=name, input=InputSpec(name="image", height=height, width=width, color_order=color_order),
         tasks={
             "depth": TaskSpec(kind="depth", outputs={"depth": "depth"}, min_depth=0.5, max_depth=8.0),
             "detection": TaskSpec(kind="detection", outputs={
@@ -161,20 +109,11 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
     meta.tasks = {t: spec for t, spec in meta.tasks.items() if t in tasks}
     meta.validate()
     if metadata:
-        attach_metadata(Path(path), meta)
+        entry = model.metadata_props.add()
+        entry.key, entry.value = METADATA_KEY, meta.to_json()
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
     return meta
-
-
-def export_synthetic_world_model(path: Path, names: Sequence[str] = ALL_TASKS, input_size=(64, 32), seed: int = 0):
-    """Like `export_random_model`, with the synthetic world's classes (`SEMANTIC_CLASSES`,
-    `DETECTION_CLASSES`), so that its labels (and bags made from it) can be scored.
-    Returns (DeployModule, metadata)."""
-    from mtl_perception.data.synthetic import DETECTION_CLASSES, SEMANTIC_CLASSES
-
-    info = DataInfo(semantic_classes=SEMANTIC_CLASSES, detection_classes=DETECTION_CLASSES, sr_scale=2,
-                    input_size=input_size)
-    tasks = {n: TASKS[n](TASKS[n].Options(), info) for n in names}
-    return _export_tiny(path, tasks, input_size, seed, "tiny-synthetic")
 
 
 # ------------------------------------------------------------------ bags for the bright-box model
@@ -214,8 +153,7 @@ def write_bright_box_bag(path: Path, storage: str = "sqlite3", frames: int = 20,
     """Writes the hand-made scene `frames` times (camera bgr8 + camera_info + all three labels,
     one stamp per frame) with rosbags. `bad` maps frame index -> "encoding" (a yuv422 image) or
     "short" (data shorter than height*step). Returns the stamps (ns)."""
-    from mtl_perception.bags.io import (BagWriter, camera_info_msg, detections_msg, image_msg,
-                                       make_header)
+    from mtl_perception.bags.io import BagWriter, camera_info_msg, detections_msg, image_msg, make_header
 
     rgb, seg, depth, boxes, names = bright_box_frame()
     h, w = seg.shape
@@ -243,27 +181,3 @@ def write_bright_box_bag(path: Path, storage: str = "sqlite3", frames: int = 20,
             writer.write("/ground_truth/detections", stamp,
                          detections_msg(header, boxes, [1.0] * len(names), names, store))
     return stamps
-
-
-def randomise_batchnorm(model, seed: int = 0) -> None:
-    """Random BN statistics and affine terms, so folding and collapse are tested off the identity."""
-    import torch
-    from torch import nn
-
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
-
-
-def flat_outputs(preds) -> list:
-    """A model's {task: tensor or {role: tensor}} predictions as one list in a fixed order."""
-    out = []
-    for name in sorted(preds):
-        value = preds[name]
-        out += [value[k] for k in sorted(value)] if isinstance(value, dict) else [value]
-    return out

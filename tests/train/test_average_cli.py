@@ -1,15 +1,17 @@
 """`mtl-train average` end to end: two tiny runs from one initialisation, different task weights."""
+import pytest
 import torch
 
 from mtl_perception.inference.loader import load_model
-from test_training import tiny_data, tiny_recipe  # noqa: F401  (fixture)
-from tiny_mtl import one_thread  # noqa: F401
-from training.engine.checkpoint import load_checkpoint
+from tests.train.tiny_mtl import tiny_recipe
 from training.cli import main
+from training.engine.checkpoint import load_checkpoint
 from training.engine.trainer import LAST, Trainer
 
+pytestmark = pytest.mark.usefixtures("one_thread")
 
-def test_average_command_greedy_then_export(tiny_data, tmp_path, capsys):  # noqa: F811
+
+def test_average_command_greedy_then_export(tiny_data, tmp_path, capsys):
     runs = []
     for name, weights in (("a", {"depth": 1.0}), ("b", {"depth": 3.0, "segmentation": 0.5})):
         tasks = {"segmentation": {}, "depth": {}}

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from typing import Dict, Optional, Sequence
 
-import pytest
 import torch
 
 from training.engine.checkpoint import parameter_fingerprint, save_checkpoint
@@ -57,10 +56,16 @@ def random_batches(count: int = 3, batch: int = 2, seed: int = 0):
              "index": torch.arange(i * batch, (i + 1) * batch)} for i in range(count)]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one intra-op thread is several times faster on a shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def tiny_recipe(data_root, out_dir, **overrides):
+    """A two-epoch recipe of the tiny network on `tiny_data` (tests/train/conftest.py); keyword
+    arguments replace whole sections."""
+    doc = {
+        "name": "tiny", "seed": 7, "out_dir": str(out_dir),
+        "data": {"train": str(data_root / "train"), "val": str(data_root / "val"), "input_size": [64, 32]},
+        "model": {"channels": [8, 8, 16, 16, 16], "blocks": [1, 0, 0, 0], "fpn_channels": 16},
+        "optim": {"epochs": 2, "batch_size": 8, "warmup_steps": 2, "lr": 0.003},
+        "export": {"verify_frames": 2},
+    }
+    for key, value in overrides.items():
+        doc[key] = value
+    return recipe_from_dict(doc)

@@ -15,18 +15,17 @@ import cv2
 import numpy as np
 import pytest
 
-from model_factory import (
+from mtl_perception.bags.evaluate import EvalOptions, evaluate_bag
+from mtl_perception.bags.io import BagError, detections_from_msg, open_bag
+from mtl_perception.inference.loader import load_model
+from tests.runtime.model_factory import (
     BRIGHT_BAG_DEPTH_ROWS,
     BRIGHT_BAG_GT_RECT,
     BRIGHT_BAG_IGNORED_ROWS,
     BRIGHT_BAG_RECT,
     export_bright_box_model,
-    export_synthetic_world_model,
     write_bright_box_bag,
 )
-from mtl_perception.bags.io import BagError, detections_from_msg, open_bag
-from mtl_perception.bags.evaluate import EvalOptions, evaluate_bag
-from mtl_perception.inference.loader import load_model
 
 MODEL_W, MODEL_H = 64, 48
 
@@ -187,14 +186,14 @@ def test_output_bag_mirrors_the_node_and_can_be_rescored(tmp_path, bright_model)
         assert recorded["tasks"]["depth"][key] == pytest.approx(value, rel=1e-6)
 
 
-def test_eval_bag_equals_evaluate_on_the_same_frames(tmp_path):
+def test_eval_bag_equals_evaluate_on_the_same_frames(tmp_path, exported_models):
     """A dataset at exactly twice the model size, evaluated directly and through a bag."""
-    from mtl_perception.data.dataset import MultiTaskDataset
-    from mtl_perception.evaluation.evaluate import evaluate_dataset
     from mtl_perception.bags.make import make_bag
+    from mtl_perception.data.dataset import MultiTaskDataset
     from mtl_perception.data.synthetic import Camera, generate_dataset
+    from mtl_perception.evaluation.evaluate import evaluate_dataset
 
-    export_synthetic_world_model(tmp_path / "m.onnx", input_size=(64, 32))
+    exported_models.export_synthetic_world_model(tmp_path / "m.onnx", input_size=(64, 32))
     model = load_model(tmp_path / "m.onnx")
     generate_dataset(tmp_path / "ds", 5, seed=11, camera=Camera.default(128, 64), workers=1, progress=False)
     direct = evaluate_dataset(model, MultiTaskDataset(tmp_path / "ds"), progress=False)

@@ -20,8 +20,8 @@ from mtl_perception.bags.io import (
 )
 from mtl_perception.bags.make import DEFAULT_START_NS, make_bag
 from mtl_perception.data.synthetic import DETECTION_CLASSES, Camera, is_night, render_frame
+from tests import REPO as ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 W, H = 64, 48
 
 

@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_factory import DETECTION, export_bright_box_model, write_bright_box_bag
 from mtl_perception.inference.bundle import FORMAT, ModelBundle, merge_metadata, read_manifest, write_bundle
-from mtl_perception.inference.model import ModelError, PerceptionModel
 from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import ModelError, PerceptionModel
+from tests.runtime.model_factory import DETECTION, export_bright_box_model, write_bright_box_bag
 
 MODEL_W, MODEL_H = 64, 48
 SEG_DEPTH, DET_SR = ("segmentation", "depth"), ("detection", "super_resolution")
@@ -34,11 +34,7 @@ def parts(tmp_path_factory):
     export_bright_box_model(root / "det_sr.onnx", (MODEL_W, MODEL_H), tasks=DET_SR, name="det-sr")
     export_bright_box_model(root / "depth_only.onnx", (MODEL_W, MODEL_H), tasks=("depth",), name="depth-only")
     export_bright_box_model(root / "det_sr_small.onnx", (MODEL_W, 32), tasks=DET_SR, name="det-sr-small")
-    from training.engine.export import attach_metadata
-
-    meta = export_bright_box_model(root / "det_sr_bgr.onnx", (MODEL_W, MODEL_H), tasks=DET_SR, metadata=False)
-    attach_metadata(root / "det_sr_bgr.onnx", dataclasses.replace(
-        meta, input=dataclasses.replace(meta.input, color_order="bgr")))
+    export_bright_box_model(root / "det_sr_bgr.onnx", (MODEL_W, MODEL_H), tasks=DET_SR, color_order="bgr")
     (root / "garbage.onnx").write_bytes(b"\x08\x01this is not a model" * 10)
     data = (root / "det_sr.onnx").read_bytes()
     (root / "truncated.onnx").write_bytes(data[: len(data) // 2])
@@ -236,10 +232,9 @@ def test_cli_bundle_and_info(parts, tmp_path, capsys):
 
 
 def test_evaluate_and_eval_bag_score_a_bundle_like_the_whole_model(parts, bundle_dir, tmp_path, capsys):
-    from model_factory import bright_box_frame
-
     from mtl_perception.cli import main
     from mtl_perception.data.dataset import DatasetWriter
+    from tests.runtime.model_factory import bright_box_frame
 
     # evaluate: a two-frame dataset of the bright-box scene
     rgb, seg, depth, boxes, names = bright_box_frame()
@@ -304,10 +299,21 @@ def test_benchmark_runs_a_bundle(bundle_dir, tmp_path, monkeypatch, capsys):
 # --------------------------------------------------------------------------- the ROS 2 node
 def test_node_serves_every_output_of_a_bundle(bundle_dir):
     """perception_node in its own process with the bundle's manifest: all outputs of both members
-    with the types, sizes and closed-form content of the whole model (tests/test_node.py helpers)."""
-    from test_node import (  # skips without rclpy / vision_msgs
-        BRIGHT_BOX_CLASSES, FIXED_BOX, IMAGE_H, IMAGE_W, RECT, SX, SY, NodeProcess, Probe, header_ok, image_to_array,
-        scene)
+    with the types, sizes and closed-form content of the whole model (tests/runtime/ros/test_node.py helpers)."""
+    from tests.runtime.ros.test_node import (  # skips without rclpy / vision_msgs
+        BRIGHT_BOX_CLASSES,
+        FIXED_BOX,
+        IMAGE_H,
+        IMAGE_W,
+        RECT,
+        SX,
+        SY,
+        NodeProcess,
+        Probe,
+        header_ok,
+        image_to_array,
+        scene,
+    )
 
     ns = "/bundle_node_test"
     manifest = bundle_dir / "bundle.json"
@@ -362,7 +368,7 @@ def test_node_serves_every_output_of_a_bundle(bundle_dir):
 
 
 def test_node_refuses_a_bad_bundle_in_one_line(parts, tmp_path):
-    from test_node import _run_node  # skips without rclpy / vision_msgs
+    from tests.runtime.ros.test_node import _run_node  # skips without rclpy / vision_msgs
 
     manifest = write_manifest(tmp_path / "bad", parts, ["seg_depth.onnx", "depth_only.onnx"])
     result = _run_node("-r", "__ns:=/bundle_bad", "-p", f"model_path:={manifest.parent}")

@@ -8,16 +8,15 @@ import numpy as np
 import onnx
 import pytest
 
-from model_factory import export_random_model
 from mtl_perception.contract import METADATA_KEY, SCHEMA_VERSION, ContractError, ModelMetadata
-from mtl_perception.inference.model import ModelError, RuntimeOptions, normalise_provider_names, usable_providers
 from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import ModelError, RuntimeOptions, normalise_provider_names, usable_providers
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def model_file(tmp_path_factory, exported_models):
     path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_random_model(path)
+    exported_models.export_random_model(path)
     return path
 
 

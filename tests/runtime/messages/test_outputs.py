@@ -57,7 +57,6 @@ def test_messages_carry_fields_with_humble_types():
     from std_msgs.msg import Header
 
     from mtl_perception.inference.postprocess import Detections
-
     from mtl_perception.messages.outputs import detection_array, label_info
 
     header = Header(frame_id="cam")
@@ -78,8 +77,8 @@ def test_image_checks_and_parameter_validation():
     pytest.importorskip("vision_msgs.msg")
     from sensor_msgs.msg import Image
 
-    from mtl_perception.ros.node import _validate, check_image
     from mtl_perception.messages.image import ImageConversionError, array_to_image
+    from mtl_perception.ros.node import _validate, check_image
 
     check_image(array_to_image(np.zeros((4, 4, 3), np.uint8), "bgr8"))
     for encoding in ("yuv422", "32FC1"):

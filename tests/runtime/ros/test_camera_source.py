@@ -13,12 +13,12 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (see scripts/setup_ros.sh)")
 
-from conftest import ros_env  # noqa: E402
-from mtl_perception.ros.spin import spin_in_background  # noqa: E402
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from mtl_perception.messages.image import image_to_array  # noqa: E402
+from mtl_perception.ros.spin import spin_in_background  # noqa: E402
+from tests.conftest import ros_env  # noqa: E402
 
 
 class Listener:

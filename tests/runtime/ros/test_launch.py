@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import ast
 import re
-from pathlib import Path
 
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import REPO as ROOT
+
 LAUNCH = ROOT / "launch" / "perception.launch.py"
 PARAMS = ROOT / "config" / "perception.yaml"
 ARGUMENTS = {"model_path", "image_topic", "camera_info_topic", "params_file", "namespace", "use_sim_time"}

@@ -1,6 +1,6 @@
 """perception_node as a separate process with real rclpy, driven from this process.
 
-The model is `model_factory.export_bright_box_model`: a hand-built contract model whose outputs
+The model is `tests.runtime.model_factory.export_bright_box_model`: a hand-built contract model whose outputs
 are known in closed form (segmentation = R > 127, depth = R / 32, a detection box tight around
 the bright pixels plus one fixed box, SR = pixel repetition). Frames are 640x360 while the model
 takes 64x48, so every mapping back to the input image is checked with different x and y scales.
@@ -26,19 +26,21 @@ import pytest
 rclpy = pytest.importorskip("rclpy", reason="rclpy is not installed (see scripts/setup_ros.sh)")
 pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not installed")
 
-from conftest import ros_env  # noqa: E402
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus  # noqa: E402
 from lifecycle_msgs.msg import Transition  # noqa: E402
 from lifecycle_msgs.srv import ChangeState, GetState  # noqa: E402
 from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
-from mtl_perception.ros.spin import spin_in_background  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
-from model_factory import (  # noqa: E402
+from mtl_perception.messages.image import array_to_image, image_to_array  # noqa: E402
+from mtl_perception.ros.spin import spin_in_background  # noqa: E402
+from tests import REPO as ROOT  # noqa: E402
+from tests.conftest import ros_env  # noqa: E402
+from tests.runtime.model_factory import (  # noqa: E402
     BRIGHT_BOX_CLASSES,
     BRIGHT_SCORE,
     DETECTION,
@@ -46,9 +48,7 @@ from model_factory import (  # noqa: E402
     FIXED_SCORE,
     export_bright_box_model,
 )
-from mtl_perception.messages.image import array_to_image, image_to_array  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
 MODEL_W, MODEL_H = 64, 48
 IMAGE_W, IMAGE_H = 640, 360  # scale 10 in x, 7.5 in y
 RECT = (200, 90, 400, 270)  # x1, y1, x2, y2 of the red rectangle; maps to model pixels exactly

@@ -11,8 +11,8 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy is not installed (see scripts/setup_ros.sh)")
 pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not installed")
 
-from model_factory import export_bright_box_model  # noqa: E402
 from mtl_perception import cli  # noqa: E402
+from tests.runtime.model_factory import export_bright_box_model  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

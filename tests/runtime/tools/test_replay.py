@@ -14,13 +14,12 @@ import pytest
 pytest.importorskip("rclpy", reason="rclpy is not installed (see scripts/setup_ros.sh)")
 pytest.importorskip("vision_msgs.msg", reason="vision_msgs is not installed")
 
-from conftest import ros_env  # noqa: E402
-from model_factory import export_bright_box_model, export_synthetic_world_model, write_bright_box_bag  # noqa: E402
-from test_eval_bag import EXPECTED_DETECTION, expected_segmentation  # noqa: E402
-
 from mtl_perception.bags.io import open_bag  # noqa: E402
 from mtl_perception.bags.make import make_bag  # noqa: E402
 from mtl_perception.tools.replay import ReplayError, ReplayOptions, replay_bag  # noqa: E402
+from tests.conftest import ros_env  # noqa: E402
+from tests.runtime.bags.test_evaluate import EXPECTED_DETECTION, expected_segmentation  # noqa: E402
+from tests.runtime.model_factory import export_bright_box_model, write_bright_box_bag  # noqa: E402
 
 
 def test_replay_starts_the_node_and_scores_what_came_back(tmp_path):
@@ -72,9 +71,9 @@ def test_replay_starts_the_node_and_scores_what_came_back(tmp_path):
     assert (out / "latency.png").stat().st_size > 1000 and (out / "metrics_over_time.png").stat().st_size > 1000
 
 
-def test_replay_into_a_node_the_user_started_with_sim_time(tmp_path):
+def test_replay_into_a_node_the_user_started_with_sim_time(tmp_path, exported_models):
     model = tmp_path / "tiny.onnx"
-    export_synthetic_world_model(model, input_size=(64, 32))
+    exported_models.export_synthetic_world_model(model, input_size=(64, 32))
     bag = tmp_path / "drive"
     make_bag(bag, frames=10, width=128, height=64, storage="sqlite3", rate=10.0)
     ns = f"/user_{os.getpid()}"

@@ -11,12 +11,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.balancers import BALANCERS, BalanceContext
-from training.balancers import solvers
-from training.recipe.config import ConfigError, build
+from training.balancers import BALANCERS, BalanceContext, solvers
 from training.engine.logs import CsvLog
-from training.recipe.core import recipe_from_dict
 from training.engine.trainer import LAST, Trainer
+from training.recipe.config import ConfigError, build
+from training.recipe.core import recipe_from_dict
+
+pytestmark = pytest.mark.tiny_data(train=16, val=4)
 
 TASKS = ("a", "b", "c")
 
@@ -417,17 +418,6 @@ def test_options_are_validated_like_every_recipe_key():
 
 
 # -- every method trains; resume, AMP, DDP -------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from mtl_perception.data.synthetic import Camera, generate_dataset
-
-    root = tmp_path_factory.mktemp("bdata")
-    camera = Camera.default(128, 64)
-    generate_dataset(root / "train", 16, seed=3, camera=camera, workers=1, progress=False)
-    generate_dataset(root / "val", 4, seed=4, camera=camera, workers=1, progress=False)
-    return root
-
-
 def tiny_recipe(data_root, out_dir, balancer, **optim):
     return recipe_from_dict({
         "name": "tiny", "seed": 7, "out_dir": str(out_dir),

@@ -4,11 +4,18 @@ import copy
 import pytest
 import torch
 
-from tiny_mtl import (ALL_TASKS, build_tiny, data_info_dict, one_thread, random_batches,  # noqa: F401
-                      recipe_doc, write_checkpoint)
+from tests.train.tiny_mtl import ALL_TASKS, build_tiny, data_info_dict, random_batches, recipe_doc, write_checkpoint
 from training.engine.checkpoint import load_checkpoint, save_checkpoint
-from training.engine.distill import (DistillConfig, DistillError, FeatureAdaptors, Teachers, distillation_losses,
-                              flip_flags)
+from training.engine.distill import (
+    DistillConfig,
+    DistillError,
+    FeatureAdaptors,
+    Teachers,
+    distillation_losses,
+    flip_flags,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _preds(seed=0):

@@ -6,9 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-from tiny_mtl import one_thread  # noqa: F401
 from training.balancers import BALANCERS, BalanceContext
 from training.engine.sam import SAM, frozen_bn_stats
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def quadratic(w1, w2, a=(10.0, 1.0)):

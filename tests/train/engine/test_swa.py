@@ -6,10 +6,18 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
 
-from tiny_mtl import build_tiny, one_thread, random_batches, recipe_doc, write_checkpoint  # noqa: F401
+from tests.train.tiny_mtl import build_tiny, random_batches, recipe_doc, write_checkpoint
 from training.engine.checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
-from training.engine.swa import (AveragingError, SWACollector, average_checkpoints, model_from_state, score_against,
-                          update_bn_multitask)
+from training.engine.swa import (
+    AveragingError,
+    SWACollector,
+    average_checkpoints,
+    model_from_state,
+    score_against,
+    update_bn_multitask,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def bn_state(model):

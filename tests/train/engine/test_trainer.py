@@ -15,36 +15,12 @@ import torch
 import training.engine.export as export_module
 from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.loader import load_model
-from mtl_perception.data.synthetic import Camera, generate_dataset
+from tests import REPO
+from tests.train.tiny_mtl import tiny_recipe
 from training.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.engine.export import ExportError, export_checkpoint
-from training.recipe.core import recipe_from_dict
-from training.tasks.depth import DepthTask
 from training.engine.trainer import LAST, Trainer, TrainingError
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    camera = Camera.default(128, 64)
-    generate_dataset(root / "train", 24, seed=3, camera=camera, workers=1, progress=False)
-    generate_dataset(root / "val", 8, seed=4, camera=camera, workers=1, progress=False)
-    return root
-
-
-def tiny_recipe(data_root, out_dir, **overrides):
-    doc = {
-        "name": "tiny", "seed": 7, "out_dir": str(out_dir),
-        "data": {"train": str(data_root / "train"), "val": str(data_root / "val"), "input_size": [64, 32]},
-        "model": {"channels": [8, 8, 16, 16, 16], "blocks": [1, 0, 0, 0], "fpn_channels": 16},
-        "optim": {"epochs": 2, "batch_size": 8, "warmup_steps": 2, "lr": 0.003},
-        "export": {"verify_frames": 2},
-    }
-    for key, value in overrides.items():
-        doc[key] = value
-    return recipe_from_dict(doc)
+from training.tasks.depth import DepthTask
 
 
 def test_resume_matches_uninterrupted_training(tiny_data, tmp_path):

@@ -2,10 +2,9 @@
 import pytest
 import torch
 
+from tests.train.tiny_mtl import tiny_recipe
 from training.engine.checkpoint import load_checkpoint, parameter_fingerprint
 from training.engine.trainer import LAST, Trainer
-
-from test_training import tiny_data, tiny_recipe  # noqa: F401  (fixture)
 
 OPTIM = {"epochs": 3, "batch_size": 8, "warmup_steps": 1, "lr": 0.003}
 

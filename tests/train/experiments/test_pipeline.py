@@ -1,17 +1,15 @@
 """`mtl-train full` end to end on tiny data, and the shipped plans (full recipe, ablations)."""
 import json
-from pathlib import Path
 
 import pytest
 import yaml
 
-from mtl_perception.inference.loader import load_model
 from mtl_perception.data.synthetic import Camera, generate_dataset
-from training.experiments.ablation import deep_merge, load_plan
+from mtl_perception.inference.loader import load_model
+from tests import REPO
 from training.engine.checkpoint import load_checkpoint
+from training.experiments.ablation import deep_merge, load_plan
 from training.experiments.pipeline import load_full_plan, run_full
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 def test_shipped_plans_are_valid():

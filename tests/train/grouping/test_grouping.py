@@ -14,6 +14,8 @@ from training.grouping.affinity import TagRecorder, group_scores, lookahead_affi
 from training.grouping.higher_order import estimate_group_losses
 from training.grouping.search import Candidate, GroupingError, branch_and_bound, brute_force, min_cover_cost
 
+pytestmark = pytest.mark.tiny_data(train=16, val=8)
+
 
 # -- search ----------------------------------------------------------------------------------
 
@@ -202,17 +204,6 @@ def test_block_structured_affinity_splits_into_its_blocks():
 
 # -- through the trainer and the command line -----------------------------------------------
 
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from mtl_perception.data.synthetic import Camera, generate_dataset
-
-    root = tmp_path_factory.mktemp("grouping-data")
-    camera = Camera.default(128, 64)
-    generate_dataset(root / "train", 16, seed=3, camera=camera, workers=1, progress=False)
-    generate_dataset(root / "val", 8, seed=4, camera=camera, workers=1, progress=False)
-    return root
-
-
 def tiny_doc(data_root, out_dir, **overrides):
     doc = {
         "name": "tiny", "seed": 7, "out_dir": str(out_dir), "threads": 1,
@@ -227,8 +218,8 @@ def tiny_doc(data_root, out_dir, **overrides):
 
 
 def test_tag_recorder_does_not_change_the_training_trajectory(tiny_data, tmp_path):
-    from training.recipe.core import recipe_from_dict
     from training.engine.trainer import Trainer
+    from training.recipe.core import recipe_from_dict
 
     doc = tiny_doc(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 4, "accumulate": 2, "warmup_steps": 1})
     plain = Trainer(recipe_from_dict(doc), out_dir=str(tmp_path / "plain"), progress=False, plots=False)
@@ -283,9 +274,9 @@ def test_overlapping_grouping_exports_each_task_once_as_a_bundle(tiny_data, tmp_
     members of a bundle never serve a task twice."""
     from mtl_perception.inference.bundle import write_bundle
     from mtl_perception.inference.loader import load_model
+    from training.engine.trainer import Trainer
     from training.grouping.group import _export
     from training.recipe.core import recipe_from_dict
-    from training.engine.trainer import Trainer
 
     Trainer(recipe_from_dict(tiny_doc(tiny_data, tmp_path)), out_dir=str(tmp_path / "run"), progress=False,
             plots=False).fit()

@@ -151,7 +151,7 @@ def test_shared_factor_is_one_tensor_and_collapses_per_task():
 def test_whole_network_collapses_to_the_compact_model(kind):
     """Expanded multi-task net (eval mode, random BN statistics and affine terms)
     == collapsed + BN-folded net; parameter count and FLOPs equal the compact net's."""
-    from model_factory import flat_outputs, randomise_batchnorm, tiny_network, tiny_tasks
+    from tests.train.exported_models import flat_outputs, randomise_batchnorm, tiny_network, tiny_tasks
     from training.models.collapse import collapse, conv_flops, expand, fold_batchnorm, parameter_count
 
     tasks = tiny_tasks(input_size=(64, 32))

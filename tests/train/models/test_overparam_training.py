@@ -4,14 +4,13 @@ import pytest
 import torch
 
 from mtl_perception.inference.loader import load_model
+from tests.train.tiny_mtl import tiny_recipe
 from training.engine.checkpoint import load_checkpoint
-from training.recipe.config import ConfigError
 from training.engine.export import export_checkpoint, trained_model
+from training.engine.trainer import LAST, Trainer, tasks_from_checkpoint
 from training.models.collapse import conv_flops, parameter_count
 from training.models.multitask import build_model
-from training.engine.trainer import LAST, Trainer, tasks_from_checkpoint
-
-from test_training import tiny_data, tiny_recipe  # noqa: F401  (fixture)
+from training.recipe.config import ConfigError
 
 
 def compact_size(trainer):
@@ -109,9 +108,9 @@ def test_collapsed_graph_is_the_compact_graph_and_costs_the_same(tmp_path):
     table reports the same parameters and MACs and the larger training-time size."""
     import onnx
 
-    from model_factory import tiny_network, tiny_tasks
-    from training.experiments.cost import _overparameterised, parse_variant
+    from tests.train.exported_models import tiny_network, tiny_tasks
     from training.engine.export import DeployModule, export_onnx, output_names
+    from training.experiments.cost import _overparameterised, parse_variant
     from training.models.collapse import compact_copy
 
     tasks = tiny_tasks(input_size=(64, 32))
@@ -151,7 +150,7 @@ def test_preserving_expansion_starts_as_the_compact_network(kind, tolerance):
     """init: preserve (the default) solves the factors from the layer's weights, so the expanded
     network computes what the compact one does (the tasks' output initialisations, such as the
     detection prior and the zero SR residual, survive); init: random does not."""
-    from model_factory import flat_outputs, randomise_batchnorm, tiny_network, tiny_tasks
+    from tests.train.exported_models import flat_outputs, randomise_batchnorm, tiny_network, tiny_tasks
     from training.models.collapse import OverparamConfig, apply_overparam
 
     tasks = tiny_tasks(input_size=(64, 32))

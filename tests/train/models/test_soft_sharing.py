@@ -1,19 +1,20 @@
 """Soft-parameter-sharing trunks (cross-stitch, NDDR-CNN, MTAN): initialisation, equivalences
 with independent references, training, export, optimizer groups, recipe checks, collapse, cost."""
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from model_factory import flat_outputs, randomise_batchnorm, tiny_tasks
-from tiny_mtl import one_thread  # noqa: F401  (autouse fixture: one torch thread)
-from training.recipe.config import ConfigError
+from tests import REPO
+from tests.train.exported_models import flat_outputs, randomise_batchnorm, tiny_tasks
 from training.models.collapse import collapse, expand, parameter_count
 from training.models.multitask import MultiTaskNet, build_model
 from training.models.soft_sharing import CrossStitchTrunk, MTANTrunk, NDDRFusion, NDDRTrunk
 from training.models.trunk import SharedTrunk, TrunkConfig
+from training.recipe.config import ConfigError
+
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.tiny_data(train=4, val=1)]
 
 SOFT = ("cross_stitch", "nddr", "mtan")
 TINY = dict(channels=[8, 8, 16, 16, 16], blocks=[1, 0, 0, 0], fpn_channels=16)
@@ -297,17 +298,6 @@ def test_expanded_cross_stitch_collapses_to_the_compact_model():
 
 
 # -- training, optimizer groups, export ---------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    from mtl_perception.data.synthetic import Camera, generate_dataset
-
-    root = tmp_path_factory.mktemp("data")
-    camera = Camera.default(128, 64)
-    generate_dataset(root / "train", 4, seed=3, camera=camera, workers=1, progress=False)
-    generate_dataset(root / "val", 1, seed=4, camera=camera, workers=1, progress=False)
-    return root
-
-
 @pytest.mark.parametrize("architecture,balancer", [
     ("shared", "fixed"), ("cross_stitch", "pcgrad"), ("nddr", "fixed"), ("mtan", "pcgrad")])
 def test_each_architecture_trains_a_step_and_exports_verified(architecture, balancer, tiny_data, tmp_path):
@@ -316,8 +306,8 @@ def test_each_architecture_trains_a_step_and_exports_verified(architecture, bala
     which verifies onnxruntime against torch."""
     from mtl_perception.inference.loader import load_model
     from training.engine.export import export_checkpoint
-    from training.recipe.core import recipe_from_dict
     from training.engine.trainer import LAST, Trainer
+    from training.recipe.core import recipe_from_dict
 
     recipe = recipe_from_dict({
         "name": f"tiny-{architecture}", "seed": 1, "out_dir": str(tmp_path), "threads": 1,
@@ -373,7 +363,7 @@ def test_cost_command_writes_a_table_and_json(tmp_path, capsys):
     from training.cli import main
 
     out = tmp_path / "cost.json"
-    quick = str(Path(__file__).resolve().parents[1] / "config" / "quick.yaml")
+    quick = str(REPO / "config" / "quick.yaml")
     tiny = ["--set", "model.channels=[8,8,16,16,16]", "--set", "model.blocks=[0,0,0,0]", "--set",
             "model.fpn_channels=16", "--set", "data.input_size=[64,32]", "--set", f"data.train={tmp_path / 'none'}"]
     assert main(["cost", quick, *tiny, "--architectures", "shared,nddr", "--runs", "1", "--rounds", "1",

@@ -1,12 +1,11 @@
 """Recipe validation: every mistake is one line naming the file and the dotted key."""
-from pathlib import Path
 
 import pytest
 
+from tests import REPO
 from training.recipe.config import ConfigError
 from training.recipe.core import load_recipe
 
-REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "config" / "quick.yaml"
 
 

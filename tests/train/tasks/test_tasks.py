@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from model_factory import tiny_network, tiny_tasks
+from tests.train.exported_models import tiny_network, tiny_tasks
 from training.tasks.depth import log_l1_loss
 from training.tasks.detection import STRIDE, draw_gaussian, focal_loss
 
