@@ -130,7 +130,8 @@ def test_runtime_imports_and_runs_without_torch(model_file):
                     raise ImportError('blocked: ' + name)
         sys.meta_path.insert(0, Block())
         import numpy as np
-        import mtl_perception, mtl_perception.contract, mtl_perception.evaluation.metrics, mtl_perception.inference.preprocess
+        import mtl_perception, mtl_perception.contract, mtl_perception.evaluation.metrics
+        import mtl_perception.inference.preprocess
         import mtl_perception.evaluation.evaluate, mtl_perception.cli
         from mtl_perception.inference.loader import load_model
         out = load_model({str(model_file)!r}).run(np.zeros((32, 64, 3), np.uint8))

@@ -59,8 +59,8 @@ from rclpy.qos import QoSProfile, ReliabilityPolicy, HistoryPolicy
 from sensor_msgs.msg import Image
 rclpy.init()
 node = rclpy.create_node("large_frame_sender")
-pub = node.create_publisher(Image, "large_frame",
-                            QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE))
+qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
+pub = node.create_publisher(Image, "large_frame", qos)
 msg = Image(width=1280, height=720, encoding="bgr8", step=3840)
 msg.data = array.array("B", bytes(1280 * 720 * 3))
 deadline = time.monotonic() + 40

@@ -181,7 +181,8 @@ class Probe:
         self.image_pub.publish(msg)
         return key(msg.header)
 
-    def outputs_for(self, frame: Image, topics=ALL_OUTPUTS, timeout: float = 30.0, period: float = 0.3) -> Dict[str, object]:
+    def outputs_for(self, frame: Image, topics=ALL_OUTPUTS, timeout: float = 30.0,
+                    period: float = 0.3) -> Dict[str, object]:
         """Publishes `frame` (a fresh stamp each time) until one stamp has every topic's output."""
         deadline = time.monotonic() + timeout
         stamps: List[int] = []
@@ -336,7 +337,8 @@ def test_detection_boxes_land_on_the_object_in_input_image_pixels(running):
     fx1, fy1, fx2, fy2 = FIXED_BOX  # model pixels -> input pixels with different x and y scales
     assert second.bbox.center.position.x == pytest.approx((fx1 + fx2) / 2 * SX)
     assert second.bbox.center.position.y == pytest.approx((fy1 + fy2) / 2 * SY)
-    assert (second.bbox.size_x, second.bbox.size_y) == (pytest.approx((fx2 - fx1) * SX), pytest.approx((fy2 - fy1) * SY))
+    assert second.bbox.size_x == pytest.approx((fx2 - fx1) * SX)
+    assert second.bbox.size_y == pytest.approx((fy2 - fy1) * SY)
     assert second.results[0].hypothesis.class_id == DETECTION[1]
     assert second.results[0].hypothesis.score == pytest.approx(FIXED_SCORE, abs=1e-6)
 

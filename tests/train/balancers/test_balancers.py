@@ -176,7 +176,8 @@ def test_cagrad_update_is_the_mean_gradient_plus_the_dual_direction():
     gw = w @ G
     d = G.mean(0) + c * np.linalg.norm(G.mean(0)) / np.linalg.norm(gw) * gw
     assert model.shared_grad().double().numpy() == pytest.approx(3 * d / (1 + c ** 2), abs=1e-5)
-    assert sum(logs.values()) == pytest.approx(3 * (1 + c * np.linalg.norm(G.mean(0)) / np.linalg.norm(gw)) / (1 + c ** 2))
+    ratio = np.linalg.norm(G.mean(0)) / np.linalg.norm(gw)
+    assert sum(logs.values()) == pytest.approx(3 * (1 + c * ratio) / (1 + c ** 2))
 
 
 def test_nash_solution_satisfies_the_bargaining_equations():
@@ -414,7 +415,8 @@ def test_options_are_validated_like_every_recipe_key():
         recipe_from_dict({**base, "balancer": {"name": "uw", "options": {"forms": {"detection": "regression"}}}})
     with pytest.raises(ConfigError, match="balancer.options.normalization: expected one of"):
         recipe_from_dict({**base, "balancer": {"name": "mgda", "options": {"normalization": "l1"}}})
-    recipe_from_dict({**base, "balancer": {"name": "dtp", "options": {"gamma": {"depth": 2}, "kpi": {"depth": "delta2"}}}})
+    dtp = {"gamma": {"depth": 2}, "kpi": {"depth": "delta2"}}
+    recipe_from_dict({**base, "balancer": {"name": "dtp", "options": dtp}})
 
 
 # -- every method trains; resume, AMP, DDP -------------------------------------------------------

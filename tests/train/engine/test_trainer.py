@@ -177,7 +177,8 @@ def test_torchrun_two_processes_train_in_step(tiny_data, tmp_path):
     torchrun = Path(sys.executable).parent / "torchrun"
     run = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "train",
                           str(recipe), "--no-progress", "--no-export"],
-                         capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert run.returncode == 0, run.stderr[-2000:]
     state = load_checkpoint(tmp_path / "run" / LAST)
     assert state["epoch"] == 1 and state["step"] == 24 // (4 * 2)  # each rank saw half the batches

@@ -10,7 +10,8 @@ OPTIM = {"epochs": 3, "batch_size": 8, "warmup_steps": 1, "lr": 0.003}
 
 
 def train(data, out, stop=None, **sections):
-    trainer = Trainer(tiny_recipe(data, out, optim=sections.pop("optim", OPTIM), **sections), progress=False, plots=False)
+    recipe = tiny_recipe(data, out, optim=sections.pop("optim", OPTIM), **sections)
+    trainer = Trainer(recipe, progress=False, plots=False)
     trainer.fit(stop_after_epoch=stop)
     return trainer
 
@@ -30,7 +31,8 @@ def test_sam_changes_the_step_and_resumes_exactly(tiny_data, tmp_path):
     plain = train(tiny_data, tmp_path / "plain", optim=optim)
     sam = train(tiny_data, tmp_path / "sam", optim=optim, sam={"rho": 0.05}, balancer={"name": "pcgrad"})
     sam_plain_balancer = train(tiny_data, tmp_path / "sam_fixed", optim=optim, sam={"rho": 0.05})
-    assert any(not torch.equal(a, b) for a, b in zip(params(plain.model).values(), params(sam_plain_balancer.model).values()))
+    pairs = zip(params(plain.model).values(), params(sam_plain_balancer.model).values())
+    assert any(not torch.equal(a, b) for a, b in pairs)
     assert sam.step == plain.step  # one optimizer step per accumulation window, second pass included
     first = train(tiny_data, tmp_path / "split", optim=optim, sam={"rho": 0.05}, stop=1)
     assert first.epoch == 1

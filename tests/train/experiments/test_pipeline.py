@@ -61,12 +61,14 @@ def test_full_recipe_runs_every_stage_and_resumes(tiny_split, tmp_path, capsys):
     assert set(report["test"]["student"]) == {"all", "day", "night"}
     model = load_model(out / "model.onnx")
     assert set(model.tasks) == {"segmentation", "depth"}
-    assert report["cost"]["student"]["parameters"] < report["cost"]["student"]["training_parameters"]  # trained expanded, exported collapsed
+    # trained expanded, exported collapsed
+    assert report["cost"]["student"]["parameters"] < report["cost"]["student"]["training_parameters"]
     teachers = load_model(out / "teachers" / "bundle.json")
     assert set(teachers.tasks) == {"segmentation", "depth"}
     for name in ("report.md", "report.json", "stages.png"):
         assert (out / name).stat().st_size > 0
-    assert json.loads((out / "report.json").read_text())["delta_m_vs_teachers"]["all"] == report["delta_m_vs_teachers"]["all"]
+    written = json.loads((out / "report.json").read_text())
+    assert written["delta_m_vs_teachers"]["all"] == report["delta_m_vs_teachers"]["all"]
 
     # a second run finds every training stage finished and only rebuilds the report
     capsys.readouterr()

@@ -124,7 +124,8 @@ class SmallNet(nn.Module):
     def __init__(self):
         super().__init__()
         torch.manual_seed(0)
-        self.trunk = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Tanh(), nn.Conv2d(6, 6, 3, padding=1))
+        self.trunk = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.BatchNorm2d(6), nn.Tanh(),
+                                   nn.Conv2d(6, 6, 3, padding=1))
         self.heads = nn.ModuleDict({"p": nn.Conv2d(6, 1, 1), "q": nn.Conv2d(6, 2, 1), "r": nn.Conv2d(6, 1, 1)})
         self.x = torch.randn(4, 3, 8, 8)
         self.y = {"p": torch.randn(4, 1, 8, 8), "q": torch.randn(4, 2, 8, 8), "r": -torch.randn(4, 1, 8, 8)}
@@ -141,8 +142,10 @@ def test_affinity_small_step_limit_is_the_normalised_gradient_dot_product():
         shared = list(model.trunk.parameters())
         losses = model.losses()
         names = list(losses)
-        grads = [torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], shared, retain_graph=True)]) for t in names]
-        limit = np.array([[float(grads[i] @ grads[j]) / float(losses[names[j]].detach()) for j in range(3)] for i in range(3)])
+        grads = [torch.cat([g.flatten() for g in torch.autograd.grad(losses[t], shared, retain_graph=True)])
+                 for t in names]
+        limit = np.array([[float(grads[i] @ grads[j]) / float(losses[names[j]].detach()) for j in range(3)]
+                          for i in range(3)])
         errors = []
         for eta in (1e-3, 1e-4, 1e-5):
             z, order, _ = lookahead_affinity(model.losses, shared, modules=[model], lr=eta)

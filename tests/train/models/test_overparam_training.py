@@ -22,12 +22,13 @@ def folded_size(trainer):
     """The plain network's size once BN is folded: each BN's 2 affine parameters per channel
     become one conv bias per channel."""
     compact = build_model(trainer.recipe.model, trainer.tasks)
-    return parameter_count(compact) - sum(m.num_features for m in compact.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    bn_channels = sum(m.num_features for m in compact.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    return parameter_count(compact) - bn_channels
 
 
 def test_recipe_expands_the_selected_layers_only(tiny_data, tmp_path):
-    trainer = Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "rate": 2, "layers": ["trunk.stages"]}),
-                      progress=False)
+    overparam = {"kind": "linear", "rate": 2, "layers": ["trunk.stages"]}
+    trainer = Trainer(tiny_recipe(tiny_data, tmp_path, overparam=overparam), progress=False)
     assert trainer.expanded_layers and all(n.startswith("trunk.stages.") for n in trainer.expanded_layers)
     assert parameter_count(trainer.model) > compact_size(trainer)
 
@@ -36,7 +37,8 @@ def test_recipe_errors_are_one_line(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="overparam: unknown kind .quadratic."):
         tiny_recipe(tiny_data, tmp_path, overparam={"kind": "quadratic"})
     with pytest.raises(ConfigError, match="selects no convolution"):
-        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["trunk.nothing"]}), progress=False)
+        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["trunk.nothing"]}),
+                progress=False)
 
 
 def test_fine_tuning_after_the_collapse_resumes_exactly_and_exports_compact(tiny_data, tmp_path):
@@ -49,7 +51,8 @@ def test_fine_tuning_after_the_collapse_resumes_exactly_and_exports_compact(tiny
     assert whole.epoch == 2 and whole.collapsed
     assert parameter_count(whole.model) == compact_size(whole)
     # a fresh optimizer for the collapsed parameters, starting at lr x finetune_lr_scale
-    assert {id(p) for g in whole.optimizer.param_groups for p in g["params"]} >= {id(p) for p in whole.model.parameters()}
+    optimized = {id(p) for g in whole.optimizer.param_groups for p in g["params"]}
+    assert optimized >= {id(p) for p in whole.model.parameters()}
     assert whole.optimizer.param_groups[0]["initial_lr"] == pytest.approx(whole.recipe.optim.lr * 0.1)
 
     split_recipe = tiny_recipe(tiny_data, tmp_path / "split", overparam=over,

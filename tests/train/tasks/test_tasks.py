@@ -87,7 +87,8 @@ def test_detection_targets_decode_back_to_the_ground_truth():
     for k in np.flatnonzero(t["detection_mask"]):
         size[:, t["detection_index"][k]] = torch.from_numpy(t["detection_size"][k])
         offset[:, t["detection_index"][k]] = torch.from_numpy(t["detection_offset"][k])
-    pred = {"heatmap": torch.log(heat / (1 - heat))[None], "size": size.view(1, 2, h, w), "offset": offset.view(1, 2, h, w)}
+    pred = {"heatmap": torch.log(heat / (1 - heat))[None], "size": size.view(1, 2, h, w),
+            "offset": offset.view(1, 2, h, w)}
     out = task.decode(pred, torch.zeros(1, 3, 32, 64))
     top = out["scores"][0] > 0.999
     assert int(top.sum()) == 2
@@ -107,7 +108,8 @@ def test_detection_loss_is_low_for_perfect_and_high_for_wrong_predictions():
     offset = torch.zeros(1, 2, h * w)
     offset[0, :, t["detection_index"][0]] = torch.from_numpy(t["detection_offset"][0])
     heat = batch["detection_heatmap"].clamp(1e-4, 1 - 1e-4)
-    perfect = {"heatmap": torch.log(heat / (1 - heat)), "size": size.view(1, 2, h, w), "offset": offset.view(1, 2, h, w)}
+    perfect = {"heatmap": torch.log(heat / (1 - heat)), "size": size.view(1, 2, h, w),
+               "offset": offset.view(1, 2, h, w)}
     wrong = {"heatmap": torch.zeros(1, 3, h, w), "size": torch.zeros(1, 2, h, w), "offset": torch.zeros(1, 2, h, w)}
     assert task.loss(perfect, batch).item() < 0.01 < 1.0 < task.loss(wrong, batch).item()
 
