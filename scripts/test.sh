@@ -36,7 +36,7 @@ export ROS_LOG_DIR=${ROS_LOG_DIR:-$(mktemp -d)}
 export MPLBACKEND=Agg
 
 step "ruff check ."
-.venv/bin/ruff check . || fail "ruff check ."
+.venv/bin/ruff check . --output-format concise || fail "ruff check ."
 step "lint-imports (layer contracts in .importlinter)"
 .venv/bin/lint-imports || fail "lint-imports"
 step "pytest"
@@ -44,7 +44,9 @@ pytest_in .venv "pytest" "$@"
 
 if [ "$selects_tests" = 0 ] && [ "${MTL_RUNTIME_TESTS:-1}" != 0 ]; then
   step "runtime-only tests (tests/runtime in .venv-runtime: no torch, no ROS)"
+  started=$SECONDS
   if bash scripts/setup_runtime_env.sh; then
+    echo "test: .venv-runtime set-up took $((SECONDS - started)) s"
     started=$SECONDS
     # The throughput print of the synthetic world (200 frames) is skipped here: it is the step's
     # slowest test, needs nothing but numpy and OpenCV, and runs in step 4.
