@@ -1,0 +1,1 @@
+"""Tests of the offline trainer (training); they need torch."""

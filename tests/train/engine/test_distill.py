@@ -1,0 +1,170 @@
+"""Distillation: per-kind losses, frozen teachers, feature adaptors, the teacher-output cache."""
+import copy
+
+import pytest
+import torch
+
+from tests.train.tiny_mtl import ALL_TASKS, build_tiny, data_info_dict, random_batches, recipe_doc, write_checkpoint
+from training.engine.checkpoint import load_checkpoint, save_checkpoint
+from training.engine.distill import (
+    DistillConfig,
+    DistillError,
+    FeatureAdaptors,
+    Teachers,
+    distillation_losses,
+    flip_flags,
+)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def _preds(seed=0):
+    model, tasks = build_tiny(recipe_doc(seed=seed))
+    with torch.no_grad():
+        model.heads["super_resolution"].out.weight.normal_(0, 0.01)  # not exactly bicubic
+        return model(random_batches(1)[0]["image"].float() / 255.0), tasks
+
+
+def _detached(preds, requires_grad=False):
+    def clone(v):
+        if torch.is_tensor(v):
+            return v.detach().clone().requires_grad_(requires_grad)
+        return {k: clone(x) for k, x in v.items()}
+    return clone(preds)
+
+
+def test_each_kind_is_zero_for_a_perfect_student_positive_otherwise_and_trains_only_the_student():
+    teacher_preds, tasks = _preds(seed=0)
+    teacher_preds = _detached(teacher_preds)
+    config = DistillConfig(teachers={t: "unused.pt" for t in ALL_TASKS}, weights={"depth": 2.0})
+    kinds = {t: task.kind for t, task in tasks.items()}
+    same = distillation_losses(_detached(teacher_preds), teacher_preds, config, kinds)
+    assert set(same) == set(ALL_TASKS)
+    for task, loss in same.items():
+        assert loss.item() == 0.0, task
+
+    other_preds, _ = _preds(seed=1)
+    student = _detached(other_preds, requires_grad=True)
+    losses = distillation_losses(student, teacher_preds, config, kinds)
+    for task, loss in losses.items():
+        assert loss.item() > 0, task
+        loss.backward()
+    leaves = [student[t] for t in ("segmentation", "depth", "super_resolution")] + list(student["detection"].values())
+    assert all(leaf.grad is not None and leaf.grad.abs().sum() > 0 for leaf in leaves)
+    assert all(not v.requires_grad and v.grad is None
+               for v in [teacher_preds["segmentation"], teacher_preds["depth"], *teacher_preds["detection"].values()])
+    # per-task weights scale the term
+    unweighted = distillation_losses(student, teacher_preds, DistillConfig(teachers=config.teachers), kinds)
+    assert losses["depth"].item() == pytest.approx(2.0 * unweighted["depth"].item())
+
+
+def test_feature_adaptors_start_as_identity_and_give_zero_for_equal_features():
+    feats = {"s4": torch.randn(2, 16, 8, 16), "s2": torch.randn(2, 8, 16, 32)}
+    adaptors = FeatureAdaptors({"s2": 8, "s4": 16}, {"depth": {"s2": 8, "s4": 16}, "segmentation": {"s2": 4, "s4": 32}},
+                               levels=("s2", "s4"))
+    assert adaptors.loss("depth", feats, feats).item() == 0.0
+    teacher = {"s2": torch.randn(2, 4, 16, 32), "s4": torch.randn(2, 32, 8, 16)}
+    loss = adaptors.loss("segmentation", feats, teacher)
+    loss.backward()
+    assert loss.item() > 0 and adaptors.convs["segmentation__s4"].weight.grad is not None
+
+
+def _teacher_checkpoints(tmp_path, tasks=ALL_TASKS):
+    """One single-task teacher per task (different seeds), trained weights = random init."""
+    paths = {}
+    for i, task in enumerate(tasks):
+        doc = recipe_doc(tasks=(task,), seed=20 + i)
+        model, _ = build_tiny(doc)
+        with torch.no_grad():  # non-trivial BN statistics, so a train-mode pass would change them
+            for m in model.modules():
+                if isinstance(m, torch.nn.BatchNorm2d):
+                    m.running_mean.uniform_(-0.1, 0.1)
+        paths[task] = str(tmp_path / f"{task}.pt")
+        write_checkpoint(paths[task], model, doc)
+    return paths
+
+
+def test_teachers_stay_frozen_through_a_real_training_step(tmp_path):
+    paths = _teacher_checkpoints(tmp_path)
+    config = DistillConfig(teachers=paths, feature_imitation=True, feature_levels=["s2", "s4"])
+    teachers = Teachers.from_config(config)
+    teachers.check_compatible(data_info_dict())
+    before = [copy.deepcopy(m.state_dict()) for m in teachers.models()]
+    student, tasks = build_tiny(recipe_doc())
+    adaptors = FeatureAdaptors.build(student.trunk.feature_channels, teachers, config.feature_levels)
+    optimizer = torch.optim.SGD(list(student.parameters()) + list(adaptors.parameters()), lr=0.1)
+    student_before = copy.deepcopy(student.state_dict())
+    student.train()
+    batch = random_batches(1, batch=2)[0]
+    image01 = batch["image"].float() / 255.0
+    preds, features = student(image01, return_features=True)
+    t_preds, t_feats = teachers(batch, image01)
+    losses = distillation_losses(preds, t_preds, config, {t: k.kind for t, k in tasks.items()},
+                                 student_features=features, teacher_features=t_feats, adaptors=adaptors)
+    sum(losses.values()).backward()
+    optimizer.step()
+    for m, state in zip(teachers.models(), before):
+        assert not m.training and all(not p.requires_grad and p.grad is None for p in m.parameters())
+        for k, v in m.state_dict().items():
+            assert torch.equal(v, state[k]), k
+    assert not torch.equal(student.state_dict()["trunk.stem.0.weight"], student_before["trunk.stem.0.weight"])
+    key = "trunk.stem.1.running_mean"
+    assert not torch.equal(student.state_dict()[key], student_before[key])
+
+
+def test_teacher_must_have_the_task_and_the_student_classes(tmp_path):
+    paths = _teacher_checkpoints(tmp_path, ("segmentation", "depth"))
+    with pytest.raises(DistillError, match="depth.pt: teacher for 'segmentation' has no such task"):
+        Teachers({"segmentation": paths["depth"]})
+    teachers = Teachers({"segmentation": paths["segmentation"]})
+    info = data_info_dict()
+    info["semantic_classes"] = ["road", "car"]
+    with pytest.raises(DistillError, match="semantic_classes"):
+        teachers.check_compatible(info)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_cache_hits_return_identical_outputs_and_a_changed_teacher_invalidates(tmp_path, dtype):
+    paths = _teacher_checkpoints(tmp_path, ("segmentation", "detection"))
+    cache = tmp_path / "cache"
+    batch = random_batches(1, batch=3)[0]
+    flips = torch.tensor([False, True, False])
+    teachers = Teachers(paths, cache_dir=str(cache), cache_dtype=dtype, feature_levels=["s4"])
+    first, first_feats = teachers(batch, dataset="train", flips=flips)
+    assert teachers.stats["misses"] == 6 and teachers.stats["runs"] == 2
+    again, again_feats = Teachers(paths, cache_dir=str(cache), cache_dtype=dtype, feature_levels=["s4"])(
+        batch, dataset="train", flips=flips)
+    assert torch.equal(first["segmentation"], again["segmentation"])
+    assert all(torch.equal(first["detection"][k], again["detection"][k]) for k in first["detection"])
+    assert torch.equal(first_feats["detection"]["s4"], again_feats["detection"]["s4"])
+    uncached, _ = Teachers(paths)(batch)
+    tol = 0 if dtype == "float32" else 2e-3
+    torch.testing.assert_close(first["segmentation"], uncached["segmentation"], atol=tol, rtol=tol)
+
+    warm = Teachers(paths, cache_dir=str(cache), cache_dtype=dtype, feature_levels=["s4"])
+    warm(batch, dataset="train", flips=flips)
+    assert warm.stats == {"hits": 6, "misses": 0, "stale": 0, "runs": 0}
+    # retrain (change) the segmentation teacher: its cached outputs are no longer used
+    state = load_checkpoint(paths["segmentation"])
+    state["model"]["heads.segmentation.classifier.bias"] += 1.0
+    save_checkpoint(paths["segmentation"], {k: v for k, v in state.items() if k not in ("format", "version")})
+    retrained = Teachers(paths, cache_dir=str(cache), cache_dtype=dtype, feature_levels=["s4"])
+    out, _ = retrained(batch, dataset="train", flips=flips)
+    assert retrained.stats["misses"] == 3 and retrained.stats["hits"] == 3  # detection still cached
+    assert not torch.equal(out["segmentation"], first["segmentation"])
+
+    # a different image under the same (dataset, index, flip) key is recomputed, never served
+    changed = {"image": batch["image"].flip(-1), "index": batch["index"]}
+    retrained(changed, dataset="train", flips=flips)
+    assert retrained.stats["stale"] == 6 and retrained.stats["runs"] == 1 + 2
+
+
+def test_flip_flags_follow_the_dataset_coin():
+    from training.engine.data import _coin
+
+    class FakeSet:
+        augment, seed, epoch = True, 3, 5
+    flags = flip_flags(FakeSet(), torch.arange(16))
+    assert flags.tolist() == [_coin(3, 5, i) for i in range(16)] and 0 < int(flags.sum()) < 16
+    FakeSet.augment = False
+    assert not flip_flags(FakeSet(), torch.arange(4)).any()

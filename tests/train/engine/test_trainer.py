@@ -1,0 +1,212 @@
+"""Trainer, checkpoints and export on real (tiny) synthetic data."""
+import copy
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import training.engine.export as export_module
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.inference.loader import load_model
+from tests import REPO
+from tests.train.tiny_mtl import tiny_recipe
+from training.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.engine.export import ExportError, export_checkpoint
+from training.engine.trainer import LAST, Trainer, TrainingError
+from training.tasks.depth import DepthTask
+
+
+def test_resume_matches_uninterrupted_training(tiny_data, tmp_path):
+    whole = Trainer(tiny_recipe(tiny_data, tmp_path / "whole"), progress=False)
+    whole.fit()
+    first = Trainer(tiny_recipe(tiny_data, tmp_path / "split"), progress=False)
+    first.fit(stop_after_epoch=1)
+    assert load_checkpoint(tmp_path / "split" / LAST)["epoch"] == 1
+    torch.manual_seed(12345)  # a resumed process starts with unrelated RNG state
+    second = Trainer(tiny_recipe(tiny_data, tmp_path / "split"), progress=False)
+    second.fit()
+    assert second.epoch == whole.epoch == 2 and second.step == whole.step
+    for name, tensor in whole.model.state_dict().items():
+        assert torch.equal(tensor, second.model.state_dict()[name]), name
+    untimed = lambda rows: [{k: v for k, v in r.items() if k != "seconds"} for r in rows]  # noqa: E731
+    assert untimed(second.history) == untimed(whole.history)
+    assert second.init_fingerprint == whole.init_fingerprint
+    lines = (tmp_path / "split" / "metrics.csv").read_text().splitlines()
+    assert len(lines) == 3  # header + one row per epoch, no duplicates after the resume
+    assert (tmp_path / "split" / "curves.png").stat().st_size > 1000
+
+
+def test_validation_metrics_are_logged_for_every_task(tiny_data, tmp_path):
+    trainer = Trainer(tiny_recipe(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 8}), progress=False)
+    row = trainer.fit()[-1]
+    for key in ("val/segmentation/miou", "val/depth/abs_rel", "val/depth/delta1", "val/detection/map50",
+                "val/super_resolution/psnr", "val/super_resolution/psnr_gain", "train/detection"):
+        assert key in row and np.isfinite(row[key]), key
+
+
+def test_subset_of_tasks_trains_and_exports(tiny_data, tmp_path):
+    recipe = tiny_recipe(tiny_data, tmp_path, tasks={"segmentation": {}, "depth": {"max_depth": 60.0}},
+                         optim={"epochs": 1, "batch_size": 8})
+    Trainer(recipe, progress=False).fit()
+    export_checkpoint(tmp_path / LAST, tmp_path / "sd.onnx")
+    model = load_model(tmp_path / "sd.onnx")
+    assert sorted(model.tasks) == ["depth", "segmentation"] and model.tasks["depth"].max_depth == 60.0
+
+
+def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_data, tmp_path, monkeypatch):
+    trainer = Trainer(tiny_recipe(tiny_data, tmp_path), progress=False)
+    trainer.fit(stop_after_epoch=1)
+    before = (tmp_path / LAST).read_bytes()
+    monkeypatch.setattr(DepthTask, "loss", lambda self, pred, batch: pred.sum() * float("nan"))
+    with pytest.raises(TrainingError, match="non-finite depth loss at epoch 2"):
+        Trainer(tiny_recipe(tiny_data, tmp_path), progress=False).fit()
+    assert (tmp_path / LAST).read_bytes() == before
+    assert load_checkpoint(tmp_path / LAST)["epoch"] == 1
+
+
+def test_checkpoint_survives_a_kill_during_writes(tmp_path):
+    """SIGKILL a process that rewrites a large checkpoint in a loop: the file always loads."""
+    path = tmp_path / "ck.pt"
+    code = textwrap.dedent(f"""
+        import torch
+        from training.engine.checkpoint import save_checkpoint
+        i = 0
+        while True:
+            save_checkpoint({str(path)!r}, {{"i": i, "w": torch.full((4_000_000,), float(i))}})
+            i += 1
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=REPO)
+    try:
+        deadline = time.time() + 60
+        while not path.exists() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.7)  # several writes in flight
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    state = load_checkpoint(path)
+    assert torch.all(state["w"] == float(state["i"]))
+
+
+def test_checkpoint_errors_name_the_file(tmp_path):
+    with pytest.raises(CheckpointError, match="missing.pt: checkpoint not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+    save_checkpoint(tmp_path / "good.pt", {"w": torch.ones(1000)})
+    torn = tmp_path / "torn.pt"
+    torn.write_bytes((tmp_path / "good.pt").read_bytes()[:500])
+    with pytest.raises(CheckpointError, match="torn.pt: not a readable checkpoint"):
+        load_checkpoint(torn)
+    torch.save({"something": "else"}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="foreign.pt: not an mtl_perception checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+
+
+def test_export_matches_torch_on_real_frames_and_refuses_a_drifting_graph(tiny_data, tmp_path, monkeypatch):
+    Trainer(tiny_recipe(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 8}), progress=False).fit()
+    worst = export_checkpoint(tmp_path / LAST, tmp_path / "good.onnx")
+    assert worst["depth.max_rel"] < 1e-4 and worst["super_resolution.max_levels"] <= 1
+    assert worst["segmentation.mismatch_fraction"] < 1e-3 and worst["detection.max_box_px"] < 0.05
+    meta = load_model(tmp_path / "good.onnx").metadata
+    assert meta.provenance["epoch"] == 1 and meta.provenance["recipe"]["name"] == "tiny"
+    assert "val/segmentation/miou" in meta.provenance["metrics"]
+
+    real_export = export_module.export_onnx
+
+    def drifting_export(module, example, path, opset, names):  # a graph that no longer matches torch
+        other = copy.deepcopy(module)
+        with torch.no_grad():
+            for p in other.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        real_export(other, example, path, opset, names)
+
+    monkeypatch.setattr(export_module, "export_onnx", drifting_export)
+    with pytest.raises(ExportError, match="onnxruntime differs from torch"):
+        export_checkpoint(tmp_path / LAST, tmp_path / "bad.onnx")
+    assert not (tmp_path / "bad.onnx").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_cli_trains_exports_and_evaluates(tiny_data, tmp_path):
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: cli
+        out_dir: {tmp_path / 'run'}
+        data: {{train: {tiny_data / 'train'}, val: {tiny_data / 'val'}, input_size: [64, 32]}}
+        model: {{channels: [8, 8, 16, 16, 16], blocks: [0, 0, 0, 0], fpn_channels: 16}}
+        optim: {{epochs: 1, batch_size: 8, warmup_steps: 1}}
+        export: {{verify_frames: 2}}
+    """))
+    bin_dir = Path(sys.executable).parent
+    run = subprocess.run([str(bin_dir / "mtl-train"), "train", str(recipe), "--no-progress"],
+                         capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr
+    assert (tmp_path / "run" / "model.onnx").exists() and "model:" in run.stdout
+    report = tmp_path / "report.json"
+    ev = subprocess.run([str(bin_dir / "mtl-perception"), "evaluate", "--model", str(tmp_path / "run" / "model.onnx"),
+                         "--data", str(tiny_data / "val"), "--json", str(report), "--no-progress"],
+                        capture_output=True, text=True, timeout=300)
+    assert ev.returncode == 0, ev.stderr
+    import json
+
+    doc = json.loads(report.read_text())
+    assert doc["frames"] == len(MultiTaskDataset(tiny_data / "val"))
+    assert set(doc["tasks"]) == {"segmentation", "depth", "detection", "super_resolution"}
+    bad = subprocess.run([str(bin_dir / "mtl-train"), "train", str(recipe), "--set", "optim.lr=fast"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0 and "optim.lr: expected a number" in bad.stderr
+
+
+def test_torchrun_two_processes_train_in_step(tiny_data, tmp_path):
+    """Distributed training switches on with torchrun alone: the ranks share the epoch's batches
+    (DistributedSampler), DDP averages gradients, and only rank 0 reports and writes."""
+    recipe = tmp_path / "ddp.yaml"
+    recipe.write_text(textwrap.dedent(f"""
+        name: ddp
+        out_dir: {tmp_path / 'run'}
+        data: {{train: {tiny_data / 'train'}, val: {tiny_data / 'val'}, input_size: [64, 32]}}
+        model: {{channels: [8, 8, 16, 16, 16], blocks: [0, 0, 0, 0], fpn_channels: 16}}
+        optim: {{epochs: 1, batch_size: 4, warmup_steps: 1}}
+    """))
+    torchrun = Path(sys.executable).parent / "torchrun"
+    run = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "training.cli", "train",
+                          str(recipe), "--no-progress", "--no-export"],
+                         capture_output=True, text=True, timeout=600, cwd=REPO,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert run.returncode == 0, run.stderr[-2000:]
+    state = load_checkpoint(tmp_path / "run" / LAST)
+    assert state["epoch"] == 1 and state["step"] == 24 // (4 * 2)  # each rank saw half the batches
+    assert run.stdout.count("epoch 1/1") == 1  # rank 0 alone reports
+
+
+def test_flips_follow_the_epoch_inside_persistent_workers(tiny_data):
+    """DataLoader workers keep their own copy of the dataset; the epoch (hence each sample's
+    flip) must come from the sampler, or every epoch would repeat epoch 0's flips."""
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    from training.engine.data import EpochSampler, TaskDataset, _coin
+    from training.engine.trainer import build_tasks
+
+    source = MultiTaskDataset(tiny_data / "train")
+    tasks = build_tasks(tiny_recipe(tiny_data, "unused"), source)
+    dataset = TaskDataset(source, tasks, (64, 32), 2, augment=True, seed=5)
+    plain = TaskDataset(source, tasks, (64, 32), 2, augment=False)
+    sampler = DistributedSampler(dataset, num_replicas=1, rank=0, shuffle=True, seed=5)
+    loader = DataLoader(dataset, batch_size=4, sampler=EpochSampler(sampler), num_workers=1, persistent_workers=True)
+    flips_seen = []
+    for epoch in range(3):
+        sampler.set_epoch(epoch)  # the trainer never needs dataset.set_epoch for the workers now
+        for batch in loader:
+            for image, index in zip(batch["image"].numpy(), batch["index"].numpy()):
+                upright = plain[int(index)]["image"]
+                flipped = upright[:, :, ::-1]
+                expected = flipped if _coin(5, epoch, int(index)) else upright
+                assert np.array_equal(image, expected), (epoch, int(index))
+                flips_seen.append(_coin(5, epoch, int(index)))
+    assert any(flips_seen) and not all(flips_seen)
