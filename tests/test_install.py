@@ -20,6 +20,8 @@ ROSDEP_KEY = {"numpy": "python3-numpy", "cv2": "python3-opencv", "yaml": "python
               "tqdm": "python3-tqdm", "matplotlib": "python3-matplotlib"}
 #: ... or the pip distribution (no rosdep key on every distro; README "On the vehicle").
 PIP_ONLY = {"rosbags": "rosbags", "pycocotools": "pycocotools"}
+#: Optional imports (guarded where they are imported) and the extra that brings each.
+OPTIONAL = {"h5py": ("nyu", "h5py"), "scipy": ("nyu", "scipy"), "onnx": ("checks", "onnx")}
 #: ROS packages whose Python module has the package's name (rclpy, message packages).
 ROS_PACKAGES = {"rclpy", "rcl_interfaces", "rosgraph_msgs", "std_msgs", "sensor_msgs", "vision_msgs",
                 "diagnostic_msgs", "lifecycle_msgs"}
@@ -97,6 +99,9 @@ def test_every_runtime_import_has_a_rosdep_key_or_a_pip_requirement():
     for module, where in _third_party_imports().items():
         if module == "onnxruntime":
             assert {"onnxruntime", "onnxruntime-gpu"} <= _names(extras["cpu"] + extras["gpu"])
+        elif module in OPTIONAL:
+            extra, dist = OPTIONAL[module]
+            assert dist in _names(extras[extra]), f"{module} ({where}) is not in the {extra!r} extra"
         elif module in PIP_ONLY:
             assert PIP_ONLY[module] in pip, f"{module} ({where}) is not in install_requires"
         else:

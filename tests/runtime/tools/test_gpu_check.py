@@ -20,14 +20,14 @@ from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.tools import gpu_check
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests import REPO as ROOT
 
 
 @pytest.fixture(scope="module")
 def model_file(tmp_path_factory):
     """A tiny exported model; needs torch, so a runtime-only run (colcon test on a robot) skips
     the tests that use it and still runs the metric and tolerance tests."""
-    factory = pytest.importorskip("model_factory", reason="exporting a model needs torch (training extra)")
+    factory = pytest.importorskip("tests.train.exported_models", reason="exporting a model needs torch (training extra)")
     path = tmp_path_factory.mktemp("gpu") / "tiny.onnx"
     factory.export_random_model(path)
     return path

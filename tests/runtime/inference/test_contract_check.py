@@ -12,7 +12,7 @@ import numpy as np
 import onnx
 import pytest
 
-from model_factory import export_bright_box_model, export_random_model
+from tests.runtime.model_factory import export_bright_box_model
 from mtl_perception.cli import main as cli_main
 from mtl_perception.contract import METADATA_KEY, ContractError, ModelMetadata
 from mtl_perception.inference import contract_check
@@ -22,10 +22,10 @@ from mtl_perception.inference.model import ModelError
 
 
 @pytest.fixture(scope="module")
-def model_file(tmp_path_factory):
+def model_file(tmp_path_factory, exported_models):
     """The tiny 64x32 four-task export: 9 segmentation classes, 3 detection classes, top-K 50, SR x2."""
     path = tmp_path_factory.mktemp("model") / "tiny.onnx"
-    export_random_model(path)
+    exported_models.export_random_model(path)
     return path
 
 
