@@ -42,7 +42,7 @@ setup(
     extras_require={
         "gpu": ["onnxruntime-gpu>=1.16"],
         "cpu": ["onnxruntime>=1.16"],
-        "training": ["torch>=2.5", "torchvision", "timm>=1.0", "onnx>=1.16", "onnxscript>=0.1"],
+        "training": ["torch>=2.5", "torchvision", "timm>=1.0", "kornia>=0.7", "onnx>=1.16", "onnxscript>=0.1"],
         "nyu": ["h5py>=3"],  # NYUv2's labeled .mat (HDF5); only mtl_perception.data.readers.nyuv2 imports it
         "test": ["pytest>=7", "faster-coco-eval>=1.6", "ruff>=0.6", "import-linter>=2.0", "h5py>=3"],
     },
