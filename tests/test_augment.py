@@ -253,3 +253,18 @@ def test_training_runs_end_to_end_with_full_augmentation(tiny_data, tmp_path):
     trainer.fit()
     row = trainer.history[-1]
     assert trainer.epoch == 1 and all(np.isfinite(v) for v in row.values() if isinstance(v, float))
+
+
+@pytest.mark.parametrize("rgb, color, expected", [
+    ((100, 100, 100), (0.2, 1.0, 1.0, 0.0), (151, 151, 151)),  # brightness: + 0.2 * 255
+    ((200, 0, 0), (0.0, 1.0, 1.0, 1 / 3), (0, 200, 0)),  # hue: a third of the circle, red -> green
+    ((200, 100, 100), (0.0, 1.0, 0.5, 0.0), (200, 150, 150)),  # saturation halved at the same value
+    ((200, 100, 100), (0.0, 1.0, 1.0, 0.0), (200, 100, 100)),  # identity
+])
+def test_colour_jitter_matches_closed_forms_on_flat_images(rgb, color, expected):
+    sample = synthetic_sample()
+    sample["hr_image"] = np.full_like(sample["hr_image"], rgb)
+    sample["image"] = resize_image(sample["hr_image"], (W, H))
+    out = augment_sample(sample, AugmentParams(1.0, (0.0, 0.0), False, (W, H), color))
+    for key in ("hr_image", "image"):
+        assert np.abs(out[key].reshape(-1, 3).astype(int) - expected).max() <= 1, key

@@ -30,7 +30,8 @@ from typing import Dict, Literal, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
-from kornia.enhance import adjust_brightness, adjust_contrast_with_mean_subtraction, adjust_hue, adjust_saturation
+from kornia.color import hsv_to_rgb, rgb_to_hsv
+from kornia.enhance import adjust_brightness, adjust_contrast_with_mean_subtraction, adjust_hue_raw, adjust_saturation_raw
 from kornia.geometry.transform import warp_affine
 
 from mtl_perception.inference.preprocess import resize_image
@@ -221,13 +222,17 @@ def _warp_nearest(array: np.ndarray, matrix: torch.Tensor, fill) -> np.ndarray:
 
 
 def _jitter(image: np.ndarray, color: Tuple[float, float, float, float]) -> np.ndarray:
-    """Brightness, contrast, saturation, hue in this fixed order (kornia.enhance), uint8 out."""
+    """Brightness, contrast, then saturation and hue in one HSV round trip (kornia), uint8 out;
+    a component at its identity value is skipped (exactly what applying it would give)."""
     brightness, contrast, saturation, hue = color
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
-    x = adjust_brightness(x, brightness)
-    x = adjust_contrast_with_mean_subtraction(x, contrast).clamp(0, 1)
-    x = adjust_saturation(x, saturation).clamp(0, 1)
-    x = adjust_hue(x, hue * 2 * math.pi).clamp(0, 1)
+    if brightness != 0:
+        x = adjust_brightness(x, brightness)
+    if contrast != 1:
+        x = adjust_contrast_with_mean_subtraction(x, contrast).clamp(0, 1)
+    if saturation != 1 or hue != 0:
+        hsv = adjust_hue_raw(adjust_saturation_raw(rgb_to_hsv(x), saturation), hue * 2 * math.pi)
+        x = hsv_to_rgb(hsv).clamp(0, 1)
     return (x[0].permute(1, 2, 0) * 255.0).round().to(torch.uint8).numpy()
 
 
