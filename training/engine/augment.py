@@ -31,7 +31,8 @@ from typing import Dict, Literal, Mapping, Optional, Tuple
 import numpy as np
 import torch
 from kornia.color import hsv_to_rgb, rgb_to_hsv
-from kornia.enhance import adjust_brightness, adjust_contrast_with_mean_subtraction, adjust_hue_raw, adjust_saturation_raw
+from kornia.enhance import (adjust_brightness, adjust_contrast_with_mean_subtraction, adjust_hue_raw,
+                            adjust_saturation_raw)
 from kornia.geometry.transform import warp_affine
 
 from mtl_perception.inference.preprocess import resize_image
