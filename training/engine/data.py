@@ -1,11 +1,11 @@
-"""torch view of a dataset on disk: resize to the recipe's sizes, flip, build task targets.
+"""torch view of a dataset on disk: resize to the recipe's sizes, augment, build task targets.
 
 The on-disk format, its reader and the resizing live in `mtl_perception` (torch-free, shared
-with evaluation and the node); here samples are cached, flipped and given each task's targets.
+with evaluation and the node); here samples are cached, augmented (`training.engine.augment`,
+before any task encodes its targets) and given each task's targets.
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Dict, Iterator, Mapping, Optional, Tuple, Union
 
 import numpy as np
@@ -15,32 +15,22 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.preprocess import resize_sample
 
-
-def hflip(base: Mapping[str, np.ndarray]) -> Dict[str, np.ndarray]:
-    width = base["image"].shape[1]
-    out = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in base.items() if k not in ("boxes", "labels")}
-    boxes = base["boxes"].copy()
-    boxes[:, [0, 2]] = width - base["boxes"][:, [2, 0]]
-    out["boxes"], out["labels"] = boxes, base["labels"]
-    return out
-
-
-def _coin(seed: int, epoch: int, index: int) -> bool:
-    """A fair coin that depends only on (seed, epoch, index): resumable and rank-independent."""
-    digest = hashlib.blake2b(f"{seed}/{epoch}/{index}".encode(), digest_size=1).digest()
-    return digest[0] & 1 == 1
+from training.engine.augment import AugmentConfig, augment_sample, sample_params
+from training.engine.augment import flip_coin as _coin  # noqa: F401  (the name distillation and tests use)
 
 
 class TaskDataset(Dataset):
-    """Items are dicts of numpy arrays (the default collate stacks them into tensors)."""
+    """Items are dicts of numpy arrays (the default collate stacks them into tensors).
+
+    `augment`: an `AugmentConfig`, True for its defaults (a horizontal flip), False for none."""
 
     def __init__(self, source: MultiTaskDataset, tasks: Mapping[str, object], input_size, sr_scale: int,
-                 augment: bool = False, seed: int = 0, cache: bool = True):
+                 augment: Union[bool, AugmentConfig, None] = False, seed: int = 0, cache: bool = True):
         self.source = source
         self.tasks = tasks
         self.input_size = tuple(input_size)
         self.sr_scale = sr_scale
-        self.augment = augment
+        self.augment: Optional[AugmentConfig] = AugmentConfig() if augment is True else (augment or None)
         self.seed = seed
         self.epoch = 0
         self._cache: Optional[Dict[int, Dict[str, np.ndarray]]] = {} if cache else None
@@ -64,8 +54,9 @@ class TaskDataset(Dataset):
         of this dataset, so `set_epoch` in the main process never reaches them)."""
         epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         base = self.base(index)
-        if self.augment and _coin(self.seed, epoch, index):
-            base = hflip(base)
+        if self.augment is not None:
+            params = sample_params(self.augment, self.seed, epoch, index, self.input_size)
+            base = augment_sample(base, params, self.augment.min_visible)
         item = {"image": np.ascontiguousarray(base["image"].transpose(2, 0, 1)), "index": np.int64(index)}
         for task in self.tasks.values():
             item.update(task.prepare(base))
@@ -77,7 +68,7 @@ def to_device(batch: Mapping[str, torch.Tensor], device) -> Dict[str, torch.Tens
 
 
 class EpochSampler(Sampler):
-    """Yields (epoch, index) pairs from a DistributedSampler, so the flip of every sample is
+    """Yields (epoch, index) pairs from a DistributedSampler, so the augmentation of every sample is
     decided by the epoch the main process is in, also inside persistent DataLoader workers."""
 
     def __init__(self, sampler: DistributedSampler):

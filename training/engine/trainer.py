@@ -131,7 +131,7 @@ class Trainer:
 
         data = recipe.data
         self.train_set = TaskDataset(self.train_source, self.tasks, data.input_size, data.sr_scale,
-                                     augment=data.augment_flip, seed=recipe.seed, cache=data.cache)
+                                     augment=data.augmentation, seed=recipe.seed, cache=data.cache)
         self.val_set = TaskDataset(self.val_source, self.tasks, data.input_size, data.sr_scale, cache=data.cache)
         self.sampler = DistributedSampler(self.train_set, num_replicas=dist_utils.world_size(),
                                           rank=dist_utils.rank(), shuffle=True, seed=recipe.seed, drop_last=True)

@@ -6,13 +6,14 @@ working directory, like any command-line tool.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 
 import yaml
 
 from training.balancers import BALANCERS
+from training.engine.augment import AugmentConfig
 from training.recipe.config import ConfigError, build, to_dict
 from training.models.collapse import OverparamConfig
 from training.models.trunk import TrunkConfig
@@ -45,7 +46,8 @@ class DataConfig:
     sr_scale: int = 2  # the SR target is the image at input_size * sr_scale
     cache: bool = True  # keep decoded, resized samples in memory
     workers: int = 0  # DataLoader worker processes
-    augment_flip: bool = True
+    augment_flip: bool = True  # false is the older spelling of augment.flip: 0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training set's augmentation
 
     def check(self):
         w, h = self.input_size
@@ -53,6 +55,14 @@ class DataConfig:
             raise ValueError(f"input_size {w}x{h} must be positive multiples of 32")
         if self.sr_scale < 1:
             raise ValueError("sr_scale must be >= 1")
+
+    @property
+    def augmentation(self) -> Optional[AugmentConfig]:
+        """What the training set applies; None when nothing is left to do."""
+        config = self.augment if self.augment_flip else replace(self.augment, flip=0.0)
+        if config.flip == 0 and not config.geometric and not config.color.active:
+            return None
+        return config
 
 
 @dataclass
