@@ -12,8 +12,10 @@ from training.engine.augment import (AugmentConfig, AugmentParams, ColorConfig, 
                                      sample_params, transform_boxes, transform_intrinsics)
 from training.engine.data import TaskDataset
 from training.engine.trainer import Trainer, build_tasks
+from tests.train.tiny_mtl import tiny_recipe as shared_tiny_recipe
 from training.recipe.config import ConfigError
-from training.recipe.core import recipe_from_dict
+
+pytestmark = pytest.mark.tiny_data(train=16, val=8)
 
 W, H, R = 128, 96, 2  # input size, SR factor
 RECT = (40.0, 30.0, 90.0, 70.0)  # x1, y1, x2, y2 in continuous input pixels
@@ -179,23 +181,11 @@ def test_flip_probability_keeps_the_fair_coin_at_one_half():
 
 
 # -- the pipeline and the recipe -----------------------------------------------------------------
-@pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("data")
-    camera = Camera.default(128, 64)
-    generate_dataset(root / "train", 16, seed=3, camera=camera, workers=1, progress=False)
-    generate_dataset(root / "val", 8, seed=4, camera=camera, workers=1, progress=False)
-    return root
-
-
 def tiny_recipe(data_root, out_dir, **data):
-    return recipe_from_dict({
-        "name": "tiny", "seed": 7, "out_dir": str(out_dir),
-        "data": {"train": str(data_root / "train"), "val": str(data_root / "val"), "input_size": [64, 32], **data},
-        "model": {"channels": [8, 8, 16, 16, 16], "blocks": [1, 0, 0, 0], "fpn_channels": 16},
-        "optim": {"epochs": 1, "batch_size": 8, "warmup_steps": 2, "lr": 0.003},
-        "export": {"verify_frames": 2},
-    })
+    """The shared tiny recipe for one epoch, with `data` added to its data section."""
+    section = {"train": str(data_root / "train"), "val": str(data_root / "val"), "input_size": [64, 32], **data}
+    return shared_tiny_recipe(data_root, out_dir, data=section,
+                              optim={"epochs": 1, "batch_size": 8, "warmup_steps": 2, "lr": 0.003})
 
 
 def legacy_flip(base):
