@@ -30,15 +30,14 @@ def test_each_kind_is_zero_for_a_perfect_student_positive_otherwise_and_trains_o
     teacher_preds, tasks = _preds(seed=0)
     teacher_preds = _detached(teacher_preds)
     config = DistillConfig(teachers={t: "unused.pt" for t in ALL_TASKS}, weights={"depth": 2.0})
-    kinds = {t: task.kind for t, task in tasks.items()}
-    same = distillation_losses(_detached(teacher_preds), teacher_preds, config, kinds)
+    same = distillation_losses(_detached(teacher_preds), teacher_preds, config, tasks)
     assert set(same) == set(ALL_TASKS)
     for task, loss in same.items():
         assert loss.item() == 0.0, task
 
     other_preds, _ = _preds(seed=1)
     student = _detached(other_preds, requires_grad=True)
-    losses = distillation_losses(student, teacher_preds, config, kinds)
+    losses = distillation_losses(student, teacher_preds, config, tasks)
     for task, loss in losses.items():
         assert loss.item() > 0, task
         loss.backward()
@@ -47,7 +46,7 @@ def test_each_kind_is_zero_for_a_perfect_student_positive_otherwise_and_trains_o
     assert all(not v.requires_grad and v.grad is None
                for v in [teacher_preds["segmentation"], teacher_preds["depth"], *teacher_preds["detection"].values()])
     # per-task weights scale the term
-    unweighted = distillation_losses(student, teacher_preds, DistillConfig(teachers=config.teachers), kinds)
+    unweighted = distillation_losses(student, teacher_preds, DistillConfig(teachers=config.teachers), tasks)
     assert losses["depth"].item() == pytest.approx(2.0 * unweighted["depth"].item())
 
 
@@ -92,7 +91,7 @@ def test_teachers_stay_frozen_through_a_real_training_step(tmp_path):
     image01 = batch["image"].float() / 255.0
     preds, features = student(image01, return_features=True)
     t_preds, t_feats = teachers(batch, image01)
-    losses = distillation_losses(preds, t_preds, config, {t: k.kind for t, k in tasks.items()},
+    losses = distillation_losses(preds, t_preds, config, tasks,
                                  student_features=features, teacher_features=t_feats, adaptors=adaptors)
     sum(losses.values()).backward()
     optimizer.step()

@@ -13,7 +13,8 @@ from training.recipe.config import ConfigError
 from training.models.collapse import collapse, expand, parameter_count
 from training.models.multitask import MultiTaskNet, build_model
 from training.models.soft_sharing import CrossStitchTrunk, MTANTrunk, NDDRFusion, NDDRTrunk
-from training.models.trunk import SharedTrunk, TrunkConfig
+from training.models.trunk import SharedTrunk
+from training.recipe.model import TrunkConfig
 
 SOFT = ("cross_stitch", "nddr", "mtan")
 TINY = dict(channels=[8, 8, 16, 16, 16], blocks=[1, 0, 0, 0], fpn_channels=16)
@@ -269,7 +270,7 @@ def test_recipe_refuses_representation_balancers_with_soft_sharing(architecture,
 def test_recipe_validates_architecture_and_mixing_lr_scale():
     from training.recipe.core import recipe_from_dict
 
-    with pytest.raises(ConfigError, match="model.architecture: expected one of"):
+    with pytest.raises(ConfigError, match="model: architecture: unknown 'sluice' \\(known: cross_stitch, mtan, nddr, shared\\)"):
         recipe_from_dict({"model": {"architecture": "sluice"}})
     with pytest.raises(ConfigError, match="mixing_lr_scale must be positive"):
         recipe_from_dict({"model": {"mixing_lr_scale": 0}})

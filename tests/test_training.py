@@ -214,7 +214,7 @@ def test_flips_follow_the_epoch_inside_persistent_workers(tiny_data):
     from torch.utils.data import DataLoader, DistributedSampler
 
     from training.engine.data import EpochSampler, TaskDataset, _coin
-    from training.engine.trainer import build_tasks
+    from training.engine.network import build_tasks
 
     source = MultiTaskDataset(tiny_data / "train")
     tasks = build_tasks(tiny_recipe(tiny_data, "unused"), source)
