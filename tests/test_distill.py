@@ -159,3 +159,30 @@ def test_flip_flags_follow_the_dataset_coin():
     assert flags.tolist() == [_coin(3, 5, i) for i in range(16)] and 0 < int(flags.sum()) < 16
     FakeSet.augment = False
     assert not flip_flags(FakeSet(), torch.arange(4)).any()
+
+
+def test_the_distillation_loss_is_the_task_registrys_own():
+    """distillation_losses asks each student task (Task.distill_loss); a task that declares none
+    is refused when the distiller is built, naming the recipe key."""
+    from tiny_mtl import INFO
+    from training.engine.distill import Distiller
+    from training.tasks.base import Task
+    from training.tasks.depth import DepthTask
+
+    class HalvedDepth(DepthTask):
+        def distill_loss(self, student, teacher, config):
+            return 0.5 * super().distill_loss(student, teacher, config)
+
+    class SilentDepth(DepthTask):
+        distill_loss = Task.distill_loss
+
+    teacher_preds, tasks = _preds(seed=0)
+    student, _ = _preds(seed=1)
+    config = DistillConfig(teachers={"depth": "unused.pt"})
+    plain = distillation_losses(student, {"depth": teacher_preds["depth"]}, config, tasks)["depth"]
+    halved = HalvedDepth(tasks["depth"].options, INFO)
+    assert plain.item() > 0
+    assert distillation_losses(student, {"depth": teacher_preds["depth"]}, config, {"depth": halved})["depth"].item() \
+        == pytest.approx(0.5 * plain.item())
+    with pytest.raises(DistillError, match="distill.teachers.depth: task 'depth' declares no distillation loss"):
+        Distiller(config, {"depth": SilentDepth(tasks["depth"].options, INFO)}, data_info_dict(), {}, None, "")
