@@ -22,13 +22,30 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
+import yaml
+
+from mtl_perception.data.dataset import DatasetError
+from mtl_perception.inference.model import ModelError
+
+from training.engine import distributed
+from training.engine.average import average_command
+from training.engine.checkpoint import CheckpointError
+from training.engine.export import ExportError, export_checkpoint
+from training.engine.trainer import LAST, Trainer, TrainingError
+from training.experiments import cost
+from training.experiments.ablation import ablate
+from training.experiments.balancer_benchmark import markdown as balancer_markdown
+from training.experiments.balancer_benchmark import run_benchmark
+from training.experiments.compare import compare
+from training.experiments.pipeline import run_full
+from training.experiments.sweep import sweep
+from training.grouping.group import group
+from training.models.registry import TRUNKS
+from training.recipe.config import ConfigError
+from training.recipe.core import load_recipe
+
 
 def _train(args) -> int:
-    from training.engine import distributed
-    from training.engine.export import export_checkpoint
-    from training.recipe.core import load_recipe
-    from training.engine.trainer import LAST, Trainer
-
     recipe = load_recipe(args.recipe, args.set)
     distributed.init_from_env()  # under torchrun: one process per rank, DDP
     out_dir = Path(args.out or recipe.out_dir)
@@ -51,17 +68,12 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
-    from training.engine.export import export_checkpoint
-
     worst = export_checkpoint(args.checkpoint, args.out, name=args.name, opset=args.opset)
     print(f"model: {args.out} (onnxruntime vs torch, worst: {_fmt(worst)})")
     return 0
 
 
 def _recipe(args) -> int:
-    import yaml
-
-    from training.recipe.core import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     print(yaml.safe_dump(json.loads(json.dumps(recipe.to_dict())), sort_keys=False))
@@ -69,8 +81,6 @@ def _recipe(args) -> int:
 
 
 def _compare(args) -> int:
-    from training.experiments.compare import compare
-
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     seeds = [int(v) for v in args.seeds.split(",")]
     compare(args.recipe, args.set, methods, seeds, out=args.out, results=args.results, workers=args.jobs)
@@ -78,8 +88,6 @@ def _compare(args) -> int:
 
 
 def _sweep(args) -> int:
-    from training.experiments.sweep import sweep
-
     values = [float(v) for v in args.weights.split(",")]
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -88,12 +96,10 @@ def _sweep(args) -> int:
 
 
 def _bench_balancers(args) -> int:
-    from training.experiments.balancer_benchmark import markdown, run_benchmark
-
     names = [n.strip() for n in args.methods.split(",")] if args.methods else None
     result = run_benchmark(args.recipe, args.set, names, steps=args.steps, rounds=args.rounds, device=args.device,
                            batch_size=args.batch_size, memory=not args.no_memory)
-    table = markdown(result)
+    table = balancer_markdown(result)
     print(table)
     if args.out:
         _write_results(Path(args.out), result, table)
@@ -101,21 +107,15 @@ def _bench_balancers(args) -> int:
 
 
 def _cost(args) -> int:
-    from training.experiments.cost import compare_architectures, markdown
-    from training.recipe.core import load_recipe
-
-    from training.recipe.config import ConfigError
-    from training.models.trunk import ARCHITECTURES
-
     recipe = load_recipe(args.recipe, args.set)
     architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
     if not architectures:
-        raise ConfigError(f"--architectures: name at least one (known: {', '.join(ARCHITECTURES)})")
+        raise ConfigError(f"--architectures: name at least one (known: {', '.join(sorted(TRUNKS))})")
     try:
-        result = compare_architectures(recipe, architectures, runs=args.runs, onnx=not args.no_onnx, rounds=args.rounds)
+        result = cost.compare_architectures(recipe, architectures, runs=args.runs, onnx=not args.no_onnx, rounds=args.rounds)
     except ValueError as exc:
         raise ConfigError(f"--architectures: {exc}") from None
-    table = markdown(result)
+    table = cost.markdown(result)
     print(table)
     if args.out:
         _write_results(Path(args.out), result, table)
@@ -123,17 +123,12 @@ def _cost(args) -> int:
 
 
 def _ablate(args) -> int:
-    from training.experiments.ablation import ablate
-
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
     ablate(args.plan, args.set, seeds, out=args.out, results=args.results, workers=args.jobs)
     return 0
 
 
 def _average(args) -> int:
-    from training.engine.export import export_checkpoint
-    from training.engine.swa import average_command
-
     result = average_command(args.checkpoints, args.out, greedy=args.greedy, device=args.device,
                              bn_batches=args.bn_batches, batch_size=args.batch_size, evaluate=not args.no_eval)
     print(f"averaged: {args.out} ({len(result.selected)} of {len(args.checkpoints)} checkpoints)")
@@ -144,14 +139,10 @@ def _average(args) -> int:
 
 
 def _group(args) -> int:
-    from training.grouping.group import group
-
     try:
         budgets = [float(v) for v in args.budgets.split(",")]
         seeds = [int(v) for v in args.seeds.split(",")]
     except ValueError:
-        from training.recipe.config import ConfigError
-
         raise ConfigError("--budgets and --seeds are comma-separated numbers") from None
     group(args.recipe, args.set, method=args.method, budgets=budgets, seeds=seeds, workers=args.jobs,
           short_epochs=args.short_epochs, out=args.out, results=args.results, all_subsets=args.all_subsets,
@@ -161,8 +152,6 @@ def _group(args) -> int:
 
 
 def _full(args) -> int:
-    from training.experiments.pipeline import run_full
-
     run_full(args.plan, args.set, recipe=args.recipe, out=args.out, progress=not args.no_progress)
     return 0
 
@@ -180,9 +169,17 @@ def _fmt(values) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `mtl-train` parser: one sub-command per `_parser_<command>` below."""
     parser = argparse.ArgumentParser(prog="mtl-train", description="Train and export multi-task perception models.")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_parser_train, _parser_export, _parser_recipe, _parser_sweep, _parser_compare_balancers,
+                _parser_full, _parser_ablate, _parser_bench_balancers, _parser_cost, _parser_average, _parser_group):
+        add(sub)
+    return parser
 
+
+def _parser_train(sub) -> None:
+    """The arguments of `mtl-train train`."""
     p = sub.add_parser("train", help="train a recipe (resumes from <out>/last.pt), then export <out>/model.onnx")
     p.add_argument("recipe", help="YAML recipe, e.g. config/quick.yaml")
     p.add_argument("--out", help="output folder (default: the recipe's out_dir)")
@@ -194,6 +191,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu", help="cpu (default) or cuda (one GPU per torchrun rank)")
     p.set_defaults(func=_train)
 
+
+def _parser_export(sub) -> None:
+    """The arguments of `mtl-train export`."""
     p = sub.add_parser("export", help="export a checkpoint as a self-describing, verified ONNX model")
     p.add_argument("checkpoint")
     p.add_argument("--out", required=True, help="ONNX file to write")
@@ -201,11 +201,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--opset", type=int, help="ONNX opset (default: the recipe's export.opset)")
     p.set_defaults(func=_export)
 
+
+def _parser_recipe(sub) -> None:
+    """The arguments of `mtl-train recipe`."""
     p = sub.add_parser("recipe", help="validate a recipe and print it with every default filled in")
     p.add_argument("recipe")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.set_defaults(func=_recipe)
 
+
+def _parser_sweep(sub) -> None:
+    """The arguments of `mtl-train sweep`."""
     p = sub.add_parser("sweep", help="grid search over static task weights (fixed balancer), ranked on validation")
     p.add_argument("recipe")
     p.add_argument("--weights", default="0.25,0.5,1,2,4", help="weight values to try (default: %(default)s)")
@@ -217,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/sweep")
     p.set_defaults(func=_sweep)
 
+
+def _parser_compare_balancers(sub) -> None:
+    """The arguments of `mtl-train compare-balancers`."""
     p = sub.add_parser("compare-balancers", help="every balancer x seeds vs single-task baselines (JSON, table, PNG)")
     p.add_argument("recipe", nargs="?", default="config/balancers.yaml", help="default: %(default)s")
     p.add_argument("--methods", help="comma-separated balancer names, each optionally with options, e.g. "
@@ -228,6 +237,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results JSON (default: <out>/comparison.json; .md and .png beside it)")
     p.set_defaults(func=_compare)
 
+
+def _parser_full(sub) -> None:
+    """The arguments of `mtl-train full`."""
     p = sub.add_parser("full", help="teachers -> distilled, over-parameterised SAM+SWA student -> collapse -> "
                        "fine-tune -> export -> report, resumable")
     p.add_argument("plan", nargs="?", default="config/plans/full.yaml", help="full-recipe plan (default: %(default)s)")
@@ -237,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_full)
 
+
+def _parser_ablate(sub) -> None:
+    """The arguments of `mtl-train ablate`."""
     p = sub.add_parser("ablate", help="named recipe variants x seeds vs single-task baselines (JSON, table, PNG)")
     p.add_argument("plan", help="ablation plan YAML, e.g. config/plans/ablation_overparam.yaml")
     p.add_argument("--seeds", help="comma-separated seeds (default: the plan's)")
@@ -246,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", help="results JSON (default: <out>/<plan name>.json; .md and .png beside it)")
     p.set_defaults(func=_ablate)
 
+
+def _parser_bench_balancers(sub) -> None:
+    """The arguments of `mtl-train bench-balancers`."""
     p = sub.add_parser("bench-balancers", help="time per step and peak memory of every balancer, relative to fixed weights")
     p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and batch size (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
@@ -258,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file to write (a Markdown table goes next to it, .md)")
     p.set_defaults(func=_bench_balancers)
 
+
+def _parser_cost(sub) -> None:
+    """The arguments of `mtl-train cost`."""
     p = sub.add_parser("cost", help="inference cost (parameters, MACs, torch and onnxruntime latency) of each "
                        "trunk architecture, relative to the shared trunk")
     p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and input size (default: %(default)s)")
@@ -273,6 +294,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="JSON file to write (a Markdown table goes next to it, .md)")
     p.set_defaults(func=_cost)
 
+
+def _parser_average(sub) -> None:
+    """The arguments of `mtl-train average`."""
     p = sub.add_parser("average", help="average checkpoints of one initialisation (uniform, or --greedy on validation)")
     p.add_argument("checkpoints", nargs="+", help="checkpoints sharing an init_fingerprint; the first one's recipe "
                    "gives the data (BN refresh on its training set, validation on its val set) and is the Δm reference")
@@ -286,6 +310,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_average)
 
+
+def _parser_group(sub) -> None:
+    """The arguments of `mtl-train group`."""
     p = sub.add_parser("group", help="task grouping (Standley et al., TAG): which tasks share a network per "
                        "inference budget; table, affinity heatmap, optionally trained and exported bundles")
     p.add_argument("recipe", nargs="?", default="config/balancers.yaml", help="default: %(default)s")
@@ -315,18 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs/group", help="run folders (default: %(default)s)")
     p.add_argument("--results", help="results JSON (default: <out>/grouping.json; .md and .png beside it)")
     p.set_defaults(func=_group)
-    return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    from mtl_perception.data.dataset import DatasetError
-    from mtl_perception.inference.model import ModelError
-
-    from training.engine.checkpoint import CheckpointError
-    from training.recipe.config import ConfigError
-    from training.engine.export import ExportError
-    from training.engine.trainer import TrainingError
-
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

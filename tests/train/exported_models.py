@@ -14,7 +14,7 @@ from mtl_perception.contract import InputSpec, ModelMetadata
 from tests.runtime.model_factory import ALL_TASKS, DETECTION, SEMANTIC
 from training.engine.export import DeployModule, attach_metadata, export_onnx, output_names
 from training.models.multitask import build_model
-from training.models.trunk import TrunkConfig
+from training.recipe.model import TrunkConfig
 from training.tasks import TASKS, DataInfo
 
 

@@ -2,19 +2,12 @@
 
 The student learns from the ground truth (the tasks' own losses) and from teachers: single-task
 (or any) checkpoints of this trainer, frozen (eval mode, no gradients, buffers never change).
-One loss per task kind, each zero exactly when the student reproduces the teacher:
+Each task declares its own distillation loss in the task registry (`Task.distill_loss`, zero
+exactly when the student reproduces the teacher): segmentation the temperature-scaled KL
+(`training.tasks.segmentation.segmentation_kd`), depth smooth L1 on log-depth (`depth_kd`),
+detection heatmap KL plus confidence-weighted size/offset L1 (`detection_kd`), super-resolution
+L1 (`super_resolution_kd`). This module adds:
 
-- segmentation: KL(softmax(t/T) ‖ softmax(s/T)) · T² per pixel (Hinton et al. 2015; T² keeps the
-  gradient scale independent of T), mean over pixels;
-- depth: smooth L1 (Huber, transition `depth_beta`) between the *log-depths* the heads predict:
-  robust to the teacher's outliers, relative in metres; dense, so it also teaches pixels that
-  have no ground truth;
-- detection (CenterNet): heatmap imitation by the Bernoulli KL of the sigmoid heatmaps (soft
-  targets; the gradient on a logit is σ(s) − σ(t)), summed and divided by the number of objects
-  the teacher sees (3×3 peaks above `PEAK`, at least 1) as the task's focal loss is by its
-  ground-truth objects; plus size/offset imitation, L1 weighted by the teacher's confidence
-  (its max heatmap probability), so regressions are copied where the teacher sees an object;
-- super-resolution: L1 to the teacher's output;
 - optional feature imitation: 1×1 conv adaptors map the student's trunk features to each
   teacher's channels, MSE to the teacher's features (identity-initialised when the widths match).
 
@@ -32,7 +25,7 @@ Trainer wiring (sketch)::
     preds, features = train_model(image01, return_features=True)
     t_preds, t_feats = teachers(batch, image01, dataset=recipe.data.train,
                                 flips=flip_flags(train_set, batch["index"]))
-    kd = distillation_losses(preds, t_preds, cfg, kinds={t: task.kind for t, task in tasks.items()},
+    kd = distillation_losses(preds, t_preds, cfg, tasks,
                              student_features=features, teacher_features=t_feats, adaptors=adaptors)
     losses = {t: v + kd[t] if t in kd else v for t, v in losses.items()}
 """
@@ -50,63 +43,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.engine.checkpoint import CheckpointError, load_checkpoint, parameter_fingerprint
+from training.engine.data import _coin
+from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
 from training.recipe.extras import DistillConfig
+from training.tasks import Task
 
 __all__ = ["DistillConfig", "DistillError", "Distiller", "Teachers", "FeatureAdaptors", "distillation_losses", "flip_flags",
-           "task_features",
-           "segmentation_kd", "depth_kd", "detection_kd", "super_resolution_kd", "KD_LOSSES"]
-
-#: a teacher heatmap peak counts as an object above this probability (detection normalisation)
-PEAK = 0.3
+           "task_features"]
 
 
 class DistillError(CheckpointError):
     """A teacher checkpoint cannot serve (missing task, different classes/sizes); names the file."""
-
-
-# -- losses per task kind ------------------------------------------------------------------------
-def segmentation_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
-    """KL(softmax(t/T) ‖ softmax(s/T)) · T², summed over classes, mean over pixels; logits [B,C,H,W]."""
-    log_s = F.log_softmax(student.float() / temperature, dim=1)
-    log_t = F.log_softmax(teacher.float() / temperature, dim=1)
-    return (log_t.exp() * (log_t - log_s)).sum(1).mean() * temperature**2
-
-
-def depth_kd(student: torch.Tensor, teacher: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
-    """Smooth L1 between predicted log-depths (what DepthHead returns), mean over pixels."""
-    return F.smooth_l1_loss(student.float(), teacher.float(), beta=beta)
-
-
-def _weighted_l1(student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Σ w·|s − t| / (C·Σ w) over [B,C,h,w] maps, w [B,h,w]."""
-    diff = (student.float() - teacher.float()).abs().sum(1)
-    return (diff * weight).sum() / (weight.sum() * student.shape[1]).clamp(min=1e-12)
-
-
-def detection_kd(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],
-                 size_weight: float = 0.1, offset_weight: float = 1.0) -> torch.Tensor:
-    """Heatmap KL (per teacher object) + confidence-weighted size/offset L1 (see module doc)."""
-    s, t = student["heatmap"].float(), teacher["heatmap"].float()
-    pt = torch.sigmoid(t)
-    kl = pt * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - pt) * (F.logsigmoid(-t) - F.logsigmoid(-s))
-    peaks = (pt == F.max_pool2d(pt, 3, stride=1, padding=1)) & (pt > PEAK)
-    heat = kl.sum() / peaks.sum().clamp(min=1)
-    confidence = pt.max(dim=1).values
-    return (heat + size_weight * _weighted_l1(student["size"], teacher["size"], confidence)
-            + offset_weight * _weighted_l1(student["offset"], teacher["offset"], confidence))
-
-
-def super_resolution_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """L1 to the teacher's output image ([0, 1] scale, unclamped as the heads return it)."""
-    return (student.float() - teacher.float()).abs().mean()
-
-
-KD_LOSSES = {
-    "segmentation": lambda s, t, c: segmentation_kd(s, t, c.temperature),
-    "depth": lambda s, t, c: depth_kd(s, t, c.depth_beta),
-    "detection": lambda s, t, c: detection_kd(s, t, c.detection_size_weight, c.detection_offset_weight),
-    "super_resolution": lambda s, t, c: super_resolution_kd(s, t),
-}
 
 
 class FeatureAdaptors(nn.Module):
@@ -147,20 +94,17 @@ def task_features(features: Mapping[str, Any], task: str) -> Mapping[str, torch.
 
 
 def distillation_losses(student_preds: Mapping[str, Any], teacher_preds: Mapping[str, Any], config: DistillConfig,
-                        kinds: Optional[Mapping[str, str]] = None,
+                        tasks: Mapping[str, Task],
                         student_features: Optional[Mapping[str, torch.Tensor]] = None,
                         teacher_features: Optional[Mapping[str, Mapping[str, torch.Tensor]]] = None,
                         adaptors: Optional[FeatureAdaptors] = None) -> Dict[str, torch.Tensor]:
     """{task: weighted distillation loss} for every task with a teacher prediction; the trainer
-    adds each to that task's ground-truth loss. `kinds` maps task names to task kinds (default:
-    the name). Feature imitation (when on and given features and adaptors) is added to the loss
+    adds each to that task's ground-truth loss, computed by the student task's own
+    `distill_loss` (the task registry). Feature imitation (when on and given features and adaptors) is added to the loss
     of the task whose teacher the features come from."""
     out: Dict[str, torch.Tensor] = {}
     for task, teacher in teacher_preds.items():
-        kind = (kinds or {}).get(task, task)
-        if kind not in KD_LOSSES:
-            raise KeyError(f"no distillation loss for task kind {kind!r} (task {task!r})")
-        loss = config.weight(task) * KD_LOSSES[kind](student_preds[task], teacher, config)
+        loss = config.weight(task) * tasks[task].distill_loss(student_preds[task], teacher, config)
         if (config.feature_imitation and adaptors is not None and student_features is not None
                 and teacher_features is not None and task in teacher_features):
             loss = loss + config.feature_weight * adaptors.loss(task, student_features, teacher_features[task])
@@ -173,8 +117,6 @@ def flip_flags(dataset, indices: torch.Tensor) -> torch.Tensor:
     """Whether TaskDataset flipped each sample in its current epoch (the coin of (seed, epoch,
     index)); all False without augmentation. With persistent DataLoader workers the workers' copy
     of the epoch may lag (the cache's image digest catches any disagreement)."""
-    from training.engine.data import _coin
-
     if not getattr(dataset, "augment", False):
         return torch.zeros(len(indices), dtype=torch.bool)
     return torch.tensor([_coin(dataset.seed, dataset.epoch, int(i)) for i in indices], dtype=torch.bool)
@@ -212,9 +154,6 @@ class Teachers:
 
     def __init__(self, paths: Mapping[str, str], device="cpu", cache_dir: Optional[str] = None,
                  cache_dtype: str = "float32", feature_levels: Sequence[str] = ()):
-        from training.engine.swa import model_from_state
-        from training.engine.trainer import tasks_from_checkpoint
-
         self.device = torch.device(device)
         self.cache_dir = Path(cache_dir) if cache_dir else None
         self.cache_dtype = {"float32": torch.float32, "float16": torch.float16}[cache_dtype]
@@ -226,7 +165,7 @@ class Teachers:
             if key not in self._teachers:
                 state = load_checkpoint(path)
                 tasks = tasks_from_checkpoint(state)
-                model = model_from_state(state, tasks).to(self.device).eval().requires_grad_(False)
+                model = network_from_checkpoint(state, tasks).to(self.device).eval().requires_grad_(False)
                 self._teachers[key] = _Teacher(
                     path=str(path), model=model, fingerprint=parameter_fingerprint(state["model"]),
                     tasks=[], kinds={t: task_obj.kind for t, task_obj in tasks.items()},
@@ -372,7 +311,11 @@ class Distiller:
     def __init__(self, config: DistillConfig, tasks: Mapping[str, Any], data_info: Mapping[str, Any],
                  student_channels: Mapping[str, int], train_set, dataset: str, device="cpu"):
         self.config = config
-        self.kinds = {t: task.kind for t, task in tasks.items()}
+        self.tasks = dict(tasks)
+        silent = [t for t in config.teachers if type(self.tasks[t]).distill_loss is Task.distill_loss]
+        if silent:
+            raise DistillError(f"distill.teachers.{silent[0]}: task {silent[0]!r} declares no distillation loss "
+                               f"(Task.distill_loss)")
         self.teachers = Teachers.from_config(config, device)
         self.teachers.check_compatible(data_info)
         self.train_set = train_set
@@ -388,5 +331,5 @@ class Distiller:
                features: Mapping[str, Any]) -> Dict[str, torch.Tensor]:
         flips = flip_flags(self.train_set, batch["index"]) if self.teachers.cache_dir is not None else None
         t_preds, t_feats = self.teachers(batch, image01, dataset=self.dataset, flips=flips)
-        return distillation_losses(preds, t_preds, self.config, kinds=self.kinds, student_features=features,
+        return distillation_losses(preds, t_preds, self.config, self.tasks, student_features=features,
                                    teacher_features=t_feats, adaptors=self.adaptors)

@@ -22,14 +22,14 @@ from torch import nn
 
 from mtl_perception import __version__
 from mtl_perception.contract import METADATA_KEY, TASK_KINDS, InputSpec, ModelMetadata, graph_input_note
-from mtl_perception.inference.model import RuntimeOptions
+from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import RuntimeOptions
+from mtl_perception.inference.preprocess import resize_sample
 
 from training.engine.checkpoint import load_checkpoint
-from training.models.collapse import OverparamConfig, apply_overparam, compact_copy, parameter_count
-from training.models.multitask import build_model
-from training.models.trunk import TrunkConfig
-from training.recipe.config import build
+from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
+from training.models.collapse import compact_copy, parameter_count
 from training.tasks import Task
 
 INPUT_NAME = "image"
@@ -171,13 +171,10 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
     """Checkpoint -> verified ONNX at out_path (atomic). `frames` are HxWx3 uint8 RGB images at
     the model's input size used for verification; without them, the recipe's validation set is
     used. Returns the verification's worst differences."""
-    from training.tasks import TASKS  # noqa: F401  (registers tasks)
-    from training.engine.trainer import tasks_from_checkpoint
-
     state = load_checkpoint(checkpoint)
     tasks = tasks_from_checkpoint(state)
     recipe = state["recipe"]
-    trained = trained_model(state, tasks)
+    trained = network_from_checkpoint(state, tasks)
     width, height = state["data_info"]["input_size"]
     if frames is None:
         frames = validation_frames(recipe, (width, height), int(state["data_info"]["sr_scale"]),
@@ -215,23 +212,6 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
     return {"collapse.max_rel": collapse_error, **worst}
 
 
-def recipe_network(recipe: Mapping, tasks: Mapping[str, Task], expanded: bool = True) -> nn.Module:
-    """A checkpoint recipe's network (untrained), over-parameterised as its `overparam` section
-    says unless `expanded` is False."""
-    model = build_model(build(TrunkConfig, recipe["model"], "model"), tasks)
-    if expanded:
-        apply_overparam(model, build(OverparamConfig, recipe.get("overparam") or {}, "overparam"))
-    return model
-
-
-def trained_model(state: Mapping, tasks: Mapping[str, Task]) -> nn.Module:
-    """The network as it was trained (over-parameterised unless the checkpoint was saved after
-    the collapse), weights loaded, eval mode."""
-    model = recipe_network(state["recipe"], tasks, expanded=not state.get("collapsed"))
-    model.load_state_dict(state["model"])
-    return model.eval()
-
-
 def check_compact(trained: nn.Module, compact: nn.Module, frames: Sequence[np.ndarray],
                   tolerance: float = 1e-4) -> float:
     """Raw predictions of the collapsed, BN-folded network vs the trained one on real frames;
@@ -258,9 +238,6 @@ def _flatten(preds) -> List[torch.Tensor]:
 
 def validation_frames(recipe: Mapping, input_size, sr_scale: int, count: int) -> List[np.ndarray]:
     """Network-input frames from the recipe's validation set (the same resize as training)."""
-    from mtl_perception.data.dataset import MultiTaskDataset
-    from mtl_perception.inference.preprocess import resize_sample
-
     source = MultiTaskDataset(recipe["data"]["val"])
     picks = np.linspace(0, len(source) - 1, num=min(count, len(source))).astype(int)
     return [resize_sample(source.load(int(i)), input_size, sr_scale)["image"] for i in picks]

@@ -5,9 +5,10 @@
   snapshots are not the statistics of the averaged weights.
 - `SWACollector`: in-training SWA (AveragedModel + SWALR) from a configurable epoch, per epoch
   or per optimizer step, resumable through `state_dict`.
-- `average_checkpoints` (`mtl-train average`): the uniform mean of any set of checkpoints that
-  share an initialisation (the trainer's `init_fingerprint`), or a greedy selection that keeps
-  a checkpoint only if the average improves on validation. The design notes found averages of
+- `average_checkpoints` (`mtl-train average`, wired to the data in `average.py`): the uniform
+  mean of any set of checkpoints that share an initialisation (the trainer's
+  `init_fingerprint`), or a greedy selection that keeps a checkpoint only if the average
+  improves on validation. The design notes found averages of
   runs with different task weightings or balancers better than one run's trajectory, and that
   averaging only works within one initialisation, so mismatches are refused.
 """
@@ -23,7 +24,10 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
+from mtl_perception.evaluation.metrics import delta_m
+
 from training.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from training.engine.network import checkpoint_recipe, network_from_checkpoint, tasks_from_checkpoint
 
 Metrics = Mapping[str, Mapping[str, float]]
 #: evaluate_fn(model) -> a score (higher is better) or validation metrics {task: {metric: value}}
@@ -148,28 +152,20 @@ class SWACollector:
 
 # -- checkpoints ---------------------------------------------------------------------------------
 def model_from_state(state: Mapping, tasks=None) -> nn.Module:
-    """The network of a checkpoint as it was trained (CPU, eval mode), rebuilt by the exporter's
-    `trained_model` (which also restores over-parameterised layers)."""
-    from training.engine.export import trained_model
-    from training.engine.trainer import tasks_from_checkpoint
-
-    return trained_model(state, tasks if tasks is not None else tasks_from_checkpoint(state))
+    """The network of a checkpoint as it was trained (CPU, eval mode): the one builder,
+    `training.engine.network.network_from_checkpoint` (it also restores over-parameterised layers)."""
+    return network_from_checkpoint(state, tasks)
 
 
 def _architecture(state: Mapping) -> dict:
     """What must agree for weights to be averageable: trunk, data facts and every task option
     except the loss weight (averaging runs with different weightings is the point)."""
-    from training.recipe.config import build
-    from training.models.trunk import TrunkConfig
-    from training.recipe.core import recipe_from_dict
-
-    recipe = recipe_from_dict(state["recipe"], "checkpoint recipe")
+    recipe = checkpoint_recipe(state)
     tasks = {name: {k: v for k, v in dataclasses.asdict(opts).items() if k != "weight"}
              for name, opts in recipe.task_options().items()}
-    return {"model": dataclasses.asdict(build(TrunkConfig, state["recipe"]["model"], "model")),
-            "tasks": tasks, "data_info": dict(state["data_info"]),
+    return {"model": dataclasses.asdict(recipe.model), "tasks": tasks, "data_info": dict(state["data_info"]),
             # over-parameterised layers (when the recipe has them) change the parameter layout
-            "overparam": {"recipe": state["recipe"].get("overparam"), "collapsed": bool(state.get("collapsed"))}}
+            "overparam": {"recipe": dataclasses.asdict(recipe.overparam), "collapsed": bool(state.get("collapsed"))}}
 
 
 def check_averageable(states: Sequence[Mapping], paths: Sequence[str]) -> None:
@@ -218,8 +214,6 @@ def score_against(metrics: Metrics, reference: Metrics, main: Mapping[str, str])
     the mean sign-corrected relative change, higher is better. Keys whose reference value is 0
     or not finite (e.g. mAP 0 of an undertrained model) are left out: their relative change is
     undefined."""
-    from mtl_perception.evaluation.metrics import delta_m
-
     mine, ref = main_metrics(metrics, main), main_metrics(reference, main)
     usable = {k: v for k, v in ref.items() if math.isfinite(v) and v != 0.0 and k in mine and math.isfinite(mine[k])}
     if not usable:
@@ -255,19 +249,12 @@ def average_checkpoints(paths: Sequence[Union[str, os.PathLike]], out: Optional[
     `history` replaced by one row of the average's validation metrics (when known) and an
     `averaged` record (sources, selection, scores); `training.engine.export.export_checkpoint` reads it.
     """
-    from training.engine.trainer import tasks_from_checkpoint
-
     if not paths:
         raise AveragingError("no checkpoints to average")
     if greedy and evaluate_fn is None:
         raise ValueError("greedy averaging needs evaluate_fn")
-    paths = [str(p) for p in paths]
-    if len(set(paths)) != len(paths):
-        raise AveragingError(f"a checkpoint is named twice: {', '.join(paths)}")
-    states = [load_checkpoint(p) for p in paths]
-    check_averageable(states, paths)
+    paths, states = _load_averageable(paths)
     tasks = tasks_from_checkpoint(states[0])
-    main = {name: task.main_metric for name, task in tasks.items()}
     models = {p: model_from_state(s, tasks).to(device) for p, s in zip(paths, states)}
     result_log: List[str] = []
 
@@ -275,69 +262,26 @@ def average_checkpoints(paths: Sequence[Union[str, os.PathLike]], out: Optional[
         result_log.append(line)
         log(line)
 
-    reference: Optional[Metrics] = None
-
-    def evaluate(model: nn.Module):
-        nonlocal reference
-        value = evaluate_fn(model)
-        if isinstance(value, Mapping):
-            metrics = {t: dict(m) for t, m in value.items()}
-            if reference is None:
-                reference = metrics
-            return score_against(metrics, reference, main), metrics
-        return float(value), None
-
-    def combine(members: Sequence[str]) -> nn.Module:
-        if len(members) == 1:  # exactly that checkpoint, its own BN statistics
-            return models[members[0]]
-        averaged = average_models([models[p] for p in members], device=device)
-        if bn_loader is not None:
-            update_bn_multitask(bn_loader, averaged, device=device, max_batches=bn_batches)
-        else:
-            average_bn_buffers(averaged, [models[p] for p in members])
-        return averaged.eval()
-
+    scorer = _Scorer(evaluate_fn, {name: task.main_metric for name, task in tasks.items()})
+    soup = _Soup(models, bn_loader, bn_batches, device)
     scores: Dict[str, float] = {}
     metrics_of: Dict[str, Optional[Metrics]] = {}
     if evaluate_fn is not None:
         for p in paths:  # the first path first: it is the Δm reference
-            scores[p], metrics_of[p] = evaluate(models[p])
+            scores[p], metrics_of[p] = scorer(models[p])
             say(f"{p}: score {scores[p]:+.4f}")
-
     if greedy:
-        ranked = sorted(paths, key=lambda p: -scores[p])
-        selected = [ranked[0]]
-        best, best_metrics = scores[ranked[0]], metrics_of[ranked[0]]
-        model = models[ranked[0]]
-        for p in ranked[1:]:
-            candidate = combine(selected + [p])
-            score, metrics = evaluate(candidate)
-            keep = score >= best
-            say(f"+ {p}: average of {len(selected) + 1} scores {score:+.4f} ({'kept' if keep else 'dropped'}, best {best:+.4f})")
-            if keep:
-                selected.append(p)
-                best, best_metrics, model = score, metrics, candidate
-        avg_score, avg_metrics = best, best_metrics
+        selected, model, avg_score, avg_metrics = _greedy_selection(paths, scores, metrics_of, soup, scorer, say)
     else:
         selected = list(paths)
-        model = combine(selected)
+        model = soup.combine(selected)
         avg_score = avg_metrics = None
         if evaluate_fn is not None:
-            avg_score, avg_metrics = evaluate(model)
+            avg_score, avg_metrics = scorer(model)
             say(f"average of {len(selected)}: score {avg_score:+.4f}")
-
-    base = states[paths.index(selected[0])]
-    state = {k: v for k, v in base.items() if k not in ("format", "version")}
-    state["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
-    row: Dict[str, float] = {"epoch": base["epoch"], "step": base["step"]}
-    if avg_metrics is not None:
-        row.update({f"val/{t}/{k}": float(v) for t, m in avg_metrics.items() for k, v in m.items()})
-    state["history"] = [row] if avg_metrics is not None else []
-    state["averaged"] = {"sources": paths, "selected": selected, "greedy": bool(greedy),
-                         "scores": {p: float(s) for p, s in scores.items()},
-                         "score": None if avg_score is None else float(avg_score),
-                         "bn": "refreshed" if (bn_loader is not None and len(selected) > 1) else
-                               ("own" if len(selected) == 1 else "averaged")}
+    bn = ("refreshed" if bn_loader is not None else "averaged") if len(selected) > 1 else "own"
+    state = _averaged_state(states[paths.index(selected[0])], model, paths, selected, greedy, scores, avg_score,
+                            avg_metrics, bn)
     if out is not None:
         save_checkpoint(out, state)
         say(f"wrote {out} (average of {len(selected)} of {len(paths)})")
@@ -346,37 +290,88 @@ def average_checkpoints(paths: Sequence[Union[str, os.PathLike]], out: Optional[
                          state=state, log=result_log)
 
 
-def average_command(paths: Sequence[str], out: str, *, greedy: bool = False, device: str = "cpu",
-                    bn_batches: int = 0, batch_size: Optional[int] = None, evaluate: bool = True,
-                    log: Callable[[str], None] = print) -> AverageResult:
-    """`mtl-train average`: data from the first checkpoint's recipe (BN refresh on its training
-    set without flips, validation on its val set)."""
-    from torch.utils.data import DataLoader
+def _load_averageable(paths: Sequence[Union[str, os.PathLike]]):
+    """(paths as strings, their checkpoints), refused unless distinct and averageable."""
+    paths = [str(p) for p in paths]
+    if len(set(paths)) != len(paths):
+        raise AveragingError(f"a checkpoint is named twice: {', '.join(paths)}")
+    states = [load_checkpoint(p) for p in paths]
+    check_averageable(states, paths)
+    return paths, states
 
-    from mtl_perception.data.dataset import MultiTaskDataset
 
-    from training.engine.data import TaskDataset
-    from training.recipe.core import recipe_from_dict
-    from training.engine.trainer import evaluate as evaluate_model, prepare_data, tasks_from_checkpoint
+class _Scorer:
+    """evaluate_fn's value as (score, metrics or None): metrics are scored as Δm against the
+    first metrics it saw (the first path's), a plain number is the score itself."""
 
-    first = load_checkpoint(paths[0])
-    recipe = recipe_from_dict(first["recipe"], f"{paths[0]} recipe")
-    tasks = tasks_from_checkpoint(first)
-    del first
-    prepare_data(recipe, progress=False)
-    size, scale = recipe.data.input_size, recipe.data.sr_scale
-    batch = batch_size or recipe.optim.batch_size
-    train_set = TaskDataset(MultiTaskDataset(recipe.data.train), tasks, size, scale, augment=False, cache=False)
-    bn_loader = DataLoader(train_set, batch_size=batch, shuffle=False, num_workers=recipe.data.workers)
-    evaluate_fn = None
-    if greedy or evaluate:
-        val_set = TaskDataset(MultiTaskDataset(recipe.data.val), tasks, size, scale, augment=False, cache=True)
-        val_loader = DataLoader(val_set, batch_size=batch, shuffle=False, num_workers=recipe.data.workers)
-        evaluate_fn = lambda model: evaluate_model(model, tasks, val_loader)  # noqa: E731
-    return average_checkpoints(paths, out, greedy=greedy, evaluate_fn=evaluate_fn, bn_loader=bn_loader,
-                               bn_batches=bn_batches, device=device, log=log)
+    def __init__(self, evaluate_fn: Optional[EvaluateFn], main: Mapping[str, str]):
+        self.evaluate_fn, self.main = evaluate_fn, dict(main)
+        self.reference: Optional[Metrics] = None
+
+    def __call__(self, model: nn.Module):
+        value = self.evaluate_fn(model)
+        if isinstance(value, Mapping):
+            metrics = {t: dict(m) for t, m in value.items()}
+            if self.reference is None:
+                self.reference = metrics
+            return score_against(metrics, self.reference, self.main), metrics
+        return float(value), None
+
+
+class _Soup:
+    """Averages of the loaded checkpoints' models, BN statistics refreshed on `bn_loader`
+    (or the snapshots' statistics averaged without one)."""
+
+    def __init__(self, models: Mapping[str, nn.Module], bn_loader, bn_batches: int, device):
+        self.models, self.bn_loader, self.bn_batches, self.device = models, bn_loader, bn_batches, device
+
+    def combine(self, members: Sequence[str]) -> nn.Module:
+        if len(members) == 1:  # exactly that checkpoint, its own BN statistics
+            return self.models[members[0]]
+        averaged = average_models([self.models[p] for p in members], device=self.device)
+        if self.bn_loader is not None:
+            update_bn_multitask(self.bn_loader, averaged, device=self.device, max_batches=self.bn_batches)
+        else:
+            average_bn_buffers(averaged, [self.models[p] for p in members])
+        return averaged.eval()
+
+
+def _greedy_selection(paths: Sequence[str], scores: Mapping[str, float], metrics_of: Mapping[str, Optional[Metrics]],
+                      soup: _Soup, scorer: _Scorer, say: Callable[[str], None]):
+    """Model soup: best first, each checkpoint joins if the average's score does not drop;
+    returns (selected paths, model, its score, its metrics)."""
+    ranked = sorted(paths, key=lambda p: -scores[p])
+    selected = [ranked[0]]
+    best, best_metrics = scores[ranked[0]], metrics_of[ranked[0]]
+    model = soup.models[ranked[0]]
+    for p in ranked[1:]:
+        candidate = soup.combine(selected + [p])
+        score, metrics = scorer(candidate)
+        keep = score >= best
+        say(f"+ {p}: average of {len(selected) + 1} scores {score:+.4f} ({'kept' if keep else 'dropped'}, best {best:+.4f})")
+        if keep:
+            selected.append(p)
+            best, best_metrics, model = score, metrics, candidate
+    return selected, model, best, best_metrics
+
+
+def _averaged_state(base: Mapping, model: nn.Module, paths: Sequence[str], selected: Sequence[str], greedy: bool,
+                    scores: Mapping[str, float], avg_score: Optional[float], avg_metrics: Optional[Metrics],
+                    bn: str) -> Dict[str, Any]:
+    """The checkpoint written for an average: `base`'s state with the averaged weights, one
+    history row of the average's validation metrics (when known) and the `averaged` record."""
+    state = {k: v for k, v in base.items() if k not in ("format", "version")}
+    state["model"] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+    row: Dict[str, float] = {"epoch": base["epoch"], "step": base["step"]}
+    if avg_metrics is not None:
+        row.update({f"val/{t}/{k}": float(v) for t, m in avg_metrics.items() for k, v in m.items()})
+    state["history"] = [row] if avg_metrics is not None else []
+    state["averaged"] = {"sources": list(paths), "selected": list(selected), "greedy": bool(greedy),
+                         "scores": {p: float(s) for p, s in scores.items()},
+                         "score": None if avg_score is None else float(avg_score), "bn": bn}
+    return state
 
 
 __all__ = ["AveragingError", "SWACollector", "update_bn_multitask", "image_batches", "average_checkpoints",
-           "average_command", "average_models", "check_averageable", "model_from_state", "score_against",
+           "average_models", "check_averageable", "model_from_state", "score_against",
            "AverageResult"]

@@ -18,19 +18,22 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.data.synthetic import Camera, generate_dataset
 
-from training.engine import distributed as dist_utils
 from training.balancers import BALANCERS, BalanceContext
 from training.balancers.base import all_reduce_grads, all_reduce_mean
+from training.engine import distributed as dist_utils
 from training.engine.checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
 from training.engine.data import EpochSampler, TaskDataset, to_device
+from training.engine.distill import Distiller
 from training.engine.logs import CsvLog, plot_curves, plot_weights
-from training.recipe.config import ConfigError
-from training.models.collapse import apply_overparam, collapse
-from training.models.multitask import MultiTaskNet, build_model
+from training.engine.network import build_tasks, data_info_dict, expanded_layers, network_from_recipe
 from training.engine.sam import frozen_bn_stats, frozen_buffers, sam_from_config
+from training.engine.swa import SWACollector
+from training.models.collapse import collapse
+from training.models.multitask import MultiTaskNet
 from training.recipe.core import Recipe
-from training.tasks import TASKS, DataInfo, Task
+from training.tasks import Task
 
 LAST = "last.pt"
 
@@ -45,8 +48,6 @@ def prepare_data(recipe: Recipe, progress: bool = True) -> None:
     if gen is None or not dist_utils.is_main():
         dist_utils.barrier()
         return
-    from mtl_perception.data.synthetic import Camera, generate_dataset
-
     width, height = recipe.data.input_size
     camera = Camera.default(width * recipe.data.sr_scale, height * recipe.data.sr_scale)
     for root, frames, seed in ((recipe.data.train, gen.train_frames, gen.seed),
@@ -55,30 +56,6 @@ def prepare_data(recipe: Recipe, progress: bool = True) -> None:
             generate_dataset(root, frames, seed=seed, night_fraction=gen.night_fraction, camera=camera,
                              progress=progress)
     dist_utils.barrier()
-
-
-def build_tasks(recipe: Recipe, source: MultiTaskDataset) -> Dict[str, Task]:
-    info = DataInfo(semantic_classes=tuple(source.semantic_classes),
-                    detection_classes=tuple(source.detection_classes),
-                    sr_scale=recipe.data.sr_scale, input_size=tuple(recipe.data.input_size))
-    return {name: TASKS[name](opts, info) for name, opts in recipe.task_options().items()}
-
-
-def data_info_dict(tasks: Mapping[str, Task]) -> dict:
-    """The data facts a checkpoint needs to rebuild its tasks without the dataset."""
-    info = next(iter(tasks.values())).info
-    return {"semantic_classes": list(info.semantic_classes), "detection_classes": list(info.detection_classes),
-            "sr_scale": info.sr_scale, "input_size": list(info.input_size)}
-
-
-def tasks_from_checkpoint(state: Mapping) -> Dict[str, Task]:
-    from training.recipe.core import recipe_from_dict
-
-    recipe = recipe_from_dict(state["recipe"], "checkpoint recipe")
-    d = state["data_info"]
-    info = DataInfo(semantic_classes=tuple(d["semantic_classes"]), detection_classes=tuple(d["detection_classes"]),
-                    sr_scale=int(d["sr_scale"]), input_size=tuple(d["input_size"]))
-    return {name: TASKS[name](opts, info) for name, opts in recipe.task_options().items()}
 
 
 def evaluate(model: MultiTaskNet, tasks: Mapping[str, Task], loader: DataLoader) -> Dict[str, Dict[str, float]]:
@@ -118,11 +95,8 @@ class Trainer:
         self.tasks = build_tasks(recipe, self.train_source)
 
         torch.manual_seed(recipe.seed)
-        self.model = build_model(recipe.model, self.tasks)
-        try:  # over-parameterised layers train in place of the compact ones (recipe `overparam`)
-            self.expanded_layers = apply_overparam(self.model, recipe.overparam)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
+        self.model = network_from_recipe(recipe, self.tasks)  # over-parameterised as `overparam` says
+        self.expanded_layers = expanded_layers(self.model)
         self.model.to(self.device)
         self.collapsed = False  # True once the over-parameterised layers were collapsed for fine-tuning
         self.init_fingerprint = parameter_fingerprint(self.model.state_dict())
@@ -143,8 +117,6 @@ class Trainer:
         self.steps_per_epoch = max(1, len(self.train_loader) // recipe.optim.accumulate)
         self.distiller = None  # frozen teachers' distillation terms (recipe `distill`)
         if recipe.distill is not None:
-            from training.engine.distill import Distiller
-
             self.distiller = Distiller(recipe.distill, self.tasks, data_info_dict(self.tasks),
                                        self.model.trunk.feature_channels, self.train_set, recipe.data.train, self.device)
         self.sam = None  # SAM wrapper around self.optimizer (recipe `sam`)
@@ -154,8 +126,6 @@ class Trainer:
         self.swa_done = False  # the averaged weights have replaced the model's
         self.stage_metrics: Dict[str, dict] = {}  # validation metrics at stage boundaries (before SWA)
         if recipe.swa is not None:
-            from training.engine.swa import SWACollector
-
             self.swa = SWACollector.from_config(self.model, self.optimizer, recipe.swa, device=self.device)
         # AMP: bf16 autocast on CPU (no loss scaling needed), fp16 + GradScaler on CUDA
         self.amp_dtype = torch.float16 if self.device.type == "cuda" else torch.bfloat16

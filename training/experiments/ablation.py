@@ -9,7 +9,7 @@ An ablation plan is a small YAML file:
       compact: {}
       linear_r2: {overparam: {kind: linear, rate: 2}}
 
-Every variant and seed is one run of `training.experiments.compare`'s job runner (separate processes,
+Every variant and seed is one run of the job engine, `training.experiments.jobs` (separate processes,
 finished runs skipped, interrupted ones resumed), scored with the same protocol: test metrics at
 the epoch chosen on validation, Δm against single-task runs of the same recipe and seed. On top
 of the comparison's numbers it reports each variant's training time per epoch and peak memory
@@ -26,9 +26,19 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import yaml
+from torch.utils.data import DataLoader, Subset
 
-from training.experiments.compare import Job, make_jobs, markdown, prepare_splits, run_all, summarize
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.evaluation.metrics import delta_m
+
+from training.engine.checkpoint import load_checkpoint
+from training.engine.data import TaskDataset
+from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
+from training.engine.trainer import LAST, evaluate
+from training.experiments.compare import markdown, summarize
+from training.experiments.jobs import MAIN_METRIC, Job, main_values, make_jobs, prepare_splits, run_all
 from training.recipe.config import ConfigError
+from training.recipe.core import apply_overrides, recipe_from_dict
 
 
 def deep_merge(base: dict, changes: Mapping) -> dict:
@@ -44,8 +54,6 @@ def deep_merge(base: dict, changes: Mapping) -> dict:
 
 def load_plan(path: str | Path, overrides: Sequence[str] = ()) -> dict:
     """Reads and validates a plan: every variant must make a valid recipe before anything runs."""
-    from training.recipe.core import apply_overrides, recipe_from_dict
-
     path = Path(path)
     try:
         plan = yaml.safe_load(path.read_text()) or {}
@@ -98,26 +106,16 @@ def condition_scores(job: Job, test_root: Path) -> Dict[str, Dict[str, float]]:
     cached = job.out_dir / "conditions.json"
     if cached.exists():
         return json.loads(cached.read_text())
-    from torch.utils.data import DataLoader, Subset
-
-    from mtl_perception.data.dataset import MultiTaskDataset
-
-    from training.engine.checkpoint import load_checkpoint
-    from training.experiments.compare import _main_values
-    from training.engine.data import TaskDataset
-    from training.engine.export import trained_model
-    from training.engine.trainer import LAST, evaluate, tasks_from_checkpoint
-
     state = load_checkpoint(job.out_dir / LAST)
     tasks = tasks_from_checkpoint(state)
-    model = trained_model(state, tasks)
+    model = network_from_checkpoint(state, tasks)
     source = MultiTaskDataset(test_root)
     info = state["data_info"]
     dataset = TaskDataset(source, tasks, tuple(info["input_size"]), int(info["sr_scale"]))
     scores = {}
     for name, night in (("day", False), ("night", True)):
         loader = DataLoader(Subset(dataset, frames_by_light(source, night)), batch_size=16, shuffle=False)
-        scores[name] = _main_values(evaluate(model, tasks, loader))
+        scores[name] = main_values(evaluate(model, tasks, loader))
     cached.write_text(json.dumps(scores))
     return scores
 
@@ -126,8 +124,6 @@ def condition_summary(jobs: Sequence[Job], names: Sequence[str], seeds: Sequence
                       test_root: Path) -> Dict[str, Dict[str, dict]]:
     """Per variant and condition (day, night): mean ± std over seeds of each task's main metric
     and of Δm against the single-task runs of the same seed, all at their final epoch."""
-    from mtl_perception.evaluation.metrics import delta_m
-
     by_key = {j.key: j for j in jobs}
     single = {seed: {"day": {}, "night": {}} for seed in seeds}
     for seed in seeds:
@@ -153,8 +149,6 @@ def _mean_std(values: Sequence[float]) -> dict:
 
 
 def condition_markdown(conditions: Mapping, names: Sequence[str], tasks: Sequence[str]) -> str:
-    from training.experiments.compare import MAIN_METRIC
-
     keys = [f"{t}/{MAIN_METRIC[t]}" for t in tasks]
     head = " | ".join(k.replace("super_resolution", "SR") for k in keys)
     lines = [f"| variant | frames | {head} | Δm % vs single-task |", "|---|---|" + "---:|" * (len(keys) + 1)]

@@ -25,9 +25,16 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 import torch
+from torch.utils.data import default_collate
+
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.data.synthetic import Camera, generate_dataset
 
 from training.balancers import BALANCERS, BalanceContext
+from training.engine.data import TaskDataset
+from training.engine.network import build_tasks, checkpoint_data_info, data_info_dict, make_tasks, network_from_recipe
 from training.recipe.config import ConfigError, build
+from training.recipe.core import load_recipe
 
 
 def category(name: str) -> str:
@@ -50,14 +57,6 @@ def targets(name: str, num_tasks: int) -> Dict[str, float]:
 
 def make_batch(recipe, batch_size: int, workdir: Path):
     """A real batch: `batch_size` synthetic frames at the recipe's sizes, with task targets."""
-    from torch.utils.data import default_collate
-
-    from mtl_perception.data.dataset import MultiTaskDataset
-    from mtl_perception.data.synthetic import Camera, generate_dataset
-
-    from training.engine.data import TaskDataset
-    from training.engine.trainer import build_tasks, data_info_dict
-
     width, height = recipe.data.input_size
     camera = Camera.default(width * recipe.data.sr_scale, height * recipe.data.sr_scale)
     root = generate_dataset(workdir / "frames", batch_size, seed=recipe.seed, camera=camera, workers=1, progress=False)
@@ -69,11 +68,8 @@ def make_batch(recipe, batch_size: int, workdir: Path):
 
 
 def tasks_from_info(recipe, info: Mapping):
-    from training.tasks import TASKS, DataInfo
-
-    data = DataInfo(semantic_classes=tuple(info["semantic_classes"]), detection_classes=tuple(info["detection_classes"]),
-                    sr_scale=int(info["sr_scale"]), input_size=tuple(info["input_size"]))
-    return {name: TASKS[name](opts, data) for name, opts in recipe.task_options().items()}
+    """The recipe's tasks for data facts saved as `data_info_dict` (as in a checkpoint)."""
+    return make_tasks(recipe, checkpoint_data_info({"data_info": info}))
 
 
 class Stepper:
@@ -150,16 +146,13 @@ def memory_cuda(name: str, recipe, model, tasks, batch, steps: int) -> float:
 
 def memory_child(name: str, recipe_path: str, overrides: Sequence[str], batch_file: str, steps: int) -> float:
     """In a fresh process: the step's peak RSS above the RSS after one warm-up step, in MiB."""
-    from training.models.multitask import build_model
-    from training.recipe.core import load_recipe
-
     recipe = load_recipe(recipe_path, overrides)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
     saved = torch.load(batch_file, weights_only=True)
     tasks = tasks_from_info(recipe, saved["data_info"])
     torch.manual_seed(recipe.seed)
-    model = build_model(recipe.model, tasks).train()
+    model = network_from_recipe(recipe, tasks, expanded=False).train()
     stepper = Stepper(name, recipe, model, tasks, saved["batch"])
     stepper.step()
     base = _rss_kb("VmRSS")
@@ -172,9 +165,6 @@ def memory_child(name: str, recipe_path: str, overrides: Sequence[str], batch_fi
 def run_benchmark(recipe_path: str, overrides: Sequence[str] = (), names: Optional[Sequence[str]] = None,
                   steps: int = 3, rounds: int = 3, device: str = "cpu", batch_size: Optional[int] = None,
                   memory: bool = True, progress: bool = True) -> dict:
-    from training.models.multitask import build_model
-    from training.recipe.core import load_recipe
-
     recipe = load_recipe(recipe_path, overrides)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
@@ -190,7 +180,7 @@ def run_benchmark(recipe_path: str, overrides: Sequence[str] = (), names: Option
         batch, info = make_batch(recipe, batch_size, Path(tmp))
         tasks = tasks_from_info(recipe, info)
         torch.manual_seed(recipe.seed)
-        model = build_model(recipe.model, tasks).to(dev).train()
+        model = network_from_recipe(recipe, tasks, expanded=False).to(dev).train()
         batch_dev = {k: v.to(dev) for k, v in batch.items()}
         times = time_methods(names, recipe, model, tasks, batch_dev, steps, rounds, progress)
         peaks: Dict[str, float] = {}

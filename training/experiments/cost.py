@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import os
+import platform
 import statistics
 import tempfile
 import time
@@ -28,8 +29,22 @@ import numpy as np
 import torch
 from torch import nn
 
-from training.models.collapse import collapse, compact_copy, conv_flops, parameter_count
-from training.models.trunk import ARCHITECTURES
+from mtl_perception.contract import InputSpec, ModelMetadata
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.data.synthetic.world import DETECTION_CLASSES, SEMANTIC_CLASSES
+from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import RuntimeOptions
+
+from training.engine.export import DeployModule, attach_metadata, export_onnx, output_names
+from training.engine.network import make_tasks, network_from_recipe
+from training.models.collapse import KINDS, apply_overparam, collapse, compact_copy, conv_flops, parameter_count
+from training.models.registry import TRUNKS
+from training.recipe.core import Recipe, recipe_from_dict
+from training.recipe.overparam import OverparamConfig
+from training.tasks import DataInfo
+
+#: the built-in trunks, the default set compared
+ARCHITECTURES = ("shared", "cross_stitch", "nddr", "mtan")
 
 _WARMUP = 3
 
@@ -37,31 +52,25 @@ _WARMUP = 3
 def recipe_tasks(recipe) -> dict:
     """The recipe's tasks, with class lists from its training set's dataset.json when it exists
     and the synthetic world's otherwise (cost hardly depends on them)."""
-    from mtl_perception.data.dataset import MultiTaskDataset
-    from mtl_perception.data.synthetic.world import DETECTION_CLASSES, SEMANTIC_CLASSES
-
-    from training.tasks import TASKS, DataInfo
-
     semantic, detection = SEMANTIC_CLASSES, DETECTION_CLASSES
     if (Path(recipe.data.train) / "dataset.json").exists():
         source = MultiTaskDataset(recipe.data.train)
         semantic, detection = tuple(source.semantic_classes), tuple(source.detection_classes)
     info = DataInfo(semantic_classes=tuple(semantic), detection_classes=tuple(detection),
                     sr_scale=recipe.data.sr_scale, input_size=tuple(recipe.data.input_size))
-    return {name: TASKS[name](opts, info) for name, opts in recipe.task_options().items()}
+    return make_tasks(recipe, info)
 
 
-def build_recipe_model(recipe, architecture: Optional[str] = None) -> Tuple[nn.Module, dict]:
-    """(untrained model, tasks) of a recipe, optionally with another trunk architecture."""
-    import dataclasses
-
-    from training.models.multitask import build_model
-
-    config = recipe.model if architecture is None else dataclasses.replace(recipe.model, architecture=architecture)
-    config.check()
+def build_recipe_model(recipe, architecture: Optional[str] = None, expanded: bool = True) -> Tuple[nn.Module, dict]:
+    """(untrained model, tasks) of a recipe (the one builder, `network_from_recipe`), optionally
+    with another trunk architecture; over-parameterised as the recipe says unless `expanded` is False."""
+    if architecture is not None:
+        # architecture only: a balancer that needs the shared trunk's representation must not refuse it
+        recipe = variant(recipe, model={**recipe.to_dict()["model"], "architecture": architecture},
+                         balancer={"name": "fixed"})
     tasks = recipe_tasks(recipe)
     torch.manual_seed(recipe.seed)
-    return build_model(config, tasks).eval(), tasks
+    return network_from_recipe(recipe, tasks, expanded=expanded).eval(), tasks
 
 
 def _prepare(model: nn.Module, input_size: Sequence[int], tasks: Optional[Mapping], onnx: bool,
@@ -122,7 +131,7 @@ def model_cost(recipe_or_model: Union[nn.Module, object], input_size: Optional[S
     if isinstance(recipe_or_model, nn.Module):
         model = recipe_or_model
     else:
-        model, recipe_tasks_ = build_recipe_model(recipe_or_model)
+        model, recipe_tasks_ = build_recipe_model(recipe_or_model, expanded=False)  # measured collapsed
         tasks = tasks if tasks is not None else recipe_tasks_
         input_size = input_size or recipe_or_model.data.input_size
     if input_size is None:
@@ -135,12 +144,6 @@ def model_cost(recipe_or_model: Union[nn.Module, object], input_size: Optional[S
 def _onnx_runner(model: nn.Module, tasks: Mapping, input_size: Sequence[int], folder: Path) -> Callable[[], object]:
     """Exports `model` (eval mode) as a contract ONNX graph into `folder` and returns a function
     that runs one image through the runtime's loader (CPU provider, one intra-op thread)."""
-    from mtl_perception.contract import InputSpec, ModelMetadata
-    from mtl_perception.inference.model import RuntimeOptions
-    from mtl_perception.inference.loader import load_model
-
-    from training.engine.export import DeployModule, attach_metadata, export_onnx, output_names
-
     width, height = int(input_size[0]), int(input_size[1])
     module = DeployModule(model, tasks).eval()
     names = output_names(tasks)
@@ -159,23 +162,24 @@ def _onnx_runner(model: nn.Module, tasks: Mapping, input_size: Sequence[int], fo
 def parse_variant(spec: str) -> Tuple[str, str, int]:
     """"mtan" or "shared+linear:2" (architecture, optionally over-parameterised: kind and rate)
     -> (architecture, kind, rate)."""
-    from training.models.collapse import KINDS
-
     arch, _, over = spec.partition("+")
     kind, _, rate = over.partition(":")
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r} in {spec!r} (known: {', '.join(ARCHITECTURES)})")
+    if arch not in TRUNKS:
+        raise ValueError(f"unknown architecture {arch!r} in {spec!r} (known: {', '.join(sorted(TRUNKS))})")
     if over and (kind not in KINDS or not rate.isdigit()):
         raise ValueError(f"{spec!r}: write architecture+kind:rate with kind one of {', '.join(KINDS)}")
     return arch, kind or "none", int(rate or 2)
 
 
-def _overparameterised(model: nn.Module, kind: str, rate: int, seed: int = 0) -> nn.Module:
-    """The model with every selectable layer expanded, factors moved away from their
-    initialisation (so the collapse has real work to do)."""
-    from training.models.collapse import OverparamConfig, apply_overparam
+def variant(recipe: Recipe, **sections) -> Recipe:
+    """The recipe with whole sections replaced (plain data, validated like a recipe file)."""
+    return recipe_from_dict({**recipe.to_dict(), **sections}, f"{recipe.name} variant")
 
-    apply_overparam(model, OverparamConfig(kind=kind, rate=rate))
+
+def _overparameterised(model: nn.Module, overparam: OverparamConfig, seed: int = 0) -> nn.Module:
+    """The model expanded as a recipe's `overparam` section says, factors moved away from their
+    initialisation (so the collapse has real work to do)."""
+    apply_overparam(model, overparam)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in model.parameters():
@@ -194,10 +198,10 @@ def compare_architectures(recipe, architectures: Sequence[str] = ARCHITECTURES, 
     statics, runners = [], []
     with tempfile.TemporaryDirectory(prefix="mtl-cost-") as tmp:
         for arch, kind, rate in variants:
-            model, tasks = build_recipe_model(recipe, arch)
+            model, tasks = build_recipe_model(recipe, arch, expanded=False)
             training_params = None
-            if kind != "none":
-                model = _overparameterised(model, kind, rate)
+            if kind != "none":  # the section's defaults with this kind and rate
+                model = _overparameterised(model, variant(recipe, overparam={"kind": kind, "rate": rate}).overparam)
                 training_params = parameter_count(model)
             static, runner = _prepare(model, recipe.data.input_size, tasks, onnx, Path(tmp))
             static["training_params"] = training_params or static["params"]
@@ -217,8 +221,6 @@ def compare_architectures(recipe, architectures: Sequence[str] = ARCHITECTURES, 
 
 
 def _machine() -> str:
-    import platform
-
     return f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 

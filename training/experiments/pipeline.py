@@ -32,9 +32,25 @@ from typing import Dict, Mapping, Optional, Sequence
 import numpy as np
 import yaml
 
-from training.experiments.ablation import deep_merge
-from training.experiments.compare import MAIN_METRIC, prepare_splits
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.evaluation.evaluate import evaluate_dataset
+from mtl_perception.evaluation.metrics import delta_m
+from mtl_perception.inference.bundle import write_bundle
+from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import RuntimeOptions
+from mtl_perception.inference.preprocess import resize_image
+from mtl_perception.kinds.registry import Scoring
+
+from training.engine.checkpoint import load_checkpoint
+from training.engine.export import export_checkpoint
+from training.engine.network import checkpoint_recipe, network_from_recipe, tasks_from_checkpoint
+from training.engine.trainer import LAST, Trainer
+from training.experiments.ablation import deep_merge, frames_by_light
+from training.experiments.cost import _timed
+from training.experiments.jobs import MAIN_METRIC, main_values, prepare_splits
+from training.models.collapse import parameter_count
 from training.recipe.config import ConfigError
+from training.recipe.core import apply_overrides, recipe_from_dict
 
 STAGES = ("teachers", "student", "export", "report")
 
@@ -42,8 +58,6 @@ STAGES = ("teachers", "student", "export", "report")
 def load_full_plan(path: str | Path, overrides: Sequence[str] = (), recipe: Optional[str] = None,
                    out: Optional[str] = None) -> dict:
     """Plan -> validated teacher and student recipes (as dicts) before anything runs."""
-    from training.recipe.core import apply_overrides, recipe_from_dict
-
     path = Path(path)
     try:
         plan = yaml.safe_load(path.read_text()) or {}
@@ -81,9 +95,6 @@ def _say(stage: int, text: str) -> None:
 
 def train_stage(doc: dict, out_dir: Path, progress: bool) -> Path:
     """Trains (or resumes, or skips when finished) one recipe; returns its checkpoint."""
-    from training.recipe.core import recipe_from_dict
-    from training.engine.trainer import LAST, Trainer
-
     recipe = recipe_from_dict(doc, str(out_dir))
     trainer = Trainer(recipe, out_dir=str(out_dir), progress=progress)
     if trainer.resume_if_possible() and trainer.epoch >= recipe.total_epochs:
@@ -95,8 +106,6 @@ def train_stage(doc: dict, out_dir: Path, progress: bool) -> Path:
 
 def export_stage(checkpoint: Path, model_path: Path) -> Path:
     """Exports unless an export newer than the checkpoint exists."""
-    from training.engine.export import export_checkpoint
-
     if model_path.exists() and model_path.stat().st_mtime >= checkpoint.stat().st_mtime:
         print(f"      {model_path}: exported earlier, skipped")
         return model_path
@@ -106,8 +115,6 @@ def export_stage(checkpoint: Path, model_path: Path) -> Path:
 
 def run_full(plan_path: str, overrides: Sequence[str] = (), recipe: Optional[str] = None, out: Optional[str] = None,
              progress: bool = True, timing_frames: int = 40) -> dict:
-    from mtl_perception.inference.bundle import write_bundle
-
     plan = load_full_plan(plan_path, overrides, recipe, out)
     out_dir = plan["out"]
     t0 = time.time()
@@ -142,8 +149,6 @@ class _Subset:
     """The frames of a dataset whose `night` flag equals `night` (evaluate_dataset's interface)."""
 
     def __init__(self, dataset, night: bool):
-        from training.experiments.ablation import frames_by_light
-
         self.dataset = dataset
         self.indices = frames_by_light(dataset, night)
 
@@ -154,39 +159,22 @@ class _Subset:
         return self.dataset.load(self.indices[index])
 
 
-def _main_metrics(tasks_metrics: Mapping[str, Mapping[str, float]]) -> Dict[str, float]:
-    return {f"{t}/{MAIN_METRIC[t]}": float(m[MAIN_METRIC[t]]) for t, m in tasks_metrics.items() if t in MAIN_METRIC}
-
-
 def score_on_test(model_path: Path, test_root: Path) -> Dict[str, Dict[str, float]]:
     """Main metrics of an exported model (or bundle) on the test split: all, day, night frames."""
-    from mtl_perception.data.dataset import MultiTaskDataset
-    from mtl_perception.evaluation.evaluate import evaluate_dataset
-    from mtl_perception.inference.model import RuntimeOptions
-    from mtl_perception.inference.loader import load_model
-    from mtl_perception.kinds.registry import Scoring
-
     model = load_model(model_path, RuntimeOptions(providers=["cpu"]))
     dataset = MultiTaskDataset(test_root)
-    scores = {"all": _main_metrics(evaluate_dataset(model, dataset, Scoring.of(model.metadata), progress=False)["tasks"])}
+    scores = {"all": main_values(evaluate_dataset(model, dataset, Scoring.of(model.metadata), progress=False)["tasks"])}
     for name, night in (("day", False), ("night", True)):
         subset = _Subset(dataset, night)
         if len(subset):
-            scores[name] = _main_metrics(evaluate_dataset(model, subset, Scoring.of(model.metadata),
-                                                          progress=False)["tasks"])
+            scores[name] = main_values(evaluate_dataset(model, subset, Scoring.of(model.metadata),
+                                                        progress=False)["tasks"])
     return scores
 
 
 def interleaved_latency(paths: Mapping[str, Path], test_root: Path, frames: int) -> Dict[str, dict]:
     """onnxruntime latency of several models on a test frame, timed in interleaved rounds by
     `cost._timed` (a change in machine load hits all alike); medians in ms, ratios to the first."""
-    from mtl_perception.data.dataset import MultiTaskDataset
-    from mtl_perception.inference.model import RuntimeOptions
-    from mtl_perception.inference.loader import load_model
-    from mtl_perception.inference.preprocess import resize_image
-
-    from training.experiments.cost import _timed
-
     image = MultiTaskDataset(test_root).load(0).image
     runners = []
     for p in paths.values():
@@ -199,11 +187,6 @@ def interleaved_latency(paths: Mapping[str, Path], test_root: Path, frames: int)
 
 def build_report(plan: Mapping, model_path: Path, bundle: Path, student_checkpoint: Path, test_root: Path,
                  timing_frames: int) -> dict:
-    from mtl_perception.evaluation.metrics import delta_m
-    from mtl_perception.inference.loader import load_model
-
-    from training.engine.checkpoint import load_checkpoint
-
     out_dir = plan["out"]
     state = load_checkpoint(student_checkpoint)
     recipe = plan["student"]
@@ -215,7 +198,7 @@ def build_report(plan: Mapping, model_path: Path, bundle: Path, student_checkpoi
         stages.setdefault("teachers", {}).update(_row_main(row, [task]))
     tasks = list(plan["teachers"])
     if "before_swa" in state.get("stage_metrics", {}):
-        stages["student"] = _main_metrics(state["stage_metrics"]["before_swa"])
+        stages["student"] = main_values(state["stage_metrics"]["before_swa"])
         stages["student + SWA"] = _row_main(next(r for r in history if r["epoch"] == epochs), tasks)
     else:
         stages["student"] = _row_main(next(r for r in history if r["epoch"] == epochs), tasks)
@@ -244,11 +227,7 @@ def build_report(plan: Mapping, model_path: Path, bundle: Path, student_checkpoi
 def training_parameters(state: Mapping) -> int:
     """Parameters the student trained with: its network as built by the recipe, expanded by
     `overparam` (the checkpoint itself may already hold the collapsed, fine-tuned network)."""
-    from training.engine.export import recipe_network
-    from training.models.collapse import parameter_count
-    from training.engine.trainer import tasks_from_checkpoint
-
-    return parameter_count(recipe_network(state["recipe"], tasks_from_checkpoint(state)))
+    return parameter_count(network_from_recipe(checkpoint_recipe(state), tasks_from_checkpoint(state)))
 
 
 def _row_main(row: Mapping[str, float], tasks: Sequence[str]) -> Dict[str, float]:

@@ -17,17 +17,15 @@ from typing import Dict, List, Mapping, Optional, Sequence
 
 from mtl_perception.evaluation.metrics import delta_m
 
+from training.engine.trainer import prepare_data
+from training.experiments.jobs import main_values, make_jobs, run_all
 from training.recipe.config import ConfigError
-
-from training.experiments.compare import _main_values, make_jobs, run_all
+from training.recipe.core import load_run_recipe
 
 
 def sweep(recipe_path: str, values: Sequence[float], tasks: Optional[Sequence[str]] = None,
           overrides: Sequence[str] = (), seeds: Sequence[int] = (0,), out: str = "runs/sweep",
           workers: int = 2, max_runs: int = 64) -> dict:
-    from training.recipe.core import load_run_recipe
-    from training.engine.trainer import prepare_data
-
     recipe, doc = load_run_recipe(recipe_path, overrides)
     all_tasks = list(recipe.tasks)
     swept = list(tasks) if tasks else all_tasks[1:]
@@ -47,10 +45,10 @@ def sweep(recipe_path: str, values: Sequence[float], tasks: Optional[Sequence[st
     for weights, group in zip(grid, _by_weights(jobs, len(seeds))):
         per_seed = []
         for job, seed in zip(group, seeds):
-            reference = _main_values(runs[_key(base, all_tasks, seed)][-1]["val"])
-            chosen = max(runs[job.key], key=lambda e: delta_m(_main_values(e["val"]), reference))
-            per_seed.append({"seed": seed, "epoch": chosen["epoch"], "val": _main_values(chosen["val"]),
-                             "val_delta_m": delta_m(_main_values(chosen["val"]), reference)})
+            reference = main_values(runs[_key(base, all_tasks, seed)][-1]["val"])
+            chosen = max(runs[job.key], key=lambda e: delta_m(main_values(e["val"]), reference))
+            per_seed.append({"seed": seed, "epoch": chosen["epoch"], "val": main_values(chosen["val"]),
+                             "val_delta_m": delta_m(main_values(chosen["val"]), reference)})
         rows.append({"weights": weights, "val_delta_m": sum(r["val_delta_m"] for r in per_seed) / len(per_seed),
                      "per_seed": per_seed})
     rows.sort(key=lambda r: -r["val_delta_m"])

@@ -11,6 +11,7 @@ Two ways to score groups, one search, one deployment:
   within a cost budget (branch-and-bound, checked against brute force); TAG's selection is the
   same search with loss = -affinity.
 - `costs`: measured inference cost of candidate architectures and of exported networks.
-- `group`: the `mtl-train group` orchestration (jobs through `training.experiments.compare`), final training,
+- `group`: the `mtl-train group` orchestration (jobs through `training.experiments.jobs`, with
+  this package's job hooks `evaluation.LossHook` and `affinity.TagHook`), final training,
   table, heatmap and the exported bundle.
 """

@@ -223,6 +223,27 @@ class TagRecorder:
         tmp.replace(path)
 
 
+class TagHook:
+    """Job-engine hook (`training.experiments.jobs`): records TAG affinities during a run with a
+    `TagRecorder(**options)`, saved to the run's affinity.json after every epoch; a resumed run
+    continues the saved average when it was saved at the epoch the run resumes from."""
+
+    def __init__(self, **options):
+        self.recorder = TagRecorder(**options)
+        self.path: Optional[Path] = None
+
+    def start(self, trainer, out_dir: Path, done_epochs: int) -> None:
+        self.recorder.install(trainer)
+        self.path = Path(out_dir) / "affinity.json"
+        if done_epochs and self.path.exists():
+            saved = json.loads(self.path.read_text())
+            if saved.get("epoch") == done_epochs:
+                self.recorder.load_dict(saved)
+
+    def epoch_end(self, trainer, epoch: int, record: dict, test_loader) -> None:
+        self.recorder.save(self.path, epoch=epoch)
+
+
 def _float(value):
     if torch.is_tensor(value):
         return value.float() if value.is_floating_point() else value

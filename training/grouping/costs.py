@@ -26,6 +26,14 @@ from typing import Callable, Dict, Hashable, Mapping, Optional, Sequence
 import numpy as np
 import torch
 
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import RuntimeOptions
+
+from training.engine.network import build_tasks, network_from_recipe
+from training.models.collapse import conv_flops, parameter_count
+from training.recipe.core import recipe_from_dict
+
 COST_MODELS = ("latency", "flops", "nominal")
 
 
@@ -40,23 +48,15 @@ def scaled_model(model_doc: Mapping, scale: float) -> dict:
 
 
 def build_network(recipe_doc: Mapping, tasks: Sequence[str], scale: float = 1.0, data_source=None):
-    """An untrained network of the recipe for `tasks` at width `scale` (architecture only)."""
-    from mtl_perception.data.dataset import MultiTaskDataset
-
-    from training.recipe.config import build
-    from training.models.multitask import build_model
-    from training.models.trunk import TrunkConfig
-    from training.recipe.core import recipe_from_dict
-    from training.engine.trainer import build_tasks
-
+    """An untrained network of the recipe for `tasks` at width `scale` (architecture only: the
+    compact layers, as deployed)."""
     doc = copy.deepcopy(dict(recipe_doc))
     doc["tasks"] = {t: (recipe_doc["tasks"].get(t) or {}) for t in tasks}
     doc["model"] = scaled_model(recipe_doc["model"], scale)
     doc["balancer"] = {"name": "fixed"}  # architecture only: no balancer option may name a missing task
     recipe = recipe_from_dict(doc, "grouping candidate")
     source = data_source or MultiTaskDataset(recipe.data.train)
-    model = build_model(build(TrunkConfig, doc["model"], "model"), build_tasks(recipe, source))
-    return model.eval()
+    return network_from_recipe(recipe, build_tasks(recipe, source), expanded=False).eval()
 
 
 def time_interleaved(runners: Mapping[Hashable, Callable[[], object]], reference: Hashable, rounds: int = 7,
@@ -85,8 +85,6 @@ def time_interleaved(runners: Mapping[Hashable, Callable[[], object]], reference
 def torch_costs(networks: Mapping[Hashable, torch.nn.Module], reference: Hashable, input_size, rounds: int = 7,
                 threads: int = 1) -> Dict[Hashable, dict]:
     """Latency (ratio to the reference) and FLOPs ratio of untrained networks, batch 1."""
-    from training.models.collapse import conv_flops, parameter_count
-
     width, height = input_size
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     previous = torch.get_num_threads()
@@ -110,9 +108,6 @@ def onnx_latency(paths: Mapping[Hashable, str], reference: Optional[Hashable] = 
                  threads: int = 1) -> Dict[Hashable, dict]:
     """Latency of exported models through the runtime's loader (what the node runs), CPU, one
     thread, on one random frame of the model's input size; ratio to `reference` (or the first)."""
-    from mtl_perception.inference.model import RuntimeOptions
-    from mtl_perception.inference.loader import load_model
-
     options = RuntimeOptions(providers=["cpu"], intra_op_threads=threads, allow_spinning=False)
     models = {k: load_model(p, options) for k, p in paths.items()}
     rng = np.random.default_rng(0)

@@ -34,3 +34,15 @@ def evaluate_losses(model: torch.nn.Module, tasks: Mapping[str, object], loader:
     if not count:
         raise ValueError("evaluate_losses: the loader is empty")
     return {t: s / count for t, s in sums.items()}
+
+
+class LossHook:
+    """Job-engine hook (`training.experiments.jobs`): each task's mean validation and test loss
+    after every epoch, as `val_loss` / `test_loss` of the epoch's record (Standley's objective)."""
+
+    def start(self, trainer, out_dir, done_epochs: int) -> None:
+        pass
+
+    def epoch_end(self, trainer, epoch: int, record: dict, test_loader) -> None:
+        record["val_loss"] = evaluate_losses(trainer.model, trainer.tasks, trainer.val_loader)
+        record["test_loss"] = evaluate_losses(trainer.model, trainer.tasks, test_loader) if test_loader is not None else None

@@ -3,8 +3,9 @@
 1. splits (train/val as the recipe makes them, a test split beside val, as `compare-balancers`);
 2. inference cost of every candidate architecture (`costs.py`; cached in <out>/costs.json so a
    rerun chooses from the same numbers);
-3. search runs through `training.experiments.compare.run_all` (separate processes, `--jobs` at a time, resumable,
-   no test split): Standley's short runs (`standley.py`) and/or one joint TAG run with the
+3. search runs through the job engine (`training.experiments.jobs.run_all`: separate processes,
+   `--jobs` at a time, resumable, no test split; held-out losses and TAG affinities recorded by
+   this package's job hooks `evaluation.LossHook` and `affinity.TagHook`): Standley's short runs (`standley.py`) and/or one joint TAG run with the
    affinity recorder (`affinity.py`);
 4. per budget, per method, the selection (`search.py`);
 5. with `--train-final`: every network any selection (or a baseline: all tasks in one network,
@@ -24,16 +25,29 @@ import time
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from training.experiments.compare import MAIN_METRIC, Job, prepare_splits, run_all
-from training.recipe.config import ConfigError
+import numpy as np
+import torch
+
+from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.inference.bundle import write_bundle
+
+from training.engine.checkpoint import load_checkpoint, save_checkpoint
+from training.engine.export import export_checkpoint
+from training.experiments.jobs import MAIN_METRIC, Job, hook, prepare_splits, run_all
 from training.grouping import report
 from training.grouping.affinity import UPDATES, tag_candidates
-from training.grouping.costs import COST_MODELS, build_network, torch_costs
+from training.grouping.costs import COST_MODELS, build_network, onnx_latency, torch_costs
 from training.grouping.higher_order import all_groups
 from training.grouping.search import Candidate, GroupingError, branch_and_bound, brute_force
-from training.grouping.standley import Net, make_jobs, net_recipe, predicted_losses, standley_candidates, standley_nets, trained_losses
+from training.grouping.standley import (Net, make_jobs, net_recipe, predicted_losses, standley_candidates,
+                                        standley_nets, trained_losses)
+from training.recipe.config import ConfigError
+from training.recipe.core import load_run_recipe
 
 METHODS = {"standley": ["standley"], "tag": ["tag"], "both": ["standley", "tag"]}
+#: job hooks (training.experiments.jobs): held-out per-task losses, TAG affinities
+LOSS_HOOK = hook("training.grouping.evaluation:LossHook")
+TAG_HOOK = "training.grouping.affinity:TagHook"
 
 
 def _cost_models(doc: Mapping, tasks: Sequence[str], half_scale: float, out_dir: Path, rounds: int, log) -> Dict[str, dict]:
@@ -47,8 +61,6 @@ def _cost_models(doc: Mapping, tasks: Sequence[str], half_scale: float, out_dir:
         if set(cached) == {n.key for n in nets}:
             log(f"  inference costs from {cache}")
             return cached
-    from mtl_perception.data.dataset import MultiTaskDataset
-
     source = MultiTaskDataset(doc["data"]["train"])
     models = {n.key: build_network(doc, n.tasks, n.scale, source) for n in nets}
     reference = Net(tuple(tasks)).key
@@ -91,30 +103,11 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
           results: Optional[str] = None, all_subsets: bool = False, train_final: bool = False,
           cost_model: str = "latency", half_scale: float = 0.5, tag_every: int = 5, tag_update: str = "sgd",
           tag_epochs: int = 0, cost_rounds: int = 7, baselines: bool = True, log=print) -> dict:
-    import torch
-
-    from training.recipe.core import load_run_recipe
-
-    if method not in METHODS:
-        raise ConfigError(f"--method must be one of {', '.join(METHODS)}")
-    if cost_model not in COST_MODELS:
-        raise ConfigError(f"--cost must be one of {', '.join(COST_MODELS)}")
-    if tag_update not in UPDATES:
-        raise ConfigError(f"--tag-update must be one of {', '.join(UPDATES)}")
-    budgets = [float(b) for b in budgets]
-    if not budgets or any(not (b > 0) for b in budgets):
-        raise ConfigError("--budgets must be positive numbers")
-    if short_epochs < 1 or tag_every < 1 or not seeds:
-        raise ConfigError("--short-epochs and --tag-every must be >= 1, and at least one seed is needed")
+    budgets = _check_options(method, cost_model, tag_update, budgets, short_epochs, tag_every, seeds)
     methods = METHODS[method]
     recipe, doc = load_run_recipe(recipe_path, overrides)
     tasks = list(recipe.tasks)
-    if len(tasks) < 2:
-        raise ConfigError(f"{recipe_path}: task grouping needs at least two tasks")
-    if len(tasks) > 6:
-        raise ConfigError(f"{recipe_path}: {len(tasks)} tasks: the exhaustive searches here are for at most 6")
-    if all_subsets and len(tasks) > 4:
-        raise ConfigError("--all-subsets trains 2^T - 1 networks; use it for at most 4 tasks")
+    _check_tasks(recipe_path, tasks, all_subsets)
     torch.set_num_threads(1)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -130,32 +123,96 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
         costs[key]["cost"] = cost(Net(tuple(costs[key]["tasks"]), costs[key]["scale"]))
 
     std_nets = standley_nets(tasks, all_subsets, half_scale) if "standley" in methods else []
-    jobs: List[Job] = make_jobs(std_nets, doc, seeds, out_dir / "standley", short_epochs, {"losses": True})
+    jobs: List[Job] = make_jobs(std_nets, doc, seeds, out_dir / "standley", short_epochs, [LOSS_HOOK])
     tag_jobs = []
     if "tag" in methods:
-        tag_opts = {"losses": True, "tag": {"every": tag_every, "update": tag_update}}
+        tag_hooks = [LOSS_HOOK, hook(TAG_HOOK, every=tag_every, update=tag_update)]
         tag_jobs = [Job(f"tag/seed{s}", net_recipe(doc, Net(tuple(tasks)), s, tag_epochs or short_epochs),
-                        out_dir / "tag" / f"seed{s}", tag_opts) for s in seeds]
+                        out_dir / "tag" / f"seed{s}", tag_hooks) for s in seeds]
     log(f"[3/5] search runs: {len(std_nets)} Standley networks x {len(seeds)} seed(s), {short_epochs} epoch(s) each; "
         f"{len(tag_jobs)} TAG joint run(s) of {tag_epochs or short_epochs} epoch(s), lookahead every {tag_every} "
         f"micro-batches ({tag_update})")
     runs = run_all(tag_jobs + jobs, None, workers, log=log)
-    search_seconds = {}
-    for j in tag_jobs + jobs:
-        kind = j.key.split("/")[0]
-        search_seconds[kind] = search_seconds.get(kind, 0.0) + json.loads(j.done_file.read_text())["wall_seconds"]
 
     log("[4/5] choosing groups per budget")
     trained = trained_losses(runs, std_nets, seeds) if std_nets else {}
     std_candidates = standley_candidates(trained, tasks, cost) if std_nets else []
-    affinity = None
-    tag_cands: List[Candidate] = []
-    if tag_jobs:
-        import numpy as np
+    affinity, tag_cands = _tag_affinity(tag_jobs, tasks, cost)
+    selections = _select(budgets, methods, std_candidates, tag_cands, tasks, cost, log)
+    groupings = _groupings(selections, tasks, cost, std_candidates, baselines)
+    result = {
+        "recipe": recipe_path, "overrides": list(overrides), "tasks": tasks, "seeds": list(seeds),
+        "methods": methods, "budgets": budgets, "cost_model": cost_model, "half_scale": half_scale,
+        "short_epochs": short_epochs, "tag": {"every": tag_every, "update": tag_update,
+                                             "epochs": tag_epochs or short_epochs} if tag_jobs else None,
+        "main_metric": {t: MAIN_METRIC[t] for t in tasks if t in MAIN_METRIC},
+        "costs": costs, "search_run_seconds": _search_seconds(tag_jobs + jobs),
+        "standley_losses": {n.key: l for n, l in trained.items()},
+        "standley_candidates": [{"key": c.name, "tasks": list(c.tasks), "cost": c.cost, "losses": dict(c.losses),
+                                 "estimated": c.estimated} for c in std_candidates],
+        "affinity": affinity.tolist() if affinity is not None else None,
+        "pair_transfer": report.pair_transfer(trained, tasks) if trained else None,
+        "selections": selections, "groupings": [{k: v for k, v in g.items() if k != "nets"} for g in groupings],
+        "measured": [],
+    }
+    if train_final:
+        log(f"[5/5] final training of {len({n for g in groupings for n in g['nets']})} distinct networks "
+            f"({recipe.optim.epochs} epochs, test split), export, latency, bundles")
+        result["measured"] = _final(doc, tasks, groupings, seeds, out_dir, test_root, workers, log)
+    else:
+        log("[5/5] skipped final training (--train-final trains, measures and exports the chosen groupings)")
+    result["wall_seconds"] = round(time.time() - t_start)
+    _write_results(result, Path(results) if results else out_dir / "grouping.json", recipe.name)
+    return result
 
-        mats = [np.asarray(json.loads((j.out_dir / "affinity.json").read_text())["affinity"]) for j in tag_jobs]
-        affinity = np.mean(mats, axis=0)
-        tag_cands = tag_candidates(affinity, tasks, lambda g: cost(Net(tuple(g))))
+
+def _check_options(method: str, cost_model: str, tag_update: str, budgets: Sequence[float], short_epochs: int,
+                   tag_every: int, seeds: Sequence[int]) -> List[float]:
+    """One-line errors for bad command-line choices; returns the budgets as floats."""
+    if method not in METHODS:
+        raise ConfigError(f"--method must be one of {', '.join(METHODS)}")
+    if cost_model not in COST_MODELS:
+        raise ConfigError(f"--cost must be one of {', '.join(COST_MODELS)}")
+    if tag_update not in UPDATES:
+        raise ConfigError(f"--tag-update must be one of {', '.join(UPDATES)}")
+    budgets = [float(b) for b in budgets]
+    if not budgets or any(not (b > 0) for b in budgets):
+        raise ConfigError("--budgets must be positive numbers")
+    if short_epochs < 1 or tag_every < 1 or not seeds:
+        raise ConfigError("--short-epochs and --tag-every must be >= 1, and at least one seed is needed")
+    return budgets
+
+
+def _check_tasks(recipe_path: str, tasks: Sequence[str], all_subsets: bool) -> None:
+    if len(tasks) < 2:
+        raise ConfigError(f"{recipe_path}: task grouping needs at least two tasks")
+    if len(tasks) > 6:
+        raise ConfigError(f"{recipe_path}: {len(tasks)} tasks: the exhaustive searches here are for at most 6")
+    if all_subsets and len(tasks) > 4:
+        raise ConfigError("--all-subsets trains 2^T - 1 networks; use it for at most 4 tasks")
+
+
+def _search_seconds(jobs: Sequence[Job]) -> Dict[str, float]:
+    """Wall seconds of the search runs, per kind (standley, tag)."""
+    seconds: Dict[str, float] = {}
+    for j in jobs:
+        kind = j.key.split("/")[0]
+        seconds[kind] = seconds.get(kind, 0.0) + json.loads(j.done_file.read_text())["wall_seconds"]
+    return seconds
+
+
+def _tag_affinity(tag_jobs: Sequence[Job], tasks: Sequence[str], cost):
+    """(mean TAG affinity over the joint runs' seeds, its search candidates); (None, []) without TAG."""
+    if not tag_jobs:
+        return None, []
+    mats = [np.asarray(json.loads((j.out_dir / "affinity.json").read_text())["affinity"]) for j in tag_jobs]
+    affinity = np.mean(mats, axis=0)
+    return affinity, tag_candidates(affinity, tasks, lambda g: cost(Net(tuple(g))))
+
+
+def _select(budgets: Sequence[float], methods: Sequence[str], std_candidates: Sequence[Candidate],
+            tag_cands: Sequence[Candidate], tasks: Sequence[str], cost, log) -> List[dict]:
+    """Per budget and method, the chosen networks (or the reason there are none)."""
     selections = []
     for budget in budgets:
         for m in methods:
@@ -178,32 +235,11 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
             selections.append(row)
             log(f"  budget {budget:g}, {m}: {report.fmt_groups(row['networks'])} (cost {sel.cost:.2f}"
                 + (f", predicted total loss {row['predicted_loss']:.4f})" if row["predicted_loss"] is not None else ")"))
+    return selections
 
-    groupings = _groupings(selections, tasks, cost, std_candidates, baselines)
-    result = {
-        "recipe": recipe_path, "overrides": list(overrides), "tasks": tasks, "seeds": list(seeds),
-        "methods": methods, "budgets": budgets, "cost_model": cost_model, "half_scale": half_scale,
-        "short_epochs": short_epochs, "tag": {"every": tag_every, "update": tag_update,
-                                             "epochs": tag_epochs or short_epochs} if tag_jobs else None,
-        "main_metric": {t: MAIN_METRIC[t] for t in tasks if t in MAIN_METRIC},
-        "costs": costs, "search_run_seconds": search_seconds,
-        "standley_losses": {n.key: l for n, l in trained.items()},
-        "standley_candidates": [{"key": c.name, "tasks": list(c.tasks), "cost": c.cost, "losses": dict(c.losses),
-                                 "estimated": c.estimated} for c in std_candidates],
-        "affinity": affinity.tolist() if affinity is not None else None,
-        "pair_transfer": report.pair_transfer(trained, tasks) if trained else None,
-        "selections": selections, "groupings": [{k: v for k, v in g.items() if k != "nets"} for g in groupings],
-        "measured": [],
-    }
-    if train_final:
-        log(f"[5/5] final training of {len({n for g in groupings for n in g['nets']})} distinct networks "
-            f"({recipe.optim.epochs} epochs, test split), export, latency, bundles")
-        result["measured"] = _final(doc, tasks, groupings, seeds, out_dir, test_root, workers, log)
-    else:
-        log("[5/5] skipped final training (--train-final trains, measures and exports the chosen groupings)")
-    result["wall_seconds"] = round(time.time() - t_start)
 
-    results_path = Path(results) if results else out_dir / "grouping.json"
+def _write_results(result: Mapping, results_path: Path, title: str) -> None:
+    """<results>.json, the Markdown tables (.md, also printed) and the affinity heatmaps (.png)."""
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(result, indent=1) + "\n")
     tables = (report.search_cost(result) + "\n### Inference cost of the candidate networks\n\n" + report.cost_table(result)
@@ -211,10 +247,9 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
     if result["measured"]:
         tables += "\n### Measured after full training (test split)\n\n" + report.measured_table(result)
     results_path.with_suffix(".md").write_text(tables)
-    report.plot(result, results_path.with_suffix(".png"), f"{recipe.name}: task affinities")
+    report.plot(result, results_path.with_suffix(".png"), f"{title}: task affinities")
     print(tables)
     print(f"results: {results_path}, {results_path.with_suffix('.md')}, {results_path.with_suffix('.png')}")
-    return result
 
 
 def _groupings(selections: Sequence[Mapping], tasks: Sequence[str], cost, std_candidates,
@@ -249,9 +284,6 @@ def _groupings(selections: Sequence[Mapping], tasks: Sequence[str], cost, std_ca
 def _export(run_dir: Path, tasks: Sequence[str], onnx_path: Path, name: str) -> None:
     """The run's last checkpoint as verified ONNX serving only `tasks` (heads of other tasks a
     grouping takes from another network are dropped, so the bundle serves each task once)."""
-    from training.engine.checkpoint import load_checkpoint, save_checkpoint
-    from training.engine.export import export_checkpoint
-
     checkpoint = run_dir / "last.pt"
     state = load_checkpoint(checkpoint)
     served = list(state["recipe"]["tasks"])
@@ -271,10 +303,8 @@ def _export(run_dir: Path, tasks: Sequence[str], onnx_path: Path, name: str) -> 
 
 def _final(doc: Mapping, tasks: Sequence[str], groupings: List[dict], seeds: Sequence[int], out_dir: Path,
            test_root: Path, workers: int, log) -> List[dict]:
-    from training.grouping.costs import onnx_latency
-
     nets = sorted({n for g in groupings for n in g["nets"]}, key=lambda n: (-len(n.tasks), n.key))
-    jobs = make_jobs(nets, doc, seeds, out_dir / "final", 0, {"losses": True}, prefix="final")
+    jobs = make_jobs(nets, doc, seeds, out_dir / "final", 0, [LOSS_HOOK], prefix="final")
     runs = run_all(jobs, test_root, workers, log=log)
     test_loss, test_metric = {}, {}
     for net in nets:
@@ -326,9 +356,4 @@ def _final(doc: Mapping, tasks: Sequence[str], groupings: List[dict], seeds: Seq
 def _write_bundle(folder: Path, members: Sequence[Path], name: str, provenance: Mapping, log) -> Optional[str]:
     """The grouping as a model bundle (`mtl_perception.inference.bundle.write_bundle`): a manifest plus its
     member ONNX files, loadable by `mtl_perception.inference.loader.load_model` and the node."""
-    try:
-        from mtl_perception.inference.bundle import write_bundle
-    except ImportError:  # an older runtime without bundles: the member ONNX files are still there
-        log(f"  (no mtl_perception.inference.bundle: {folder} not written)")
-        return None
     return str(write_bundle(folder, members, name=name, provenance=provenance, link=True))

@@ -13,6 +13,8 @@ from typing import Mapping, Optional, Sequence
 
 import numpy as np
 
+from mtl_perception.evaluation.metrics import METRIC_DIRECTIONS
+
 ARROWS = {1: "↑", -1: "↓"}
 
 
@@ -46,8 +48,6 @@ def selection_table(result: Mapping) -> str:
 
 
 def measured_table(result: Mapping) -> str:
-    from mtl_perception.evaluation.metrics import METRIC_DIRECTIONS
-
     tasks = result["tasks"]
     main = result["main_metric"]
     head = " | ".join(f"{_short(t)} loss" for t in tasks)

@@ -1,6 +1,6 @@
 """Standley et al.'s candidate networks: which to train, and their losses as search candidates.
 
-Trained (through `training.experiments.compare`'s job runner, with a short schedule: Standley et al.'s
+Trained (through the job engine, `training.experiments.jobs`, with a short schedule: Standley et al.'s
 early-stopping approximation, here the whole cosine schedule compressed into `--short-epochs`):
 every single task and every pair at full width, every single task at half width, and with
 `all_subsets` every subset. Each network's per-task validation loss at its last epoch is the
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Sequence, Tuple
 
-from training.experiments.compare import Job
+from training.experiments.jobs import Job
 from training.grouping.costs import scaled_model
 from training.grouping.higher_order import all_groups, estimate_group_losses, group_key
 from training.grouping.search import Candidate
@@ -60,9 +60,10 @@ def standley_nets(tasks: Sequence[str], all_subsets: bool = False, half_scale: f
 
 
 def make_jobs(nets: Sequence[Net], base_doc: Mapping, seeds: Sequence[int], root: Path, epochs: int = 0,
-              options: Mapping = None, prefix: str = "standley") -> List[Job]:
+              hooks: Sequence[Mapping] = (), prefix: str = "standley") -> List[Job]:
+    """One job per network and seed; `hooks`: job-engine hooks of every run (training.experiments.jobs)."""
     return [Job(f"{prefix}/{net.key}/seed{seed}", net_recipe(base_doc, net, seed, epochs),
-                Path(root) / net.key / f"seed{seed}", dict(options or {}))
+                Path(root) / net.key / f"seed{seed}", [dict(h) for h in hooks])
             for net in nets for seed in seeds]
 
 

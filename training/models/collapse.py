@@ -8,7 +8,6 @@ layers, parameter count and FLOPs.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 import torch
@@ -24,41 +23,15 @@ from training.models.overparam import (
 KINDS = ("none", "linear", "kernel", "elementwise", "shared_factors")
 
 
-@dataclass
-class OverparamConfig:
-    """Recipe section `overparam`: train selected convolutions over-parameterised, export them
-    collapsed (and optionally fine-tune the collapsed network for a few epochs first)."""
-
-    kind: str = "none"  # none | linear | kernel | elementwise | shared_factors
-    rate: int = 2  # expansion rate r (linear, shared_factors) or number of branches (elementwise)
-    layers: List[str] = field(default_factory=lambda: ["trunk", "heads"])  # module-name prefixes
-    finetune_epochs: int = 0  # epochs on the collapsed network after optim.epochs
-    finetune_lr_scale: float = 0.1  # fine-tune learning rate = optim.lr x this, cosine to zero
-    init: str = "preserve"  # preserve: expanded layers start equal to the compact ones; random: fresh factors
-
-    @property
-    def enabled(self) -> bool:
-        return self.kind != "none"
-
-    def check(self) -> None:
-        if self.kind not in KINDS:
-            raise ValueError(f"unknown kind {self.kind!r} (known: {', '.join(KINDS)})")
-        if self.rate < 1 or self.finetune_epochs < 0 or self.finetune_lr_scale <= 0:
-            raise ValueError("rate must be >= 1, finetune_epochs >= 0 and finetune_lr_scale > 0")
-        if self.init not in ("preserve", "random"):
-            raise ValueError(f"init must be preserve or random, got {self.init!r}")
-        if not self.layers:
-            raise ValueError("layers: name at least one module prefix (e.g. trunk, heads, trunk.stages.3)")
-
-
 def layer_selector(prefixes: List[str]) -> Callable[[str, nn.Conv2d], bool]:
     """Selects convolutions whose module name is a prefix in `prefixes` or lies under one."""
     return lambda name, conv: any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def apply_overparam(model: nn.Module, config: OverparamConfig) -> List[str]:
-    """Expands the layers a recipe's `overparam` section selects; refuses a selection that
-    matches nothing (a typo would otherwise silently train the compact model)."""
+def apply_overparam(model: nn.Module, config) -> List[str]:
+    """Expands the layers a recipe's `overparam` section (`training.recipe.overparam.OverparamConfig`)
+    selects; refuses a selection that matches nothing (a typo would otherwise silently train the
+    compact model)."""
     if not config.enabled:
         return []
     names = expand(model, config.kind, config.rate, layer_selector(config.layers), preserve=config.init == "preserve")

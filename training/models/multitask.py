@@ -1,7 +1,8 @@
 """The multi-task network: a trunk + one head per task, normalisation built in.
 
-The trunk is the shared trunk (hard sharing) or a soft-sharing trunk (`soft_sharing.py`) that
-returns one feature dict per task; `TrunkConfig.architecture` picks it."""
+The trunk is any registered trunk (`training.models.registry.TRUNKS`): the shared trunk (hard
+sharing) or a soft-sharing trunk (`soft_sharing.py`) that returns one feature dict per task; the
+recipe's `model.architecture` picks it."""
 from __future__ import annotations
 
 from typing import Dict, List, Mapping
@@ -9,8 +10,7 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
-from training.models.soft_sharing import build_trunk
-from training.models.trunk import SharedTrunk, TrunkConfig  # noqa: F401  (SharedTrunk re-exported)
+from training.models.registry import build_trunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -74,8 +74,9 @@ class MultiTaskNet(nn.Module):
         return []
 
 
-def build_model(trunk_config: TrunkConfig, tasks: Mapping[str, "object"]) -> MultiTaskNet:
-    """Trunk from its config (`architecture`), heads from the task registry."""
+def build_model(trunk_config, tasks: Mapping[str, "object"]) -> MultiTaskNet:
+    """Trunk from the recipe's `model` section (training.recipe.model.TrunkConfig, its
+    `architecture` named in the trunk registry), heads from the task registry."""
     trunk = build_trunk(trunk_config, list(tasks))
     heads = {name: task.build_head(trunk.feature_channels) for name, task in tasks.items()}
     return MultiTaskNet(trunk, heads)

@@ -33,7 +33,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.models.blocks import ConvBNAct
-from training.models.trunk import SharedTrunk, TrunkConfig
+from training.models.registry import Trunk, register_trunk
+from training.models.trunk import SharedTrunk
 
 #: initial weight of a task's own features in a cross-stitch unit / NDDR fusion (Misra et al.'s
 #: and Gao et al.'s near-identity initialisation); the others share 1 - SELF_WEIGHT equally
@@ -107,14 +108,15 @@ class NDDRFusion(nn.Module):
         return [p for block in self.fuse for p in block[0].parameters() if p.requires_grad]
 
 
-class _ColumnTrunk(nn.Module):
+class _ColumnTrunk(Trunk):
     """T copies of the shared trunk's layers (columns) mixed after the stem and after each of the
     four encoder stages by `self.mixers[level]` (five mixers); each column's pyramid reads its
     own mixed encoder features."""
 
     per_task = True
+    shared_representation = False
 
-    def __init__(self, config: TrunkConfig, tasks: Sequence[str]):
+    def __init__(self, config, tasks: Sequence[str]):
         super().__init__()
         if not tasks:
             raise ValueError("a soft-sharing trunk needs at least one task")
@@ -146,6 +148,7 @@ class _ColumnTrunk(nn.Module):
         return [col.lateral, col.smooth]
 
 
+@register_trunk
 class CrossStitchTrunk(_ColumnTrunk):
     """Cross-stitch network: columns mixed by `CrossStitchUnit`s.
 
@@ -153,6 +156,8 @@ class CrossStitchTrunk(_ColumnTrunk):
     task) and the units (the last unit's row t only ever gets task t's gradient, but it is one
     tensor). Task-specific: each column's pyramid (lateral + smooth).
     """
+
+    name = "cross_stitch"
 
     def make_mixer(self, tasks: int, channels: int) -> nn.Module:
         return CrossStitchUnit(tasks, channels)
@@ -170,6 +175,7 @@ class CrossStitchTrunk(_ColumnTrunk):
         return self.mixers[-1]
 
 
+@register_trunk
 class NDDRTrunk(_ColumnTrunk):
     """NDDR-CNN: columns fused by `NDDRFusion` layers.
 
@@ -177,6 +183,8 @@ class NDDRTrunk(_ColumnTrunk):
     stages. Task-specific: the last level's fusion of each task (it feeds only that task's
     pyramid) and each column's pyramid.
     """
+
+    name = "nddr"
 
     def make_mixer(self, tasks: int, channels: int) -> nn.Module:
         return NDDRFusion(tasks, channels)
@@ -204,7 +212,8 @@ class AttentionMask(nn.Sequential):
         super().__init__(ConvBNAct(cin, cout, kernel=1), ConvBNAct(cout, cout, kernel=1, act=False), nn.Sigmoid())
 
 
-class MTANTrunk(nn.Module):
+@register_trunk
+class MTANTrunk(Trunk):
     """Multi-task attention network over the unchanged shared trunk (`self.shared`).
 
     Encoder, level j = stem, stage 1..4: u_j is the output of the level's first layer (its
@@ -222,9 +231,11 @@ class MTANTrunk(nn.Module):
     Task-specific: each task's attention modules g_t.
     """
 
+    name = "mtan"
     per_task = True
+    shared_representation = False
 
-    def __init__(self, config: TrunkConfig, tasks: Sequence[str]):
+    def __init__(self, config, tasks: Sequence[str]):
         super().__init__()
         if not tasks:
             raise ValueError("a soft-sharing trunk needs at least one task")
@@ -283,16 +294,3 @@ class MTANTrunk(nn.Module):
 
     def last_shared_layer(self) -> nn.Module:
         return self.shared.smooth
-
-
-def build_trunk(config: TrunkConfig, tasks: Sequence[str]) -> nn.Module:
-    """The trunk `config.architecture` names; `tasks` are the task names, in head order."""
-    if config.architecture == "shared":
-        return SharedTrunk(config)
-    if config.architecture == "cross_stitch":
-        return CrossStitchTrunk(config, tasks)
-    if config.architecture == "nddr":
-        return NDDRTrunk(config, tasks)
-    if config.architecture == "mtan":
-        return MTANTrunk(config, tasks)
-    raise ValueError(f"unknown architecture {config.architecture!r}")

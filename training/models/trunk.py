@@ -1,55 +1,30 @@
-"""Shared trunk: a compact plain-conv encoder and a feature-pyramid decoder (hard sharing)."""
+"""Shared trunk: a compact plain-conv encoder and a feature-pyramid decoder (hard sharing),
+registered as architecture `shared`."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Dict, List, Literal, Sequence
+from typing import Dict, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from training.models.blocks import ConvBNAct, ResidualBlock
+from training.models.registry import Trunk, register_trunk
 
 
-ARCHITECTURES = ("shared", "cross_stitch", "nddr", "mtan")
-
-
-@dataclass
-class TrunkConfig:
-    channels: List[int] = field(default_factory=lambda: [16, 32, 64, 96, 128])  # strides 2..32
-    blocks: List[int] = field(default_factory=lambda: [1, 1, 1, 1])  # residual blocks, strides 4..32
-    fpn_channels: int = 64
-    #: shared: one trunk for all tasks (hard sharing); cross_stitch, nddr: one column per task
-    #: mixed at every encoder level; mtan: the shared trunk plus per-task attention
-    #: (training/models/soft_sharing.py)
-    architecture: Literal["shared", "cross_stitch", "nddr", "mtan"] = "shared"
-    #: learning-rate multiplier for the cross-stitch units and the NDDR fusion convolutions. The
-    #: papers trained with SGD and raised these layers' rate by orders of magnitude (their
-    #: gradients are tiny next to the scale of the weights); with AdamW, a step is about lr
-    #: whatever the gradient's size, so 10x (a mixing weight moves ~0.03 per step at the quick
-    #: recipe's lr) leaves the 0.9/0.1 start within tens of steps without making it jump
-    mixing_lr_scale: float = 10.0
-
-    def check(self) -> None:
-        if len(self.channels) != 5 or len(self.blocks) != 4:
-            raise ValueError("channels needs 5 entries (strides 2..32) and blocks 4 (strides 4..32)")
-        if min(self.channels) < 1 or self.fpn_channels < 1 or min(self.blocks) < 0:
-            raise ValueError("channels, blocks and fpn_channels must be positive")
-        if self.architecture not in ARCHITECTURES:
-            raise ValueError(f"architecture: unknown {self.architecture!r} (known: {', '.join(ARCHITECTURES)})")
-        if not self.mixing_lr_scale > 0:
-            raise ValueError("mixing_lr_scale must be positive")
-
-
-class SharedTrunk(nn.Module):
-    """Encoder to stride 32, top-down pyramid back to stride 4.
+@register_trunk
+class SharedTrunk(Trunk):
+    """Encoder to stride 32, top-down pyramid back to stride 4 (the compact home trunk).
 
     Returns the features every head reads: "s2" (the stem, for super-resolution detail) and "s4"
     (the finest pyramid level, for segmentation, depth and detection). The input size must be a
-    multiple of 32.
+    multiple of 32. `config`: the recipe's `model` section (training.recipe.model.TrunkConfig);
+    `tasks` is unused (one trunk for all).
     """
 
-    def __init__(self, config: TrunkConfig = TrunkConfig()):
+    name = "shared"
+
+    def __init__(self, config, tasks: Sequence[str] = ()):
         super().__init__()
         c = config.channels
         d = config.fpn_channels

@@ -1,5 +1,11 @@
 """Training recipes: YAML files validated into typed dataclasses on load.
 
+Every section is a dataclass of this package (`model`: `model.py`, `overparam`: `overparam.py`,
+`sam`/`swa`/`distill`: `extras.py`, the rest here) except the options that belong to one
+registered task or balancer, which that task or balancer declares (`Task.Options`,
+`Balancer.Options`) and `Recipe.task_options()` / `balancer_options()` build. A checkpoint's
+recipe is read back through `recipe_from_dict` too, so each section has one typed form.
+
 Every key is checked: an unknown key, a wrong type or an unknown task/balancer name is a
 one-line `ConfigError` naming the file and the dotted key. Relative paths are relative to the
 working directory, like any command-line tool.
@@ -14,10 +20,11 @@ import yaml
 
 from training.balancers import BALANCERS
 from training.engine.augment import AugmentConfig
+from training.models.registry import TRUNKS
 from training.recipe.config import ConfigError, build, to_dict
-from training.models.collapse import OverparamConfig
-from training.models.trunk import TrunkConfig
 from training.recipe.extras import DistillConfig, SAMConfig, SWAConfig
+from training.recipe.model import TrunkConfig
+from training.recipe.overparam import OverparamConfig
 from training.tasks import TASKS
 
 
@@ -138,7 +145,7 @@ class Recipe:
                 self.distill.check_tasks(list(self.tasks))
             except ValueError as exc:
                 raise ValueError(f"distill.{exc}") from None
-        if BALANCERS[self.balancer.name].needs_representation and self.model.architecture != "shared":
+        if BALANCERS[self.balancer.name].needs_representation and not TRUNKS[self.model.architecture].shared_representation:
             raise ValueError(f"balancer.name: {self.balancer.name} needs the one representation all heads share, which "
                              f"model.architecture {self.model.architecture!r} does not have (use architecture 'shared')")
 

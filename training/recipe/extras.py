@@ -19,7 +19,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List, Literal, Optional, Sequence
 
-DISTILL_LEVELS = ("s2", "s4")  # the trunk's feature levels (training.models.trunk.SharedTrunk)
+from training.models.registry import HEAD_FEATURES
+
+DISTILL_LEVELS = tuple(HEAD_FEATURES)  # the feature levels every trunk returns (training.models.registry)
 
 
 @dataclass

@@ -79,5 +79,12 @@ class Task(abc.ABC):
     def update_metric(self, metric, decoded: Mapping[str, np.ndarray], batch: Mapping[str, np.ndarray]) -> None:
         """Scores decoded outputs of a batch (numpy, batch first) against its targets."""
 
+    def distill_loss(self, student: Any, teacher: Any, config) -> torch.Tensor:
+        """Distillation from a frozen teacher's raw prediction: zero exactly when the student
+        reproduces the teacher. `config` is the recipe's `distill` section
+        (training.recipe.extras.DistillConfig: temperature, depth_beta, detection weights).
+        A task without one cannot be distilled (training.engine.distill says so)."""
+        raise NotImplementedError(f"task {self.name!r} declares no distillation loss")
+
     #: metric key used to summarise the task in logs and for model selection
     main_metric: ClassVar[str] = ""

@@ -50,6 +50,13 @@ def log_l1_loss(log_pred: torch.Tensor, target: torch.Tensor, min_depth: float, 
     return (log_pred[valid] - torch.log(target[valid])).abs().mean()
 
 
+def depth_kd(student: torch.Tensor, teacher: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+    """Smooth L1 (Huber, transition `beta`) between predicted log-depths (what DepthHead
+    returns), mean over pixels: robust to the teacher's outliers, relative in metres, and dense
+    (it also teaches pixels without ground truth)."""
+    return F.smooth_l1_loss(student.float(), teacher.float(), beta=beta)
+
+
 @register_task
 class DepthTask(Task):
     name = "depth"
@@ -78,3 +85,6 @@ class DepthTask(Task):
 
     def update_metric(self, metric, decoded, batch):
         metric.update(decoded["depth"], batch["depth_target"])
+
+    def distill_loss(self, student, teacher, config):
+        return depth_kd(student, teacher, config.depth_beta)

@@ -21,6 +21,8 @@ from training.tasks.base import Task, TaskOptions, register_task
 
 STRIDE = 4
 PEAK_TIE = 1e-4  # heatmap values this close to their neighbourhood's maximum count as peaks
+#: distillation: a teacher heatmap peak counts as an object above this probability
+PEAK = 0.3
 
 
 @dataclass
@@ -77,6 +79,29 @@ def gather_at(maps: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     b, c = maps.shape[:2]
     flat = maps.reshape(b, c, -1)
     return flat.gather(2, index.unsqueeze(1).expand(b, c, index.shape[1])).permute(0, 2, 1)
+
+
+def _weighted_l1(student: torch.Tensor, teacher: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Σ w·|s − t| / (C·Σ w) over [B,C,h,w] maps, w [B,h,w]."""
+    diff = (student.float() - teacher.float()).abs().sum(1)
+    return (diff * weight).sum() / (weight.sum() * student.shape[1]).clamp(min=1e-12)
+
+
+def detection_kd(student: Mapping[str, torch.Tensor], teacher: Mapping[str, torch.Tensor],
+                 size_weight: float = 0.1, offset_weight: float = 1.0) -> torch.Tensor:
+    """Heatmap imitation by the Bernoulli KL of the sigmoid heatmaps (soft targets; the gradient
+    on a logit is σ(s) − σ(t)), summed and divided by the number of objects the teacher sees (3×3
+    peaks above `PEAK`, at least 1) as the focal loss is by its ground-truth objects; plus
+    size/offset imitation, L1 weighted by the teacher's confidence (its max heatmap
+    probability), so regressions are copied where the teacher sees an object."""
+    s, t = student["heatmap"].float(), teacher["heatmap"].float()
+    pt = torch.sigmoid(t)
+    kl = pt * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - pt) * (F.logsigmoid(-t) - F.logsigmoid(-s))
+    peaks = (pt == F.max_pool2d(pt, 3, stride=1, padding=1)) & (pt > PEAK)
+    heat = kl.sum() / peaks.sum().clamp(min=1)
+    confidence = pt.max(dim=1).values
+    return (heat + size_weight * _weighted_l1(student["size"], teacher["size"], confidence)
+            + offset_weight * _weighted_l1(student["offset"], teacher["offset"], confidence))
 
 
 @register_task
@@ -171,3 +196,6 @@ class DetectionTask(Task):
             keep = batch["detection_gt_labels"][i] >= 0
             metric.update(decoded["boxes"][i], decoded["scores"][i], decoded["classes"][i],
                           batch["detection_gt_boxes"][i][keep], batch["detection_gt_labels"][i][keep])
+
+    def distill_loss(self, student, teacher, config):
+        return detection_kd(student, teacher, config.detection_size_weight, config.detection_offset_weight)

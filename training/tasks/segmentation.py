@@ -28,6 +28,14 @@ class SegmentationHead(nn.Module):
         return F.interpolate(logits, size=image01.shape[-2:], mode="bilinear", align_corners=False)
 
 
+def segmentation_kd(student: torch.Tensor, teacher: torch.Tensor, temperature: float = 2.0) -> torch.Tensor:
+    """KL(softmax(t/T) ‖ softmax(s/T)) · T², summed over classes, mean over pixels; logits [B,C,H,W]
+    (Hinton et al. 2015; T² keeps the gradient scale independent of T)."""
+    log_s = F.log_softmax(student.float() / temperature, dim=1)
+    log_t = F.log_softmax(teacher.float() / temperature, dim=1)
+    return (log_t.exp() * (log_t - log_s)).sum(1).mean() * temperature**2
+
+
 @register_task
 class SegmentationTask(Task):
     name = "segmentation"
@@ -58,3 +66,6 @@ class SegmentationTask(Task):
 
     def update_metric(self, metric, decoded, batch):
         metric.update(decoded["class_map"], batch["segmentation_target"])
+
+    def distill_loss(self, student, teacher, config):
+        return segmentation_kd(student, teacher, config.temperature)

@@ -40,6 +40,11 @@ class SuperResolutionHead(nn.Module):
         return base + residual  # [0, 1] scale, unclamped for the loss
 
 
+def super_resolution_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    """L1 to the teacher's output image ([0, 1] scale, unclamped as the heads return it)."""
+    return (student.float() - teacher.float()).abs().mean()
+
+
 @register_task
 class SuperResolutionTask(Task):
     name = "super_resolution"
@@ -69,3 +74,6 @@ class SuperResolutionTask(Task):
         for i in range(decoded["image"].shape[0]):
             target = batch["super_resolution_target"][i].transpose(1, 2, 0)
             metric.update(decoded["image"][i], target, lowres=batch["image"][i].transpose(1, 2, 0))
+
+    def distill_loss(self, student, teacher, config):
+        return super_resolution_kd(student, teacher)

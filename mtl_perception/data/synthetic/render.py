@@ -568,6 +568,227 @@ def _put(dst: np.ndarray, idx: np.ndarray, mask: np.ndarray, value) -> None:
 _GLASS = (0.015, 0.018, 0.024)
 
 
+@dataclass
+class _Surface:
+    """What the per-material shaders read (object pixels, box-local hit coordinates) and write
+    (albedo, emission, gloss, retro-reflection), all aligned with the hit pixels."""
+
+    mat: np.ndarray
+    half: np.ndarray
+    alb: np.ndarray
+    emi: np.ndarray
+    gloss: np.ndarray
+    retro: np.ndarray
+    axis: np.ndarray
+    a: np.ndarray  # horizontal coordinate along the face
+    hz: np.ndarray
+    zr: np.ndarray
+    top: np.ndarray
+    bottom: np.ndarray
+    koff: np.ndarray
+    ptex: np.ndarray
+    pz: np.ndarray
+    lx: np.ndarray
+    ly: np.ndarray
+    lz: np.ndarray
+    face: np.ndarray
+    k: np.ndarray
+    prims: _Prims
+    look: Look
+    night: bool
+
+
+def _shade_facade(s: _Surface, i: np.ndarray) -> None:
+    """Buildings: storeys of windows (lit at night), ledges, doors, shop fronts, roofs."""
+    half, alb, emi, gloss, axis, a, hz = s.half, s.alb, s.emi, s.gloss, s.axis, s.a, s.hz
+    top, ptex, pz, k, prims, look, night = s.top, s.ptex, s.pz, s.k, s.prims, s.look, s.night
+    p = prims.params[k[i]]
+    fh, sp, wf, hf, gf, shop, lit, seed, blank = (p[:, j] for j in range(9))
+    hgt = pz[i]
+    ai = a[i]
+    aa = ai + 500.0
+    half_a = np.where(axis[i] == 0, half[i, 1], half[i, 0])
+    inner = np.abs(ai) < half_a - 0.6
+    col = alb[:, i] * (1.0 + 0.1 * ptex[i] + 0.1 * _tex("smooth", aa * 0.6, hgt * 0.6))
+    colu = np.floor(aa / sp)
+    fa = aa / sp - colu
+    rel = (hgt - gf) / fh
+    floor_i = np.floor(rel)
+    fv = rel - floor_i
+    ledge = (fv < 0.06) & (hgt > gf - 0.1)
+    win = ((np.abs(fa - 0.5) < wf / 2) & (fv > 0.3) & (fv < 0.3 + hf) & (hgt > gf) & (hgt < 2 * hz[i] - 0.7)
+           & inner & (blank < 0.5))
+    shopw = (shop > 0.5) & (hgt > 0.4) & (hgt < gf - 0.7) & (np.abs(fa - 0.5) < 0.42) & inner
+    door = (shop < 0.5) & (hgt < 2.3) & (np.abs(fa - 0.5) < 0.18) & (_hash01(colu, seed) < 0.25) & inner
+    roof = top[i]
+    glass = (win | shopw) & ~roof
+    col *= np.where(ledge, 0.8, 1.0)
+    col = np.where(door, alb[:, i] * 0.3, col)
+    gshade = 0.7 + 0.6 * _hash01(colu, floor_i, seed)
+    col = np.where(glass, _c((0.03, 0.035, 0.045)) * gshade, col)
+    col = np.where(roof, 0.12 * (1 + 0.1 * ptex[i]), col)
+    alb[:, i] = col
+    gloss[i] = np.where(glass, 0.35, 0.0)
+    if night:
+        lit_w = glass & (_hash01(colu, floor_i, seed + 1) < np.where(shopw, 0.8, lit))
+        bright = (0.4 + 1.2 * _hash01(colu, floor_i, seed + 2)) * lit_w
+        tint = np.stack([np.ones_like(hgt), 0.8 + 0.2 * _hash01(colu, seed + 3),
+                         0.55 + 0.45 * _hash01(floor_i, seed)])
+        emi[:, i] = _c(look.window_glow) * bright * tint
+
+
+def _shade_wall(s: _Surface, i: np.ndarray) -> None:
+    """Plain walls: two octaves of texture, darker tops."""
+    alb, a, top, koff, ptex, lz = s.alb, s.a, s.top, s.koff, s.ptex, s.lz
+    f = (1.0 + 0.15 * ptex[i] + 0.15 * _tex("smooth", a[i] * 2 + koff[i], lz[i] * 2)) * np.where(top[i], 0.7, 1.0)
+    alb[:, i] *= f
+
+
+def _shade_paint(s: _Surface, i: np.ndarray) -> None:
+    """Vehicle bodies: bumpers, plates, head/tail lights (lit at night), grilles, windows."""
+    half, alb, emi, gloss, axis, zr, top = s.half, s.alb, s.emi, s.gloss, s.axis, s.zr, s.top
+    ptex, lx, ly, face, k, prims, night = s.ptex, s.lx, s.ly, s.face, s.k, s.prims, s.night
+    kind = prims.params[k[i], 0]
+    xr = lx[i] / half[i, 0]
+    lyb = ly[i]
+    zri = zr[i]
+    fi = face[i]
+    front, back, side, topi = fi == 1, fi == 4, axis[i] == 0, top[i]
+    is_car = kind < 0.5
+    is_bus = (kind > 0.5) & (kind < 1.5)
+    is_cab = (kind > 1.5) & (kind < 2.5)
+    lorry = kind < 2.5
+    g = np.full(len(i), 0.22, np.float32)
+    bumper = (zri < -0.55) & ~topi & lorry
+    plate = (front | back) & (np.abs(lx[i]) < 0.26) & (zri > -0.75) & (zri < -0.35) & lorry
+    hl = front & (np.abs(xr) > 0.55) & (np.abs(xr) < 0.92) & np.where(is_car, (zri > 0.1) & (zri < 0.7),
+                                                                      (zri > -0.5) & (zri < -0.25))
+    grille = front & is_car & (np.abs(xr) < 0.45) & (zri > -0.2) & (zri < 0.55)
+    tl = back & (np.abs(xr) > 0.6) & (np.abs(xr) < 0.95) & np.where(is_car, (zri > 0.15) & (zri < 0.7),
+                                                                    (zri > -0.5) & (zri < -0.2))
+    win = (is_bus & side & (zri > 0.05) & (zri < 0.72) & (np.mod(lyb + 50.0, 1.4) > 0.12)
+           & (np.abs(lyb) < half[i, 1] - 0.4))
+    win |= is_bus & (front | back) & (zri > -0.05) & (zri < 0.8) & (np.abs(xr) < 0.9)
+    win |= is_cab & front & (zri > 0.15) & (zri < 0.8) & (np.abs(xr) < 0.9)
+    win |= is_cab & side & (zri > 0.15) & (zri < 0.75) & (lyb > -0.2) & (lyb < half[i, 1] - 0.25)
+    _put(alb, i, bumper | grille, (0.035, 0.035, 0.035))
+    _put(alb, i, plate, (0.6, 0.6, 0.58))
+    _put(alb, i, hl, (0.55, 0.55, 0.55))
+    _put(alb, i, tl, (0.35, 0.01, 0.01))
+    _put(alb, i, win, _GLASS)
+    g[bumper] = 0.0
+    g[hl | tl] = 0.5
+    g[win] = 0.55
+    alb[:, i] *= 1.0 + 0.05 * ptex[i]
+    gloss[i] = g
+    if night:
+        _put(emi, i, hl, (40.0, 38.0, 32.0))
+        _put(emi, i, tl, (6.0, 0.15, 0.1))
+
+
+def _shade_cabin(s: _Surface, i: np.ndarray) -> None:
+    """Vehicle cabins: glass on the sides and ends."""
+    half, alb, gloss, axis, zr, lx, ly = s.half, s.alb, s.gloss, s.axis, s.zr, s.lx, s.ly
+    xr = lx[i] / half[i, 0]
+    yr = ly[i] / half[i, 1]
+    zri = zr[i]
+    glass = (axis[i] == 0) & (zri > -0.8) & (zri < 0.72) & (np.abs(yr) < 0.88) & (np.abs(ly[i]) > 0.06)
+    glass |= (axis[i] == 1) & (zri > -0.85) & (zri < 0.78) & (np.abs(xr) < 0.88)
+    _put(alb, i, glass, _GLASS)
+    gloss[i] = np.where(glass, 0.6, 0.22)
+
+
+def _shade_tyre(s: _Surface, i: np.ndarray) -> None:
+    """Tyres: dark rubber with a lighter hub."""
+    alb, axis, hz, ly, lz = s.alb, s.axis, s.hz, s.ly, s.lz
+    hub = (axis[i] == 0) & (ly[i] ** 2 + lz[i] ** 2 < (0.55 * hz[i]) ** 2)
+    alb[:, i] = np.where(hub, 0.15, 0.02)
+
+
+def _shade_cloth(s: _Surface, i: np.ndarray) -> None:
+    """Clothing: textured albedo."""
+    alb, ptex = s.alb, s.ptex
+    alb[:, i] *= 1.0 + 0.12 * ptex[i]
+
+
+def _shade_skin(s: _Surface, i: np.ndarray) -> None:
+    """Heads: hair on top and at the back."""
+    alb, zr, top, face = s.alb, s.zr, s.top, s.face
+    hair = top[i] | (zr[i] > 0.35) | ((face[i] == 4) & (zr[i] > -0.5))
+    _put(alb, i, hair, (0.03, 0.02, 0.015))
+
+
+def _shade_sign(s: _Surface, i: np.ndarray) -> None:
+    """Traffic-sign plates (five kinds) on their front face, retro-reflective."""
+    half, alb, retro, hz, ptex, lx, lz = s.half, s.alb, s.retro, s.hz, s.ptex, s.lx, s.lz
+    face, k, prims = s.face, s.k, s.prims
+    kind = prims.params[k[i], 0]
+    fr = face[i] == 4  # the plate's front faces local -y
+    u = lx[i] / half[i, 0]
+    v = lz[i] / hz[i]
+    au, av = np.abs(u), np.abs(v)
+    rad2 = u * u + v * v
+    grey, white, red = (0.25, 0.25, 0.25), (0.7, 0.7, 0.7), (0.5, 0.02, 0.02)
+    blue, yellow, black = (0.02, 0.08, 0.4), (0.65, 0.45, 0.02), (0.02, 0.02, 0.02)
+    alb[:, i] = _c(grey)
+    k0 = fr & (kind < 0.5)
+    _put(alb, i, k0 & (rad2 < 1.0), red)
+    _put(alb, i, k0 & (rad2 < 0.52), white)
+    _put(alb, i, k0 & (rad2 < 0.52) & (au < 0.38) & (av < 0.3), black)
+    _put(alb, i, k0 & (rad2 < 0.52) & (au < 0.3) & (av < 0.22) & (au > 0.06), white)
+    k1 = fr & (kind > 0.5) & (kind < 1.5)
+    _put(alb, i, k1 & (rad2 < 1.0), blue)
+    arrow = ((au < 0.13) & (v > -0.6) & (v < 0.2)) | ((v > 0.1) & (v < 0.65) & (au < 0.6 - (v - 0.1)))
+    _put(alb, i, k1 & arrow, white)
+    k2 = fr & (kind > 1.5) & (kind < 2.5)
+    _put(alb, i, k2 & (au + av < 1.0), black)
+    _put(alb, i, k2 & (au + av < 0.88), yellow)
+    _put(alb, i, k2 & (au + av < 0.88) & (au < 0.08) & (v > -0.25) & (v < 0.45), black)
+    k3 = fr & (kind > 2.5) & (kind < 3.5)
+    green_sign = _hash01(np.floor(half[i, 0] * 1000)) < 0.5
+    ink = k3 & (av < 0.5) & (au < 0.85) & (np.mod(u * 9 + 20, 1.0) < 0.6) & (av > 0.1)
+    border = k3 & ((au > 0.93) | (av > 0.85))
+    _put(alb, i, k3 & ~green_sign, white)
+    _put(alb, i, k3 & green_sign, (0.02, 0.2, 0.06))
+    _put(alb, i, (ink | border) & ~green_sign, black)
+    _put(alb, i, (ink | border) & green_sign, white)
+    k4 = fr & (kind > 3.5)
+    octo = (au < 0.97) & (av < 0.97) & (au + av < 1.4)
+    _put(alb, i, k4 & octo, red)
+    _put(alb, i, k4 & octo & (av < 0.16) & (au < 0.7), white)
+    alb[:, i] *= 1.0 + 0.04 * ptex[i]
+    retro[i] = fr & (alb[0, i] + alb[1, i] > 0.1)
+
+
+def _shade_lamp(s: _Surface, i: np.ndarray) -> None:
+    """Street lamps: a bright underside (emitting at night)."""
+    alb, emi, bottom, look, night = s.alb, s.emi, s.bottom, s.look, s.night
+    alb[:, i] = np.where(bottom[i], 0.6, 0.25)
+    if night:
+        emi[:, i] = _c(look.lamp_colour * 25.0) * bottom[i]
+
+
+def _shade_foliage(s: _Surface, i: np.ndarray) -> None:
+    """Foliage: two octaves of leaf texture."""
+    alb, koff, lx, ly, lz = s.alb, s.koff, s.lx, s.ly, s.lz
+    xl, yl, zl = lx[i], ly[i], lz[i]
+    t1 = _tex("fine", xl * 7 + zl * 4 + koff[i], yl * 7 - zl * 5)
+    t2 = _tex("smooth", xl * 2 + zl + koff[i], yl * 2 - zl * 2)
+    alb[:, i] *= np.clip(1.0 + 0.45 * t1 + 0.25 * t2, 0.15, 2.5)
+
+
+def _shade_grain(s: _Surface, i: np.ndarray, amp: float) -> None:
+    """Metal and bark: texture of amplitude `amp` on the albedo."""
+    s.alb[:, i] *= 1.0 + amp * s.ptex[i]
+
+
+#: per-material shaders, in the order they run (each writes only its own material's pixels)
+_SHADERS = (("facade", _shade_facade), ("wall", _shade_wall), ("paint", _shade_paint), ("cabin", _shade_cabin),
+            ("tyre", _shade_tyre), ("cloth", _shade_cloth), ("skin", _shade_skin),
+            ("metal", lambda s, i: _shade_grain(s, i, 0.08)), ("bark", lambda s, i: _shade_grain(s, i, 0.25)),
+            ("sign", _shade_sign), ("lamp", _shade_lamp), ("foliage", _shade_foliage))
+
+
 def _shade_objects(pz, lx, ly, lz, face, k, prims: _Prims, look: Look, night: bool):
     """Albedo (3, n), emission (3, n), gloss (n) and retro-reflection (n) of object pixels;
     ``k`` are primitive indices, (lx, ly, lz) box-local hit coordinates, ``pz`` heights."""
@@ -589,165 +810,12 @@ def _shade_objects(pz, lx, ly, lz, face, k, prims: _Prims, look: Look, night: bo
     order = np.argsort(mat, kind="stable")
     bounds = np.searchsorted(mat[order], np.arange(len(MATERIALS) + 1))
     groups = {name: order[bounds[j] : bounds[j + 1]] for j, name in enumerate(MATERIALS)}
-
-    i = groups["facade"]
-    if len(i):
-        p = prims.params[k[i]]
-        fh, sp, wf, hf, gf, shop, lit, seed, blank = (p[:, j] for j in range(9))
-        hgt = pz[i]
-        ai = a[i]
-        aa = ai + 500.0
-        half_a = np.where(axis[i] == 0, half[i, 1], half[i, 0])
-        inner = np.abs(ai) < half_a - 0.6
-        col = alb[:, i] * (1.0 + 0.1 * ptex[i] + 0.1 * _tex("smooth", aa * 0.6, hgt * 0.6))
-        colu = np.floor(aa / sp)
-        fa = aa / sp - colu
-        rel = (hgt - gf) / fh
-        floor_i = np.floor(rel)
-        fv = rel - floor_i
-        ledge = (fv < 0.06) & (hgt > gf - 0.1)
-        win = ((np.abs(fa - 0.5) < wf / 2) & (fv > 0.3) & (fv < 0.3 + hf) & (hgt > gf) & (hgt < 2 * hz[i] - 0.7)
-               & inner & (blank < 0.5))
-        shopw = (shop > 0.5) & (hgt > 0.4) & (hgt < gf - 0.7) & (np.abs(fa - 0.5) < 0.42) & inner
-        door = (shop < 0.5) & (hgt < 2.3) & (np.abs(fa - 0.5) < 0.18) & (_hash01(colu, seed) < 0.25) & inner
-        roof = top[i]
-        glass = (win | shopw) & ~roof
-        col *= np.where(ledge, 0.8, 1.0)
-        col = np.where(door, alb[:, i] * 0.3, col)
-        gshade = 0.7 + 0.6 * _hash01(colu, floor_i, seed)
-        col = np.where(glass, _c((0.03, 0.035, 0.045)) * gshade, col)
-        col = np.where(roof, 0.12 * (1 + 0.1 * ptex[i]), col)
-        alb[:, i] = col
-        gloss[i] = np.where(glass, 0.35, 0.0)
-        if night:
-            lit_w = glass & (_hash01(colu, floor_i, seed + 1) < np.where(shopw, 0.8, lit))
-            bright = (0.4 + 1.2 * _hash01(colu, floor_i, seed + 2)) * lit_w
-            tint = np.stack([np.ones_like(hgt), 0.8 + 0.2 * _hash01(colu, seed + 3),
-                             0.55 + 0.45 * _hash01(floor_i, seed)])
-            emi[:, i] = _c(look.window_glow) * bright * tint
-
-    i = groups["wall"]
-    if len(i):
-        f = (1.0 + 0.15 * ptex[i] + 0.15 * _tex("smooth", a[i] * 2 + koff[i], lz[i] * 2)) * np.where(top[i], 0.7, 1.0)
-        alb[:, i] *= f
-
-    i = groups["paint"]
-    if len(i):
-        kind = prims.params[k[i], 0]
-        xr = lx[i] / half[i, 0]
-        lyb = ly[i]
-        zri = zr[i]
-        fi = face[i]
-        front, back, side, topi = fi == 1, fi == 4, axis[i] == 0, top[i]
-        is_car = kind < 0.5
-        is_bus = (kind > 0.5) & (kind < 1.5)
-        is_cab = (kind > 1.5) & (kind < 2.5)
-        lorry = kind < 2.5
-        g = np.full(len(i), 0.22, np.float32)
-        bumper = (zri < -0.55) & ~topi & lorry
-        plate = (front | back) & (np.abs(lx[i]) < 0.26) & (zri > -0.75) & (zri < -0.35) & lorry
-        hl = front & (np.abs(xr) > 0.55) & (np.abs(xr) < 0.92) & np.where(is_car, (zri > 0.1) & (zri < 0.7),
-                                                                          (zri > -0.5) & (zri < -0.25))
-        grille = front & is_car & (np.abs(xr) < 0.45) & (zri > -0.2) & (zri < 0.55)
-        tl = back & (np.abs(xr) > 0.6) & (np.abs(xr) < 0.95) & np.where(is_car, (zri > 0.15) & (zri < 0.7),
-                                                                        (zri > -0.5) & (zri < -0.2))
-        win = (is_bus & side & (zri > 0.05) & (zri < 0.72) & (np.mod(lyb + 50.0, 1.4) > 0.12)
-               & (np.abs(lyb) < half[i, 1] - 0.4))
-        win |= is_bus & (front | back) & (zri > -0.05) & (zri < 0.8) & (np.abs(xr) < 0.9)
-        win |= is_cab & front & (zri > 0.15) & (zri < 0.8) & (np.abs(xr) < 0.9)
-        win |= is_cab & side & (zri > 0.15) & (zri < 0.75) & (lyb > -0.2) & (lyb < half[i, 1] - 0.25)
-        _put(alb, i, bumper | grille, (0.035, 0.035, 0.035))
-        _put(alb, i, plate, (0.6, 0.6, 0.58))
-        _put(alb, i, hl, (0.55, 0.55, 0.55))
-        _put(alb, i, tl, (0.35, 0.01, 0.01))
-        _put(alb, i, win, _GLASS)
-        g[bumper] = 0.0
-        g[hl | tl] = 0.5
-        g[win] = 0.55
-        alb[:, i] *= 1.0 + 0.05 * ptex[i]
-        gloss[i] = g
-        if night:
-            _put(emi, i, hl, (40.0, 38.0, 32.0))
-            _put(emi, i, tl, (6.0, 0.15, 0.1))
-
-    i = groups["cabin"]
-    if len(i):
-        xr = lx[i] / half[i, 0]
-        yr = ly[i] / half[i, 1]
-        zri = zr[i]
-        glass = (axis[i] == 0) & (zri > -0.8) & (zri < 0.72) & (np.abs(yr) < 0.88) & (np.abs(ly[i]) > 0.06)
-        glass |= (axis[i] == 1) & (zri > -0.85) & (zri < 0.78) & (np.abs(xr) < 0.88)
-        _put(alb, i, glass, _GLASS)
-        gloss[i] = np.where(glass, 0.6, 0.22)
-
-    i = groups["tyre"]
-    if len(i):
-        hub = (axis[i] == 0) & (ly[i] ** 2 + lz[i] ** 2 < (0.55 * hz[i]) ** 2)
-        alb[:, i] = np.where(hub, 0.15, 0.02)
-
-    i = groups["cloth"]
-    if len(i):
-        alb[:, i] *= 1.0 + 0.12 * ptex[i]
-    i = groups["skin"]
-    if len(i):
-        hair = top[i] | (zr[i] > 0.35) | ((face[i] == 4) & (zr[i] > -0.5))
-        _put(alb, i, hair, (0.03, 0.02, 0.015))
-    for name, amp in (("metal", 0.08), ("bark", 0.25)):
+    s = _Surface(mat, half, alb, emi, gloss, retro, axis, a, hz, zr, top, bottom, koff, ptex, pz, lx, ly, lz, face, k,
+                 prims, look, night)
+    for name, shader in _SHADERS:
         i = groups[name]
         if len(i):
-            alb[:, i] *= 1.0 + amp * ptex[i]
-
-    i = groups["sign"]
-    if len(i):
-        kind = prims.params[k[i], 0]
-        fr = face[i] == 4  # the plate's front faces local -y
-        u = lx[i] / half[i, 0]
-        v = lz[i] / hz[i]
-        au, av = np.abs(u), np.abs(v)
-        rad2 = u * u + v * v
-        grey, white, red = (0.25, 0.25, 0.25), (0.7, 0.7, 0.7), (0.5, 0.02, 0.02)
-        blue, yellow, black = (0.02, 0.08, 0.4), (0.65, 0.45, 0.02), (0.02, 0.02, 0.02)
-        alb[:, i] = _c(grey)
-        k0 = fr & (kind < 0.5)
-        _put(alb, i, k0 & (rad2 < 1.0), red)
-        _put(alb, i, k0 & (rad2 < 0.52), white)
-        _put(alb, i, k0 & (rad2 < 0.52) & (au < 0.38) & (av < 0.3), black)
-        _put(alb, i, k0 & (rad2 < 0.52) & (au < 0.3) & (av < 0.22) & (au > 0.06), white)
-        k1 = fr & (kind > 0.5) & (kind < 1.5)
-        _put(alb, i, k1 & (rad2 < 1.0), blue)
-        arrow = ((au < 0.13) & (v > -0.6) & (v < 0.2)) | ((v > 0.1) & (v < 0.65) & (au < 0.6 - (v - 0.1)))
-        _put(alb, i, k1 & arrow, white)
-        k2 = fr & (kind > 1.5) & (kind < 2.5)
-        _put(alb, i, k2 & (au + av < 1.0), black)
-        _put(alb, i, k2 & (au + av < 0.88), yellow)
-        _put(alb, i, k2 & (au + av < 0.88) & (au < 0.08) & (v > -0.25) & (v < 0.45), black)
-        k3 = fr & (kind > 2.5) & (kind < 3.5)
-        green_sign = _hash01(np.floor(half[i, 0] * 1000)) < 0.5
-        ink = k3 & (av < 0.5) & (au < 0.85) & (np.mod(u * 9 + 20, 1.0) < 0.6) & (av > 0.1)
-        border = k3 & ((au > 0.93) | (av > 0.85))
-        _put(alb, i, k3 & ~green_sign, white)
-        _put(alb, i, k3 & green_sign, (0.02, 0.2, 0.06))
-        _put(alb, i, (ink | border) & ~green_sign, black)
-        _put(alb, i, (ink | border) & green_sign, white)
-        k4 = fr & (kind > 3.5)
-        octo = (au < 0.97) & (av < 0.97) & (au + av < 1.4)
-        _put(alb, i, k4 & octo, red)
-        _put(alb, i, k4 & octo & (av < 0.16) & (au < 0.7), white)
-        alb[:, i] *= 1.0 + 0.04 * ptex[i]
-        retro[i] = fr & (alb[0, i] + alb[1, i] > 0.1)
-
-    i = groups["lamp"]
-    if len(i):
-        alb[:, i] = np.where(bottom[i], 0.6, 0.25)
-        if night:
-            emi[:, i] = _c(look.lamp_colour * 25.0) * bottom[i]
-
-    i = groups["foliage"]
-    if len(i):
-        xl, yl, zl = lx[i], ly[i], lz[i]
-        t1 = _tex("fine", xl * 7 + zl * 4 + koff[i], yl * 7 - zl * 5)
-        t2 = _tex("smooth", xl * 2 + zl + koff[i], yl * 2 - zl * 2)
-        alb[:, i] *= np.clip(1.0 + 0.45 * t1 + 0.25 * t2, 0.15, 2.5)
+            shader(s, i)
     return alb, emi, gloss, retro
 
 
@@ -856,19 +924,59 @@ def _vignette(h: int, w: int) -> np.ndarray:
     return v
 
 
+@dataclass
+class _Lit:
+    """The hit pixels of a frame: where (flat index, ray, distance, point), what (albedo,
+    emission, gloss, retro-reflection) and how they face (unit normal)."""
+
+    hit: np.ndarray
+    th: np.ndarray
+    dxh: np.ndarray
+    dyh: np.ndarray
+    dzh: np.ndarray
+    dnorm: np.ndarray
+    px: np.ndarray
+    py: np.ndarray
+    pz: np.ndarray
+    alb: np.ndarray
+    emi: np.ndarray | None
+    gloss: np.ndarray
+    retro: np.ndarray
+    nx: np.ndarray
+    ny: np.ndarray
+    nz: np.ndarray
+    gsel: np.ndarray  # hit pixels on the ground, in the order of the ground's own arrays
+
+
 def shade(scene: Scene, hits: Hits, ground, look: Look, rng: np.random.Generator) -> np.ndarray:
     """Linear radiance -> camera response -> (H, W, 3) uint8 RGB."""
     cam = scene.camera
     H, W = cam.height, cam.width
-    t = hits.t.ravel()
     pid = hits.pid.ravel()
     gmask, _, gmat, P_g = ground
     gidx = np.flatnonzero(gmask.ravel())
-    night = look.night
     out = np.empty((3, H * W), np.float32)
     sky = np.flatnonzero(pid < 0)
     if len(sky):
         out[:, sky] = _sky(*_flat_rays(cam, sky), look)
+    s = _surfaces(scene, hits, gmat, P_g, look)
+    E = _night_light(scene, look, s) if look.night else _daylight(scene, hits, look, s, gidx, P_g)
+    r = s.alb * E
+    _add_reflections(r, s, look)
+    if look.night:
+        r += s.emi
+    fog = np.exp(s.th * s.dnorm * np.float32(-1.0 / look.haze_dist))
+    r = r * fog + _c(look.haze) * (1.0 - fog)
+    out[:, s.hit] = r
+    return _camera_response(out, H, W, look, rng)
+
+
+def _surfaces(scene: Scene, hits: Hits, gmat, P_g, look: Look) -> _Lit:
+    """Geometry and materials of every hit pixel (ground and objects)."""
+    cam = scene.camera
+    night = look.night
+    t = hits.t.ravel()
+    pid = hits.pid.ravel()
     hit = np.flatnonzero(pid >= 0)
     ph = pid[hit]
     th = t[hit]
@@ -905,51 +1013,63 @@ def shade(scene: Scene, hits: Hits, ground, look: Look, rng: np.random.Generator
         gloss[osel] = g
         retro[osel] = rt
         nx[osel], ny[osel], nz[osel] = _normals(lx, ly, lz, f, k, prims)
+    return _Lit(hit, th, dxh, dyh, dzh, dnorm, px, py, pz, alb, emi, gloss, retro, nx, ny, nz, gsel)
+
+
+def _daylight(scene: Scene, hits: Hits, look: Look, s: _Lit, gidx: np.ndarray, P_g) -> np.ndarray:
+    """Irradiance by day: the sun (shadowed on the ground) plus sky ambient (occluded on the ground)."""
+    amb = 0.6 + 0.4 * s.nz
+    vis, ao = _ground_shadow(scene, hits, look, gidx, P_g)
+    sx, sy, sz = (float(v) for v in look.sun_dir)
+    lam = np.maximum(s.nx * sx + s.ny * sy + s.nz * sz, 0.0)
+    lam[s.gsel] *= vis
+    amb[s.gsel] *= ao
+    return _c(look.sun) * lam + _c(look.ambient) * amb
+
+
+def _night_light(scene: Scene, look: Look, s: _Lit) -> np.ndarray:
+    """Irradiance by night: ambient, the ego car's low beams and the street lamps."""
+    nx, ny, nz, px, py, pz = s.nx, s.ny, s.nz, s.px, s.py, s.pz
     amb = 0.6 + 0.4 * nz
-    if not night:
-        vis, ao = _ground_shadow(scene, hits, look, gidx, P_g)
-        sx, sy, sz = (float(v) for v in look.sun_dir)
-        lam = np.maximum(nx * sx + ny * sy + nz * sz, 0.0)
-        lam[gsel] *= vis
-        amb[gsel] *= ao
-        E = _c(look.sun) * lam + _c(look.ambient) * amb
-    else:
-        E = _c(look.ambient) * amb
-        # ego low beams: one source in front of the camera; beam pattern in tangent space
-        Lx, Ly, Lz = px, py - 1.0, pz - 0.65
-        hor = np.sqrt(Lx * Lx + Ly * Ly) + 1e-6
-        dist2 = hor * hor + Lz * Lz
-        tv = Lz / hor
-        th_ = Lx / np.maximum(Ly, 1e-3)
-        beam = np.exp(-((th_ / 0.45) ** 2)) * (Ly > 0.2)
-        cutoff = 0.03 + 0.97 / (1.0 + np.exp(np.clip((tv + 0.012) / 0.008, -30.0, 30.0)))
-        pattern = (np.exp(-(((tv + 0.025) / 0.03) ** 2)) + 0.05) * cutoff
-        cosl = np.maximum(-(nx * Lx + ny * Ly + nz * Lz), 0.0) / np.sqrt(dist2)
-        head = look.headlight * beam * pattern * cosl / np.maximum(dist2, 1.0) * (1.0 + 12.0 * retro)
-        E += _c((1.0, 0.97, 0.9)) * head
-        for q in scene.lamps:
-            vx, vy, vz = np.float32(q[0]) - px, np.float32(q[1]) - py, np.float32(q[2]) - pz
-            d2 = vx * vx + vy * vy + vz * vz
-            inv = 1.0 / np.sqrt(d2)
-            cosn = np.maximum((nx * vx + ny * vy + nz * vz) * inv, 0.0)
-            down = np.maximum(vz * inv, 0.0)
-            E += _c(look.lamp_colour) * (look.lamp_power * cosn * down * np.sqrt(down) / (d2 + 1.0))
-    r = alb * E
-    m = np.flatnonzero(gloss > 0)
+    E = _c(look.ambient) * amb
+    # ego low beams: one source in front of the camera; beam pattern in tangent space
+    Lx, Ly, Lz = px, py - 1.0, pz - 0.65
+    hor = np.sqrt(Lx * Lx + Ly * Ly) + 1e-6
+    dist2 = hor * hor + Lz * Lz
+    tv = Lz / hor
+    th_ = Lx / np.maximum(Ly, 1e-3)
+    beam = np.exp(-((th_ / 0.45) ** 2)) * (Ly > 0.2)
+    cutoff = 0.03 + 0.97 / (1.0 + np.exp(np.clip((tv + 0.012) / 0.008, -30.0, 30.0)))
+    pattern = (np.exp(-(((tv + 0.025) / 0.03) ** 2)) + 0.05) * cutoff
+    cosl = np.maximum(-(nx * Lx + ny * Ly + nz * Lz), 0.0) / np.sqrt(dist2)
+    head = look.headlight * beam * pattern * cosl / np.maximum(dist2, 1.0) * (1.0 + 12.0 * s.retro)
+    E += _c((1.0, 0.97, 0.9)) * head
+    for q in scene.lamps:
+        vx, vy, vz = np.float32(q[0]) - px, np.float32(q[1]) - py, np.float32(q[2]) - pz
+        d2 = vx * vx + vy * vy + vz * vz
+        inv = 1.0 / np.sqrt(d2)
+        cosn = np.maximum((nx * vx + ny * vy + nz * vz) * inv, 0.0)
+        down = np.maximum(vz * inv, 0.0)
+        E += _c(look.lamp_colour) * (look.lamp_power * cosn * down * np.sqrt(down) / (d2 + 1.0))
+    return E
+
+
+def _add_reflections(r: np.ndarray, s: _Lit, look: Look) -> None:
+    """Glossy pixels reflect the sky, more towards grazing angles (Fresnel-like), in place."""
+    m = np.flatnonzero(s.gloss > 0)
     if len(m):
-        inv = 1.0 / dnorm[m]
-        ux, uy, uz = dxh[m] * inv, dyh[m] * inv, dzh[m] * inv
-        mx, my, mz = nx[m], ny[m], nz[m]
+        inv = 1.0 / s.dnorm[m]
+        ux, uy, uz = s.dxh[m] * inv, s.dyh[m] * inv, s.dzh[m] * inv
+        mx, my, mz = s.nx[m], s.ny[m], s.nz[m]
         dn = ux * mx + uy * my + uz * mz
         rx, ry, rz = ux - 2 * dn * mx, uy - 2 * dn * my, uz - 2 * dn * mz
         skyc = _sky(rx, ry, np.abs(rz), look) * np.where(rz > 0, 1.0, 0.25).astype(np.float32)
-        r[:, m] += skyc * (gloss[m] * (0.1 + 0.9 * (1.0 - np.abs(dn)) ** 3))
-    if night:
-        r += emi
-    fog = np.exp(th * dnorm * np.float32(-1.0 / look.haze_dist))
-    r = r * fog + _c(look.haze) * (1.0 - fog)
-    out[:, hit] = r
+        r[:, m] += skyc * (s.gloss[m] * (0.1 + 0.9 * (1.0 - np.abs(dn)) ** 3))
 
+
+def _camera_response(out: np.ndarray, H: int, W: int, look: Look, rng: np.random.Generator) -> np.ndarray:
+    """Linear radiance (3, H*W) -> exposure, vignetting, bloom, blur, sensor noise, tone curve ->
+    (H, W, 3) uint8."""
     img = out.reshape(3, H, W)
     # auto exposure: scale the median luminance (a subsample of pixels) to the frame's target
     lum = 0.3 * out[0, ::7] + 0.6 * out[1, ::7] + 0.1 * out[2, ::7]

@@ -558,7 +558,7 @@ def test_comparison_selects_epochs_on_validation_and_reports_test():
 
 
 def test_sweep_grid_and_jobs(tmp_path):
-    from training.experiments.compare import make_jobs
+    from training.experiments.jobs import make_jobs
     from training.experiments.sweep import _by_weights, weight_grid
 
     base = {"segmentation": 1.0, "depth": 1.0, "detection": 2.0}

@@ -37,15 +37,14 @@ def test_each_kind_is_zero_for_a_perfect_student_positive_otherwise_and_trains_o
     teacher_preds, tasks = _preds(seed=0)
     teacher_preds = _detached(teacher_preds)
     config = DistillConfig(teachers={t: "unused.pt" for t in ALL_TASKS}, weights={"depth": 2.0})
-    kinds = {t: task.kind for t, task in tasks.items()}
-    same = distillation_losses(_detached(teacher_preds), teacher_preds, config, kinds)
+    same = distillation_losses(_detached(teacher_preds), teacher_preds, config, tasks)
     assert set(same) == set(ALL_TASKS)
     for task, loss in same.items():
         assert loss.item() == 0.0, task
 
     other_preds, _ = _preds(seed=1)
     student = _detached(other_preds, requires_grad=True)
-    losses = distillation_losses(student, teacher_preds, config, kinds)
+    losses = distillation_losses(student, teacher_preds, config, tasks)
     for task, loss in losses.items():
         assert loss.item() > 0, task
         loss.backward()
@@ -54,7 +53,7 @@ def test_each_kind_is_zero_for_a_perfect_student_positive_otherwise_and_trains_o
     assert all(not v.requires_grad and v.grad is None
                for v in [teacher_preds["segmentation"], teacher_preds["depth"], *teacher_preds["detection"].values()])
     # per-task weights scale the term
-    unweighted = distillation_losses(student, teacher_preds, DistillConfig(teachers=config.teachers), kinds)
+    unweighted = distillation_losses(student, teacher_preds, DistillConfig(teachers=config.teachers), tasks)
     assert losses["depth"].item() == pytest.approx(2.0 * unweighted["depth"].item())
 
 
@@ -99,7 +98,7 @@ def test_teachers_stay_frozen_through_a_real_training_step(tmp_path):
     image01 = batch["image"].float() / 255.0
     preds, features = student(image01, return_features=True)
     t_preds, t_feats = teachers(batch, image01)
-    losses = distillation_losses(preds, t_preds, config, {t: k.kind for t, k in tasks.items()},
+    losses = distillation_losses(preds, t_preds, config, tasks,
                                  student_features=features, teacher_features=t_feats, adaptors=adaptors)
     sum(losses.values()).backward()
     optimizer.step()
@@ -168,3 +167,30 @@ def test_flip_flags_follow_the_dataset_coin():
     assert flags.tolist() == [_coin(3, 5, i) for i in range(16)] and 0 < int(flags.sum()) < 16
     FakeSet.augment = False
     assert not flip_flags(FakeSet(), torch.arange(4)).any()
+
+
+def test_the_distillation_loss_is_the_task_registrys_own():
+    """distillation_losses asks each student task (Task.distill_loss); a task that declares none
+    is refused when the distiller is built, naming the recipe key."""
+    from tiny_mtl import INFO
+    from training.engine.distill import Distiller
+    from training.tasks.base import Task
+    from training.tasks.depth import DepthTask
+
+    class HalvedDepth(DepthTask):
+        def distill_loss(self, student, teacher, config):
+            return 0.5 * super().distill_loss(student, teacher, config)
+
+    class SilentDepth(DepthTask):
+        distill_loss = Task.distill_loss
+
+    teacher_preds, tasks = _preds(seed=0)
+    student, _ = _preds(seed=1)
+    config = DistillConfig(teachers={"depth": "unused.pt"})
+    plain = distillation_losses(student, {"depth": teacher_preds["depth"]}, config, tasks)["depth"]
+    halved = HalvedDepth(tasks["depth"].options, INFO)
+    assert plain.item() > 0
+    assert distillation_losses(student, {"depth": teacher_preds["depth"]}, config, {"depth": halved})["depth"].item() \
+        == pytest.approx(0.5 * plain.item())
+    with pytest.raises(DistillError, match="distill.teachers.depth: task 'depth' declares no distillation loss"):
+        Distiller(config, {"depth": SilentDepth(tasks["depth"].options, INFO)}, data_info_dict(), {}, None, "")

@@ -291,3 +291,25 @@ def test_overlapping_grouping_exports_each_task_once_as_a_bundle(tiny_data, tmp_
     bundle = load_model(manifest)
     outputs = bundle.run(np.zeros((32, 64, 3), np.uint8))
     assert set(outputs) == {"segmentation", "depth"} and outputs["depth"]["depth"].shape == (32, 64)
+
+
+def test_the_job_engine_knows_grouping_only_through_the_hooks_a_job_names():
+    """training.experiments.jobs imports nothing of task grouping; grouping hands its recorders
+    in as "package.module:Class" hooks, built in the run's process."""
+    import subprocess
+    import sys
+
+    from training.experiments import jobs
+    from training.grouping.affinity import TagHook
+    from training.grouping.evaluation import LossHook
+    from training.recipe.config import ConfigError
+
+    code = "import sys, training.experiments.jobs; print(sorted(m for m in sys.modules if m.startswith('training.grouping')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+    built = jobs._build_hooks([jobs.hook("training.grouping.affinity:TagHook", every=3, update="optimizer"),
+                               jobs.hook("training.grouping.evaluation:LossHook")])
+    assert isinstance(built[0], TagHook) and (built[0].recorder.every, built[0].recorder.update) == (3, "optimizer")
+    assert isinstance(built[1], LossHook)
+    with pytest.raises(ConfigError, match="write package.module:Class"):
+        jobs._build_hooks([{"hook": "training.grouping.affinity.TagHook"}])

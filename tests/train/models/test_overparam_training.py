@@ -6,8 +6,9 @@ import torch
 from mtl_perception.inference.loader import load_model
 from tests.train.tiny_mtl import tiny_recipe
 from training.engine.checkpoint import load_checkpoint
-from training.engine.export import export_checkpoint, trained_model
-from training.engine.trainer import LAST, Trainer, tasks_from_checkpoint
+from training.engine.export import export_checkpoint
+from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
+from training.engine.trainer import LAST, Trainer
 from training.models.collapse import conv_flops, parameter_count
 from training.models.multitask import build_model
 from training.recipe.config import ConfigError
@@ -85,7 +86,7 @@ def test_expanded_checkpoint_exports_the_compact_network(tiny_data, tmp_path, ki
     trainer.fit()
     state = load_checkpoint(tmp_path / LAST)
     assert not state["collapsed"]
-    trained = trained_model(state, trainer.tasks)
+    trained = network_from_checkpoint(state, trainer.tasks)
     assert parameter_count(trained) > compact_size(trainer)
     worst = export_checkpoint(tmp_path / LAST, tmp_path / "model.onnx")
     assert worst["collapse.max_rel"] < 1e-4
@@ -115,6 +116,7 @@ def test_collapsed_graph_is_the_compact_graph_and_costs_the_same(tmp_path):
     from training.engine.export import DeployModule, export_onnx, output_names
     from training.experiments.cost import _overparameterised, parse_variant
     from training.models.collapse import compact_copy
+    from training.recipe.overparam import OverparamConfig
 
     tasks = tiny_tasks(input_size=(64, 32))
     image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 32, 64, 3), dtype=np.uint8))
@@ -124,7 +126,7 @@ def test_collapsed_graph_is_the_compact_graph_and_costs_the_same(tmp_path):
         torch.manual_seed(0)
         # weights moved off their initialisation in every model alike (equal constants, such as
         # fresh BN-folded biases, would be merged by the exporter and change the initializer list)
-        model = _overparameterised(tiny_network(tasks), kind, 2)
+        model = _overparameterised(tiny_network(tasks), OverparamConfig(kind=kind, rate=2))
         path = tmp_path / f"{label}.onnx"
         export_onnx(DeployModule(compact_copy(model), tasks).eval(), image, path, 18, names)
         graph = onnx.load(str(path)).graph
@@ -154,7 +156,8 @@ def test_preserving_expansion_starts_as_the_compact_network(kind, tolerance):
     network computes what the compact one does (the tasks' output initialisations, such as the
     detection prior and the zero SR residual, survive); init: random does not."""
     from tests.train.exported_models import flat_outputs, randomise_batchnorm, tiny_network, tiny_tasks
-    from training.models.collapse import OverparamConfig, apply_overparam
+    from training.models.collapse import apply_overparam
+    from training.recipe.overparam import OverparamConfig
 
     tasks = tiny_tasks(input_size=(64, 32))
     x = torch.rand(2, 3, 32, 64, generator=torch.Generator().manual_seed(1))

@@ -11,8 +11,9 @@ from tests.train.exported_models import flat_outputs, randomise_batchnorm, tiny_
 from training.models.collapse import collapse, expand, parameter_count
 from training.models.multitask import MultiTaskNet, build_model
 from training.models.soft_sharing import CrossStitchTrunk, MTANTrunk, NDDRFusion, NDDRTrunk
-from training.models.trunk import SharedTrunk, TrunkConfig
+from training.models.trunk import SharedTrunk
 from training.recipe.config import ConfigError
+from training.recipe.model import TrunkConfig
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.tiny_data(train=4, val=1)]
 
@@ -270,7 +271,7 @@ def test_recipe_refuses_representation_balancers_with_soft_sharing(architecture,
 def test_recipe_validates_architecture_and_mixing_lr_scale():
     from training.recipe.core import recipe_from_dict
 
-    with pytest.raises(ConfigError, match="model.architecture: expected one of"):
+    with pytest.raises(ConfigError, match="model: architecture: unknown 'sluice' \\(known: cross_stitch, mtan, nddr, shared\\)"):
         recipe_from_dict({"model": {"architecture": "sluice"}})
     with pytest.raises(ConfigError, match="mixing_lr_scale must be positive"):
         recipe_from_dict({"model": {"mixing_lr_scale": 0}})
@@ -374,3 +375,65 @@ def test_cost_command_writes_a_table_and_json(tmp_path, capsys):
     assert rows["nddr"]["params_ratio"] == pytest.approx(rows["nddr"]["params"] / rows["shared"]["params"])
     assert "| `nddr` |" in out.with_suffix(".md").read_text() and "| `nddr` |" in capsys.readouterr().out
     assert main(["cost", quick, *tiny, "--architectures", "shared,sluice", "--no-onnx"]) == 2
+
+
+# -- the trunk registry ----------------------------------------------------------------------------
+def _registered(name, levels):
+    """A minimal registered trunk returning `levels` ({level: (channels, stride)})."""
+    from training.models.registry import Trunk, register_trunk
+
+    class Tiny(Trunk):
+        feature_strides = {lvl: stride for lvl, (_, stride) in levels.items()}
+
+        def __init__(self, config, tasks):
+            super().__init__()
+            self.feature_channels = {lvl: c for lvl, (c, _) in levels.items()}
+            self.convs = torch.nn.ModuleDict({lvl: torch.nn.Conv2d(3, c, 3, stride=s, padding=1)
+                                              for lvl, (c, s) in levels.items()})
+
+        def forward(self, x):
+            return {lvl: conv(x) for lvl, conv in self.convs.items()}
+
+        def last_shared_layer(self):
+            return self.convs["s4"]
+
+    Tiny.name = name
+    return register_trunk(Tiny)
+
+
+def test_a_registered_trunk_is_a_recipe_architecture_the_heads_and_balancers_use():
+    """One new module with @register_trunk is all a backbone needs: the recipe accepts its name,
+    the one network builder puts the registry's heads on it, the balancers' parameter lists work."""
+    from training.engine.network import make_tasks, network_from_recipe
+    from training.models.registry import TRUNKS
+    from training.recipe.core import recipe_from_dict
+
+    _registered("test_tiny", {"s2": (8, 2), "s4": (16, 4)})
+    try:
+        recipe = recipe_from_dict({"model": {"architecture": "test_tiny"}, "balancer": {"name": "gradnorm"}})
+        model = network_from_recipe(recipe, make_tasks(recipe, next(iter(tiny_tasks().values())).info))
+        assert type(model.trunk) is TRUNKS["test_tiny"] and not model.per_task
+        preds = model(image())
+        assert preds["segmentation"].shape[-2:] == (32, 64) and preds["super_resolution"].shape[-2:] == (64, 128)
+        assert [p.shape for p in model.last_shared_parameters()] == [p.shape for p in model.trunk.convs["s4"].parameters()]
+        assert len(model.shared_parameters()) == 4 and model.mixing_parameters() == []
+    finally:
+        TRUNKS.pop("test_tiny", None)
+    with pytest.raises(ConfigError, match="model: architecture: unknown 'test_tiny'"):
+        recipe_from_dict({"model": {"architecture": "test_tiny"}})
+
+
+def test_a_trunk_must_give_the_levels_the_heads_read_at_their_strides():
+    from training.models.registry import TRUNKS, build_trunk
+    from training.recipe.model import TrunkConfig
+
+    _registered("test_no_stem", {"s4": (16, 4)})
+    _registered("test_wrong_stride", {"s2": (8, 2), "s4": (16, 8)})
+    try:
+        with pytest.raises(ValueError, match="'test_no_stem' must return feature level 's2' at stride 2"):
+            build_trunk(TrunkConfig(architecture="test_no_stem"), ["depth"])
+        with pytest.raises(ValueError, match="'test_wrong_stride' must return feature level 's4' at stride 4"):
+            build_trunk(TrunkConfig(architecture="test_wrong_stride"), ["depth"])
+    finally:
+        TRUNKS.pop("test_no_stem", None)
+        TRUNKS.pop("test_wrong_stride", None)
