@@ -19,8 +19,8 @@ from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
 import yaml
 
 from training.balancers import BALANCERS
-from training.engine.augment import AugmentConfig
 from training.models.registry import TRUNKS
+from training.recipe.augment import AugmentConfig
 from training.recipe.config import ConfigError, build, to_dict
 from training.recipe.extras import DistillConfig, SAMConfig, SWAConfig
 from training.recipe.model import TrunkConfig

@@ -172,7 +172,7 @@ def test_flip_flags_follow_the_dataset_coin():
 def test_the_distillation_loss_is_the_task_registrys_own():
     """distillation_losses asks each student task (Task.distill_loss); a task that declares none
     is refused when the distiller is built, naming the recipe key."""
-    from tiny_mtl import INFO
+    from tests.train.tiny_mtl import INFO
     from training.engine.distill import Distiller
     from training.tasks.base import Task
     from training.tasks.depth import DepthTask
