@@ -28,6 +28,7 @@ from training.engine.logs import CsvLog, plot_curves, plot_weights
 from training.recipe.config import ConfigError
 from training.models.collapse import apply_overparam, collapse
 from training.models.multitask import MultiTaskNet, build_model
+from training.models.timm_trunk import init_backbone
 from training.engine.sam import frozen_bn_stats, frozen_buffers, sam_from_config
 from training.recipe.core import Recipe
 from training.tasks import TASKS, DataInfo, Task
@@ -119,6 +120,7 @@ class Trainer:
 
         torch.manual_seed(recipe.seed)
         self.model = build_model(recipe.model, self.tasks)
+        init_backbone(self.model.trunk, recipe.model)  # pretrained encoder weights, frozen stages
         try:  # over-parameterised layers train in place of the compact ones (recipe `overparam`)
             self.expanded_layers = apply_overparam(self.model, recipe.overparam)
         except ValueError as exc:
@@ -229,11 +231,18 @@ class Trainer:
         decay, no_decay = [], []
         mixing = self.model.mixing_parameters()  # cross-stitch / NDDR mixing: own lr, never decayed
         mixing_ids = {id(p) for p in mixing}
+        encoder_ids = {id(p) for p in self.model.encoder_parameters()}  # timm encoder: lr x encoder_lr_scale
+        enc_decay, enc_no_decay = [], []
         for param in self.model.parameters():
             if id(param) not in mixing_ids:
-                (no_decay if param.ndim <= 1 else decay).append(param)
+                own = (enc_decay, enc_no_decay) if id(param) in encoder_ids else (decay, no_decay)
+                own[1 if param.ndim <= 1 else 0].append(param)
         groups = [{"params": decay, "weight_decay": opt.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+        if encoder_ids:
+            scaled = opt.lr * self.recipe.model.encoder_lr_scale
+            groups += [{"params": enc_decay, "weight_decay": opt.weight_decay, "name": "encoder", "lr": scaled},
+                       {"params": enc_no_decay, "weight_decay": 0.0, "name": "encoder", "lr": scaled}]
         if mixing:
             groups.append({"params": mixing, "weight_decay": 0.0, "name": "mixing",
                            "lr": opt.lr * self.recipe.model.mixing_lr_scale})

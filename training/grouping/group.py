@@ -115,6 +115,9 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
         raise ConfigError(f"{recipe_path}: {len(tasks)} tasks: the exhaustive searches here are for at most 6")
     if all_subsets and len(tasks) > 4:
         raise ConfigError("--all-subsets trains 2^T - 1 networks; use it for at most 4 tasks")
+    if half_scale and half_scale != 1 and recipe.model.backbone != "compact":
+        raise ConfigError(f"--half-scale: half-size candidates scale the compact trunk's widths; model.backbone "
+                          f"{recipe.model.backbone} has fixed widths (use --half-scale 0: full-size candidates only)")
     torch.set_num_threads(1)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
