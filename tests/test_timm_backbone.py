@@ -107,13 +107,19 @@ def test_pretrained_file_trains_frozen_stages_hold_and_the_graph_normalises_like
     net = trained_model(state, tasks)
     frame = resize_sample(MultiTaskDataset(tiny_data / "val").load(0), (64, 32), 2)["image"]
     image01 = torch.from_numpy(frame).permute(2, 0, 1)[None].float() / 255.0
-    with torch.no_grad():
-        features = net.trunk((image01 - mean) / std)
-        depth = tasks["depth"].decode(net.heads["depth"](features, image01), image01)["depth"][0].numpy()
-        sr = tasks["super_resolution"].decode(net.heads["super_resolution"](features, image01), image01)["image"][0]
-    got = load_model(tmp_path / "model.onnx").run(frame)
-    assert np.max(np.abs(got["depth"]["depth"] - depth) / depth) < 1e-3
-    assert np.abs(got["super_resolution"]["image"].astype(int) - sr.numpy().astype(int)).max() <= 1
+
+    def depth_after(m, s):
+        with torch.no_grad():
+            pred = net.heads["depth"](net.trunk((image01 - m) / s), image01)
+            return tasks["depth"].decode(pred, image01)["depth"][0].numpy()
+
+    got = load_model(tmp_path / "model.onnx").run(frame)["depth"]["depth"]
+    backbone_error = np.max(np.abs(got - depth_after(mean, std)) / got)
+    imagenet = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    imagenet_error = np.max(np.abs(got - depth_after(*imagenet)) / got)
+    # onnxruntime vs torch of the same arithmetic agree to ~1e-6; the compact trunk's ImageNet
+    # normalisation is off by about a hundred times more here (so this tells them apart)
+    assert backbone_error < 2e-5 < 10 * 2e-5 < imagenet_error, (backbone_error, imagenet_error)
 
 
 def test_a_full_timm_checkpoint_loads_into_the_encoder_and_its_classifier_is_ignored(tmp_path):
