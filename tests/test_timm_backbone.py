@@ -236,3 +236,20 @@ def test_task_grouping_refuses_half_size_candidates_for_a_timm_backbone(tiny_dat
                     f"model: {{backbone: resnet18}}\n")
     with pytest.raises(ConfigError, match="--half-scale: half-size candidates"):
         group(str(path), out=str(tmp_path / "g"), half_scale=0.5)
+
+
+def test_gradnorm_and_mgda_ub_find_their_layer_and_representation_on_a_timm_trunk(tiny_data, tmp_path):
+    from training.engine.trainer import build_tasks
+    from training.models.multitask import build_model
+
+    recipe = timm_recipe(tiny_data, tmp_path, model={"freeze_stages": 1})
+    model = build_model(recipe.model, build_tasks(recipe, MultiTaskDataset(tiny_data / "train")))
+    init_backbone(model.trunk, recipe.model)
+    assert {id(p) for p in model.last_shared_parameters()} == {id(p) for p in model.trunk.smooth.parameters()}
+    frozen = {id(p) for p in model.trunk.encoder.parameters() if not p.requires_grad}
+    assert frozen and not frozen & {id(p) for p in model.shared_parameters()}
+    preds, features, head_inputs = model(torch.rand(2, 3, 32, 64), cut_features=True)
+    assert set(features) == {"s2", "s4"} and all(v.requires_grad and v.grad_fn is None for v in head_inputs.values())
+    loss = preds["depth"].mean()
+    grads = torch.autograd.grad(loss, [head_inputs["s4"]])  # MGDA-UB: gradient at the shared representation
+    assert grads[0].shape == features["s4"].shape

@@ -1,11 +1,11 @@
 """Depthwise-separable heads (`model.head: depthwise`): the same heads, each 3x3 convolution
 split into a depthwise 3x3 and a pointwise 1x1.
 
-At 512x256 a plain 3x3 head at stride 4 costs about as much as a fifth of a ResNet-18 and the
-super-resolution head, at stride 2, about as much as the whole FPN and a fifth of the encoder again
-(`docs/backbone_sharing_cost.md`): with four such heads one shared encoder saves less than its
-share. The separable form keeps every head's structure, receptive field and outputs and cuts its
-multiply-accumulates by roughly 9 / (1 + 9 / width) (about 8x at 64 channels).
+At 512x256 on ResNet-18 a plain 3x3 head at stride 4 is 6 % of the trunk's multiply-accumulates
+and the stride-2 super-resolution head 15 % (`docs/backbone_sharing_cost.md`); all four run in
+the shared model, so sharing saves less than it should. The separable form keeps every head's
+structure, receptive field and outputs and cuts its 3x3 layers' multiply-accumulates by
+9 / (1 + 9 / width) (about 8x at 64 channels).
 """
 from __future__ import annotations
 
