@@ -115,7 +115,8 @@ def test_pretrained_file_trains_frozen_stages_hold_and_the_graph_normalises_like
 
     got = load_model(tmp_path / "model.onnx").run(frame)["depth"]["depth"]
     backbone_error = np.max(np.abs(got - depth_after(mean, std)) / got)
-    imagenet = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1), torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+    imagenet = (torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1),
+                torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
     imagenet_error = np.max(np.abs(got - depth_after(*imagenet)) / got)
     # onnxruntime vs torch of the same arithmetic agree to ~1e-6; the compact trunk's ImageNet
     # normalisation is off by about a hundred times more here (so this tells them apart)

@@ -28,7 +28,7 @@ from training.engine.logs import CsvLog, plot_curves, plot_weights
 from training.recipe.config import ConfigError
 from training.models.collapse import apply_overparam, collapse
 from training.models.multitask import MultiTaskNet, build_model
-from training.models.timm_trunk import init_backbone
+from training.models.timm_trunk import BackboneError, init_backbone
 from training.engine.sam import frozen_bn_stats, frozen_buffers, sam_from_config
 from training.recipe.core import Recipe
 from training.tasks import TASKS, DataInfo, Task
@@ -120,7 +120,10 @@ class Trainer:
 
         torch.manual_seed(recipe.seed)
         self.model = build_model(recipe.model, self.tasks)
-        init_backbone(self.model.trunk, recipe.model)  # pretrained encoder weights, frozen stages
+        try:
+            init_backbone(self.model.trunk, recipe.model)  # pretrained encoder weights, frozen stages
+        except BackboneError as exc:
+            raise ConfigError(str(exc)) from None
         try:  # over-parameterised layers train in place of the compact ones (recipe `overparam`)
             self.expanded_layers = apply_overparam(self.model, recipe.overparam)
         except ValueError as exc:

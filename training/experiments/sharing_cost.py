@@ -95,7 +95,8 @@ def sharing_cost(recipe, heads: Sequence[str] = HEAD_STYLES, runs: int = 20, rou
             "tasks": list(all_tasks), "fpn_channels": recipe.model.fpn_channels,
             "runs": max(1, -(-runs // rounds)) * rounds, "rounds": rounds, "threads": 1, "weights": "random",
             "torch": torch.__version__, "onnxruntime": _ort_version(), "machine": _machine(),
-            "rows": entries, "summary": {style: summarise([e for e in entries if e["head"] == style]) for style in heads}}
+            "rows": entries,
+            "summary": {style: summarise([e for e in entries if e["head"] == style]) for style in heads}}
 
 
 def _ort_version() -> str:
@@ -133,7 +134,8 @@ def markdown(result: Mapping) -> str:
                      f"{r['onnx_latency_ms']:.1f} |")
     lines += ["", "| heads | N-task / sum of singles: latency | MACs | parameters |", "|---|---:|---:|---:|"]
     for style, s in result["summary"].items():
-        lines.append(f"| {style} | **{s['onnx_latency_ms_ratio']:.3f}** | {s['flops_ratio']:.3f} | {s['params_ratio']:.3f} |")
+        lines.append(f"| {style} | **{s['onnx_latency_ms_ratio']:.3f}** | {s['flops_ratio']:.3f} | "
+                     f"{s['params_ratio']:.3f} |")
     lines += ["", "| heads | head | parameters | MACs | MACs / trunk | ms (single − trunk) | ms / trunk |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for style, s in result["summary"].items():

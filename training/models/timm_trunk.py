@@ -28,7 +28,6 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from torch import nn
 
 from training.models.blocks import ConvBNAct
-from training.recipe.config import ConfigError
 from training.models.trunk import SharedTrunk, TrunkConfig
 
 COMPACT = "compact"
@@ -36,8 +35,9 @@ PYRAMID_STRIDES = (4, 8, 16, 32)
 WEIGHT_SUFFIXES = (".safetensors", ".pth", ".pt")
 
 
-class BackboneError(ConfigError):
-    """A backbone or its weights cannot be used; the message is one line naming the cause."""
+class BackboneError(ValueError):
+    """A backbone or its weights cannot be used; the message is one line naming the cause (the
+    trainer and the recipe loader turn it into a ConfigError)."""
 
 
 def check_backbone_name(name: str) -> None:
@@ -171,7 +171,8 @@ def _module_path(encoder: nn.Module, name: str) -> str:
 
 def freeze(trunk: TimmTrunk) -> int:
     """Stops the gradient of the frozen stages' parameters; returns how many tensors."""
-    frozen = [p for name, p in trunk.encoder.named_parameters() if _under(name.rpartition(".")[0], trunk.frozen_prefixes)]
+    frozen = [p for name, p in trunk.encoder.named_parameters()
+              if _under(name.rpartition(".")[0], trunk.frozen_prefixes)]
     for p in frozen:
         p.requires_grad_(False)
     trunk.train(trunk.training)
@@ -244,8 +245,9 @@ def load_encoder_file(trunk: TimmTrunk, path: str) -> None:
     shapes = sorted(f"{k} {tuple(renamed[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
                     if k in renamed and renamed[k].shape != v.shape)
     if missing or unexpected or shapes:
+        found = (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
         parts = [f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes)) if keys]
+                 for label, keys in found if keys]
         raise BackboneError(f"model.pretrained: {path} does not fit {trunk.backbone}: {'; '.join(parts)}")
     trunk.encoder.load_state_dict({k: renamed[k] for k in expected}, strict=True)
 
