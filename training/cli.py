@@ -10,6 +10,7 @@
     mtl-train full config/plans/full.yaml              # teachers -> student (SAM, SWA, distillation) -> export
     mtl-train ablate config/plans/ablation_overparam.yaml    # named recipe variants x seeds vs single-task
     mtl-train cost config/quick.yaml             # parameters, MACs, latency of each trunk architecture
+    mtl-train cost config/quick.yaml --sharing --set model.backbone=resnet18   # 4-task vs 4 singles
     mtl-train average a/last.pt b/last.pt --out avg.pt [--greedy] [--export avg.onnx]   # weight averaging
     mtl-train group config/balancers.yaml --method both --budgets 1,2,3,4 [--train-final]   # task grouping
 """
@@ -108,6 +109,8 @@ def _bench_balancers(args) -> int:
 
 def _cost(args) -> int:
     recipe = load_recipe(args.recipe, args.set)
+    if args.sharing:
+        return _sharing_cost(recipe, args)
     architectures = [a.strip() for a in args.architectures.split(",") if a.strip()]
     if not architectures:
         raise ConfigError(f"--architectures: name at least one (known: {', '.join(sorted(TRUNKS))})")
@@ -116,6 +119,21 @@ def _cost(args) -> int:
     except ValueError as exc:
         raise ConfigError(f"--architectures: {exc}") from None
     table = cost.markdown(result)
+    print(table)
+    if args.out:
+        _write_results(Path(args.out), result, table)
+    return 0
+
+
+def _sharing_cost(recipe, args) -> int:
+    from training.experiments.sharing_cost import HEAD_STYLES, markdown, sharing_cost
+    from training.recipe.config import ConfigError
+
+    heads = [h.strip() for h in args.heads.split(",") if h.strip()]
+    if not heads or any(h not in HEAD_STYLES for h in heads):
+        raise ConfigError(f"--heads: comma-separated from {', '.join(HEAD_STYLES)}, got {args.heads!r}")
+    result = sharing_cost(recipe, heads, runs=args.runs, rounds=args.rounds)
+    table = markdown(result)
     print(table)
     if args.out:
         _write_results(Path(args.out), result, table)
@@ -291,6 +309,11 @@ def _parser_cost(sub) -> None:
     p.add_argument("--rounds", type=int, default=5,
                    help="interleaved rounds the runs are split into (default: %(default)s)")
     p.add_argument("--no-onnx", action="store_true", help="torch only: no ONNX export and onnxruntime timing")
+    p.add_argument("--sharing", action="store_true",
+                   help="instead: the recipe's N-task model vs its N single-task models (same backbone and heads) "
+                        "and the trunk alone, onnxruntime, one interleaved run; per-head costs")
+    p.add_argument("--heads", default="standard,depthwise",
+                   help="with --sharing: head styles to measure (default: %(default)s)")
     p.add_argument("--out", help="JSON file to write (a Markdown table goes next to it, .md)")
     p.set_defaults(func=_cost)
 

@@ -19,6 +19,7 @@ from torch import nn
 from mtl_perception.data.dataset import MultiTaskDataset
 
 from training.models.collapse import apply_overparam
+from training.models.timm_trunk import BackboneError, init_backbone
 from training.models.multitask import MultiTaskNet, build_model
 from training.recipe.config import ConfigError
 from training.recipe.core import Recipe, recipe_from_dict
@@ -70,10 +71,18 @@ def tasks_from_checkpoint(state: Mapping) -> Dict[str, Task]:
 
 
 # -- networks ------------------------------------------------------------------------------------
-def network_from_recipe(recipe: Recipe, tasks: Mapping[str, Task], expanded: bool = True) -> MultiTaskNet:
+def network_from_recipe(recipe: Recipe, tasks: Mapping[str, Task], expanded: bool = True,
+                        load_pretrained: bool = False) -> MultiTaskNet:
     """The recipe's untrained network, over-parameterised as its `overparam` section says unless
-    `expanded` is False. Seed torch first where the initial weights matter (the trainer does)."""
+    `expanded` is False. `load_pretrained`: a timm encoder starts from `model.pretrained` with
+    `model.freeze_stages` frozen (what training starts from; a checkpoint's weights replace them).
+    Seed torch first where the initial weights matter (the trainer does)."""
     model = build_model(recipe.model, tasks)
+    if load_pretrained:
+        try:
+            init_backbone(model.trunk, recipe.model)
+        except BackboneError as exc:
+            raise ConfigError(str(exc)) from None
     if expanded:
         try:  # over-parameterised layers train in place of the compact ones
             apply_overparam(model, recipe.overparam)

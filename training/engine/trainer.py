@@ -95,7 +95,8 @@ class Trainer:
         self.tasks = build_tasks(recipe, self.train_source)
 
         torch.manual_seed(recipe.seed)
-        self.model = network_from_recipe(recipe, self.tasks)  # over-parameterised as `overparam` says
+        # over-parameterised as `overparam` says; a timm encoder's pretrained weights and frozen stages
+        self.model = network_from_recipe(recipe, self.tasks, load_pretrained=True)
         self.expanded_layers = expanded_layers(self.model)
         self.model.to(self.device)
         self.collapsed = False  # True once the over-parameterised layers were collapsed for fine-tuning
@@ -199,11 +200,18 @@ class Trainer:
         decay, no_decay = [], []
         mixing = self.model.mixing_parameters()  # cross-stitch / NDDR mixing: own lr, never decayed
         mixing_ids = {id(p) for p in mixing}
+        encoder_ids = {id(p) for p in self.model.encoder_parameters()}  # timm encoder: lr x encoder_lr_scale
+        enc_decay, enc_no_decay = [], []
         for param in self.model.parameters():
             if id(param) not in mixing_ids:
-                (no_decay if param.ndim <= 1 else decay).append(param)
+                own = (enc_decay, enc_no_decay) if id(param) in encoder_ids else (decay, no_decay)
+                own[1 if param.ndim <= 1 else 0].append(param)
         groups = [{"params": decay, "weight_decay": opt.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
+        if encoder_ids:
+            scaled = opt.lr * self.recipe.model.encoder_lr_scale
+            groups += [{"params": enc_decay, "weight_decay": opt.weight_decay, "name": "encoder", "lr": scaled},
+                       {"params": enc_no_decay, "weight_decay": 0.0, "name": "encoder", "lr": scaled}]
         if mixing:
             groups.append({"params": mixing, "weight_decay": 0.0, "name": "mixing",
                            "lr": opt.lr * self.recipe.model.mixing_lr_scale})

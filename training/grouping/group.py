@@ -108,6 +108,9 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
     recipe, doc = load_run_recipe(recipe_path, overrides)
     tasks = list(recipe.tasks)
     _check_tasks(recipe_path, tasks, all_subsets)
+    if half_scale and half_scale != 1 and recipe.model.backbone != "compact":
+        raise ConfigError(f"--half-scale: half-size candidates scale the compact trunk's widths; model.backbone "
+                          f"{recipe.model.backbone} has fixed widths (use --half-scale 0: full-size candidates only)")
     torch.set_num_threads(1)
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)

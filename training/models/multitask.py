@@ -10,6 +10,7 @@ from typing import Dict, List, Mapping
 import torch
 from torch import nn
 
+from training.models.light_heads import depthwise_heads
 from training.models.registry import build_trunk
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -20,16 +21,18 @@ class MultiTaskNet(nn.Module):
     """forward(image01) -> {task: raw prediction}; image01 is RGB in [0, 1], NCHW.
 
     The mean/std normalisation lives inside the module so that training, evaluation and the
-    exported graph cannot disagree about it. A trunk with `per_task = True` returns
-    {task: {"s2", "s4"}} and each head reads its own task's features.
+    exported graph cannot disagree about it; it is the trunk's own (`input_mean`/`input_std`,
+    e.g. a timm encoder's pretrained_cfg) where the trunk has one, ImageNet's otherwise. A trunk
+    with `per_task = True` returns {task: {"s2", "s4"}} and each head reads its own task's features.
     """
 
     def __init__(self, trunk: nn.Module, heads: Mapping[str, nn.Module]):
         super().__init__()
         self.trunk = trunk
         self.heads = nn.ModuleDict(heads)
-        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        mean, std = getattr(trunk, "input_mean", IMAGENET_MEAN), getattr(trunk, "input_std", IMAGENET_STD)
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image01: torch.Tensor, return_features: bool = False, cut_features: bool = False):
         """cut_features (training with MGDA-UB/GradNorm): the heads read detached copies of the
@@ -66,6 +69,13 @@ class MultiTaskNet(nn.Module):
         own = self.trunk.task_parameters() if hasattr(self.trunk, "task_parameters") else {}
         return {name: list(head.parameters()) + list(own.get(name, ())) for name, head in self.heads.items()}
 
+    def encoder_parameters(self) -> List[nn.Parameter]:
+        """A timm encoder's parameters: their own optimizer group (lr x `encoder_lr_scale`);
+        empty for the compact trunks."""
+        if hasattr(self.trunk, "encoder_parameters"):
+            return list(self.trunk.encoder_parameters())
+        return []
+
     def mixing_parameters(self) -> List[nn.Parameter]:
         """Cross-stitch units / NDDR fusion weights: their own optimizer group
         (lr x `mixing_lr_scale`, no weight decay); empty for the shared trunk and MTAN."""
@@ -75,8 +85,11 @@ class MultiTaskNet(nn.Module):
 
 
 def build_model(trunk_config, tasks: Mapping[str, "object"]) -> MultiTaskNet:
-    """Trunk from the recipe's `model` section (training.recipe.model.TrunkConfig, its
-    `architecture` named in the trunk registry), heads from the task registry."""
+    """Trunk from the recipe's `model` section (training.recipe.model.TrunkConfig: `backbone`, or
+    `architecture` named in the trunk registry), heads from the task registry (depthwise-separable
+    with `head: depthwise`)."""
     trunk = build_trunk(trunk_config, list(tasks))
-    heads = {name: task.build_head(trunk.feature_channels) for name, task in tasks.items()}
+    heads = nn.ModuleDict({name: task.build_head(trunk.feature_channels) for name, task in tasks.items()})
+    if trunk_config.head == "depthwise":
+        depthwise_heads(heads)
     return MultiTaskNet(trunk, heads)

@@ -67,11 +67,17 @@ class Trunk(nn.Module):
         return []
 
 
+#: `model.backbone` of the home trunk; any other backbone is a timm encoder (trunk "timm")
+COMPACT = "compact"
+
+
 def build_trunk(config, tasks: Sequence[str]) -> Trunk:
-    """The trunk `config.architecture` names, checked to provide the levels the heads read."""
-    if config.architecture not in TRUNKS:
-        raise ValueError(f"model.architecture: unknown {config.architecture!r} (known: {', '.join(sorted(TRUNKS))})")
-    trunk = TRUNKS[config.architecture](config, list(tasks))
+    """The trunk `config.architecture` names (the timm trunk when `config.backbone` is a timm
+    encoder), checked to provide the levels the heads read."""
+    name = config.architecture if getattr(config, "backbone", COMPACT) == COMPACT else "timm"
+    if name not in TRUNKS:
+        raise ValueError(f"model.architecture: unknown {name!r} (known: {', '.join(sorted(TRUNKS))})")
+    trunk = TRUNKS[name](config, list(tasks))
     for level, stride in HEAD_FEATURES.items():
         if level not in trunk.feature_channels or trunk.feature_strides.get(level) != stride:
             raise ValueError(f"trunk {config.architecture!r} must return feature level {level!r} at stride {stride} "

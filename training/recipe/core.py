@@ -22,6 +22,7 @@ from training.balancers import BALANCERS
 from training.models.registry import TRUNKS
 from training.recipe.augment import AugmentConfig
 from training.recipe.config import ConfigError, build, to_dict
+from training.models.timm_trunk import check_backbone_name
 from training.recipe.extras import DistillConfig, SAMConfig, SWAConfig
 from training.recipe.model import TrunkConfig
 from training.recipe.overparam import OverparamConfig
@@ -135,6 +136,10 @@ class Recipe:
                 raise ValueError(f"tasks.{name}: unknown task (registered: {', '.join(sorted(TASKS))})")
         if self.balancer.name not in BALANCERS:
             raise ValueError(f"balancer.name: unknown balancer {self.balancer.name!r} (known: {', '.join(sorted(BALANCERS))})")
+        check_backbone_name(self.model.backbone)
+        if self.swa is not None and self.model.freeze_stages:
+            raise ValueError("swa: its BatchNorm refresh recomputes every BatchNorm's statistics, also those of the "
+                             "frozen stages (model.freeze_stages); use one or the other")
         if self.swa is not None:
             try:
                 self.swa.check_epochs(self.optim.epochs)

@@ -33,8 +33,11 @@ class SuperResolutionHead(nn.Module):
     def forward(self, features, image01):
         x = features["s2"]
         if self.reduce is not None:
-            up = F.interpolate(features["s4"], size=x.shape[-2:], mode="bilinear", align_corners=False)
-            x = torch.cat([x, self.reduce(up)], dim=1)
+            # 1x1 reduction before the bilinear upsampling: both are linear (and the bilinear
+            # weights sum to one, so the bias commutes too), so this equals upsample-then-reduce
+            # while interpolating width - stem channels instead of all pyramid channels
+            up = F.interpolate(self.reduce(features["s4"]), size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, up], dim=1)
         residual = self.shuffle(self.out(self.body(x)))
         base = F.interpolate(image01, scale_factor=self.scale, mode="bicubic", align_corners=False)
         return base + residual  # [0, 1] scale, unclamped for the loss
