@@ -69,9 +69,11 @@ def _evaluate(args) -> int:
     from mtl_perception.evaluation.evaluate import evaluate_dataset
     from mtl_perception.inference.model import RuntimeOptions
     from mtl_perception.inference.loader import load_model
+    from mtl_perception.kinds.registry import Scoring
 
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
-    report = evaluate_dataset(model, MultiTaskDataset(args.data), limit=args.limit, progress=not args.no_progress)
+    report = evaluate_dataset(model, MultiTaskDataset(args.data), Scoring.of(model.metadata), limit=args.limit,
+                              progress=not args.no_progress)
     text = json.dumps(report, indent=2)
     if args.json:
         Path(args.json).write_text(text + "\n")

@@ -191,13 +191,14 @@ def test_eval_bag_equals_evaluate_on_the_same_frames(tmp_path):
     """A dataset at exactly twice the model size, evaluated directly and through a bag."""
     from mtl_perception.data.dataset import MultiTaskDataset
     from mtl_perception.evaluation.evaluate import evaluate_dataset
+    from mtl_perception.kinds.registry import Scoring
     from mtl_perception.bags.make import make_bag
     from mtl_perception.data.synthetic import Camera, generate_dataset
 
     export_synthetic_world_model(tmp_path / "m.onnx", input_size=(64, 32))
     model = load_model(tmp_path / "m.onnx")
     generate_dataset(tmp_path / "ds", 5, seed=11, camera=Camera.default(128, 64), workers=1, progress=False)
-    direct = evaluate_dataset(model, MultiTaskDataset(tmp_path / "ds"), progress=False)
+    direct = evaluate_dataset(model, MultiTaskDataset(tmp_path / "ds"), Scoring.of(model.metadata), progress=False)
     make_bag(tmp_path / "bag", str(tmp_path / "ds"), storage="mcap")
     via_bag = run(tmp_path / "bag", tmp_path / "report", model, samples=1)
     assert via_bag["frames"]["evaluated"] == direct["frames"] == 5

@@ -12,7 +12,6 @@ from mtl_perception.evaluation.metrics import (
     SegmentationMetric,
     SuperResolutionMetric,
     delta_m,
-    make_metric,
 )
 
 # ----------------------------------------------------------------------------- segmentation
@@ -381,13 +380,18 @@ def test_delta_m_prefixes_nested_and_errors():
                                       "delta1", "delta2", "delta3", "map50", "map50_95", "psnr", "psnr_gain"}
 
 
-def test_make_metric():
-    assert isinstance(make_metric("segmentation", num_classes=3), SegmentationMetric)
-    assert isinstance(make_metric("depth", max_depth=10.0), DepthMetric)
-    assert isinstance(make_metric("detection", class_names=["a"]), DetectionMetric)
-    assert isinstance(make_metric("super_resolution", border=4), SuperResolutionMetric)
-    with pytest.raises(ValueError):
-        make_metric("optical_flow")
+def test_each_kind_builds_its_metric_from_the_task_spec():
+    from mtl_perception.contract import TaskSpec
+    from mtl_perception.kinds.registry import metric_for
+
+    seg = metric_for(TaskSpec("segmentation", {}, class_names=("a", "b", "c"), ignore_index=7))
+    assert isinstance(seg, SegmentationMetric) and (seg.num_classes, seg.ignore_index) == (3, 7)
+    depth = metric_for(TaskSpec("depth", {}, min_depth=0.5, max_depth=10.0))
+    assert isinstance(depth, DepthMetric) and (depth.min_depth, depth.max_depth) == (0.5, 10.0)
+    assert isinstance(metric_for(TaskSpec("detection", {}, class_names=("a",))), DetectionMetric)
+    assert isinstance(metric_for(TaskSpec("super_resolution", {}, scale=2)), SuperResolutionMetric)
+    with pytest.raises(ValueError, match="unknown task kind 'optical_flow'"):
+        metric_for(TaskSpec("optical_flow", {}))
 
 
 def test_runtime_metrics_do_not_import_torch():

@@ -318,6 +318,24 @@ def test_every_output_arrives_with_type_encoding_size_and_header(running):
     assert labels[-1].threshold == pytest.approx(0.3)
 
 
+def test_the_node_publishes_exactly_the_registry_topics_of_its_model(running, model_path):
+    """The node's publishers, read from the ROS graph, are the kinds registry's topics of the
+    model's tasks (names and types) and /diagnostics: no topic table of its own."""
+    from mtl_perception.inference.loader import load_model
+    from mtl_perception.kinds import registry
+
+    node, probe = running
+    probe.outputs_for(scene("bgr8"))  # the node is up and publishing
+    tasks = load_model(model_path).metadata.tasks
+    expected = {f"/node_test/{t.name}": t.msgtype for t in registry.topics_for(tasks)}
+    expected["/diagnostics"] = "diagnostic_msgs/msg/DiagnosticArray"
+    ros_own = ("/parameter_events", "/rosout")
+    published = {name: kinds[0] for name, kinds in probe.node.get_publisher_names_and_types_by_node(
+        "perception_node", "/node_test") if name not in ros_own and not name.endswith("/transition_event")}
+    assert published == expected
+    assert len(expected) == 8  # the bright-box model has all four kinds: seven outputs and diagnostics
+
+
 def test_detection_boxes_land_on_the_object_in_input_image_pixels(running):
     _, probe = running
     frame = scene("bgr8")

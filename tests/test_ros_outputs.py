@@ -73,20 +73,45 @@ def test_messages_carry_fields_with_humble_types():
     assert labels.threshold == pytest.approx(0.25)
 
 
-def test_image_checks_and_parameter_validation():
+def test_image_checks():
     pytest.importorskip("rclpy")
     pytest.importorskip("vision_msgs.msg")
     from sensor_msgs.msg import Image
 
-    from mtl_perception.ros.node import _validate, check_image
+    from mtl_perception.ros.node import check_image
     from mtl_perception.messages.image import ImageConversionError, array_to_image
 
     check_image(array_to_image(np.zeros((4, 4, 3), np.uint8), "bgr8"))
     for encoding in ("yuv422", "32FC1"):
         with pytest.raises(ImageConversionError, match=encoding):
             check_image(Image(encoding=encoding, width=4, height=4, step=16))
-    assert _validate("score_threshold", 0.5) == ""
-    assert "[0, 1]" in _validate("score_threshold", 1.5)
-    assert "model, input" in _validate("output_resolution", "x")
-    assert "best_effort" in _validate("image_qos", "fast")
-    assert "unknown execution provider" in _validate("providers", ["cpu", "quantum"])
+
+
+def test_parameter_validation():
+    from mtl_perception.ros.parameters import validate
+
+    assert validate("score_threshold", 0.5) == ""
+    assert "[0, 1]" in validate("score_threshold", 1.5)
+    assert "model, input" in validate("output_resolution", "x")
+    assert "best_effort" in validate("image_qos", "fast")
+    assert "unknown execution provider" in validate("providers", ["cpu", "quantum"])
+    assert "[1, 10000]" in validate("max_detections", 0)
+    assert validate("use_sim_time", True) == ""  # not ours: ROS checks it
+
+
+def test_node_command_line_is_built_from_the_parameter_table():
+    """One place builds the node's -p arguments: typed values are formatted as ROS parses them,
+    unknown names and invalid values are refused before any process starts."""
+    from mtl_perception.ros.processes import node_command
+
+    cmd = node_command("/ns", {"model_path": "/m.onnx", "providers": ["cuda", "cpu"], "score_threshold": 0,
+                               "max_detections": 7, "fp16": True, "use_sim_time": "true",
+                               "overlay_alpha": "0.25"}, remaps=[("image", "/cam")])
+    assert cmd[1:] == ["-m", "mtl_perception.ros.node", "--ros-args", "-r", "__ns:=/ns", "-r", "image:=/cam",
+                       "-p", "model_path:=/m.onnx", "-p", "providers:=[cuda,cpu]", "-p", "score_threshold:=0.0",
+                       "-p", "max_detections:=7", "-p", "fp16:=true", "-p", "use_sim_time:=true",
+                       "-p", "overlay_alpha:=0.25"]
+    with pytest.raises(ValueError, match="unknown perception_node parameter 'score_treshold'"):
+        node_command("/ns", {"score_treshold": 0.5})
+    with pytest.raises(ValueError, match=r"max_detections: must be an integer in \[1, 10000\], got 0"):
+        node_command("/ns", {"max_detections": 0})

@@ -27,9 +27,8 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence
 
-import cv2
 import numpy as np
 
 from mtl_perception.bags.io import (
@@ -50,9 +49,12 @@ from mtl_perception.bags.io import (
     image_msg,
     open_bag,
 )
-from mtl_perception.evaluation.evaluate import baselines, make_metrics, score_frame
-from mtl_perception.inference.preprocess import resize_image
+from mtl_perception.evaluation import report as report_mod
+from mtl_perception.inference.preprocess import FrameMapping, ModelInput, model_input, resize_image
+from mtl_perception.kinds import registry
+from mtl_perception.kinds.base import DetectionsOut, ImageOut, Payload, RenderSettings, ScaledCameraInfo
 from mtl_perception.messages.image import ImageConversionError, image_to_array
+from mtl_perception.messages.outputs import class_ids, sr_camera_info
 
 SCHEMA = "mtl_perception.bag_report/1"
 GT_TYPES = {"segmentation": IMAGE, "depth": IMAGE, "detections": DETECTIONS}
@@ -72,8 +74,8 @@ class EvalOptions:
     output_bag: Optional[str] = None  # write the model outputs to this new bag
     output_storage: Optional[str] = None  # None: the input bag's storage
     output_namespace: str = "/perception"
-    output_resolution: str = "model"  # 'model' or 'input' for segmentation and depth in the output bag
-    score_threshold: float = 0.3  # detections written to the output bag (metrics use all)
+    output_resolution: str = RenderSettings.output_resolution  # 'model' or 'input': segmentation/depth size
+    score_threshold: float = RenderSettings.score_threshold  # detections written to the output bag (metrics use all)
     progress: bool = False
 
 
@@ -161,13 +163,11 @@ def join_frames(reader: BagReader, image_topic: str, other_topics: Sequence[str]
 
 # ------------------------------------------------------------------------------ ground truth
 def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Optional[Entry]], tasks: Mapping,
-                  camera_size: Tuple[int, int], model_size: Tuple[int, int],
-                  problems: Callable[[str, str], None], unknown_classes: Dict[str, int]) -> Dict[str, Any]:
+                  mapping: FrameMapping, problems: Callable[[str, str], None],
+                  unknown_classes: Dict[str, int]) -> Dict[str, Any]:
     """Ground truth of one frame at the model's resolution: "semantic", "depth", "boxes" +
     "labels"; a label that is absent or unusable is left out (and reported to `problems`);
     labelled boxes of classes the model lacks are left out and counted in `unknown_classes`."""
-    width, height = model_size
-    cam_w, cam_h = camera_size
     target: Dict[str, Any] = {}
     kinds = {task.kind: task for task in tasks.values()}
     seg = entries.get("segmentation")
@@ -183,7 +183,7 @@ def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Opt
             if bad.size:
                 raise ImageConversionError(
                     f"segmentation ids {bad[:5].tolist()} outside the model's {len(task.class_names)} classes")
-            target["semantic"] = cv2.resize(labels, (width, height), interpolation=cv2.INTER_NEAREST)
+            target["semantic"] = mapping.dense_to_model(labels)
         except (ImageConversionError, MessageError) as exc:
             problems("segmentation", str(exc))
     dep = entries.get("depth")
@@ -198,8 +198,7 @@ def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Opt
                 depth[arr == 0] = np.nan
             else:
                 raise ImageConversionError(f"depth encoding {msg.encoding!r} (expected 32FC1 metres or 16UC1 mm)")
-            target["depth"] = cv2.resize(np.ascontiguousarray(depth), (width, height),
-                                         interpolation=cv2.INTER_NEAREST)
+            target["depth"] = mapping.dense_to_model(depth)
         except (ImageConversionError, MessageError) as exc:
             problems("depth", str(exc))
     det = entries.get("detections")
@@ -209,8 +208,7 @@ def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Opt
             boxes, _, labels, unknown = detections_from_msg(msg, kinds["detection"].class_names)
             for name in unknown:
                 unknown_classes[name] = unknown_classes.get(name, 0) + 1
-            scale = np.array([width / cam_w, height / cam_h] * 2, np.float32)
-            target["boxes"] = boxes * scale
+            target["boxes"] = mapping.boxes_to_model(boxes)
             target["labels"] = labels
         except (MessageError, AttributeError, TypeError) as exc:
             problems("detections", f"malformed Detection2DArray: {exc}")
@@ -218,36 +216,6 @@ def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Opt
 
 
 # ------------------------------------------------------------------------------ predictions
-def outputs_from_messages(msgs: Mapping[str, Any], tasks: Mapping, model_size: Tuple[int, int],
-                          camera_size: Tuple[int, int], color_order: str = "rgb") -> Dict[str, Dict[str, np.ndarray]]:
-    """Node output messages (by relative topic name) -> `PerceptionModel.run`-shaped outputs at the
-    model's resolution, for the tasks whose topic is present. Label images are resized nearest,
-    boxes scaled from camera pixels to model pixels."""
-    width, height = model_size
-    cam_w, cam_h = camera_size
-    out: Dict[str, Dict[str, np.ndarray]] = {}
-    for name, task in tasks.items():
-        if task.kind == "segmentation" and "segmentation" in msgs:
-            ids = np.ascontiguousarray(image_to_array(msgs["segmentation"]))
-            out[name] = {"class_map": cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)}
-        elif task.kind == "depth" and "depth" in msgs:
-            depth = np.ascontiguousarray(image_to_array(msgs["depth"]).astype(np.float32))
-            out[name] = {"depth": cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)}
-        elif task.kind == "detection" and "detections" in msgs:
-            boxes, scores, labels, _ = detections_from_msg(msgs["detections"], task.class_names)
-            scale = np.array([width / cam_w, height / cam_h] * 2, np.float32)
-            out[name] = {"boxes": boxes * scale, "scores": scores, "classes": labels}
-        elif task.kind == "super_resolution" and "super_resolution" in msgs:
-            from mtl_perception.messages.image import to_color
-
-            sr = to_color(msgs["super_resolution"], order=color_order)
-            want = (width * task.scale, height * task.scale)
-            if (sr.shape[1], sr.shape[0]) != want:
-                sr = resize_image(sr, want)
-            out[name] = {"image": sr}
-    return out
-
-
 class RecordedOutputs:
     """Reads a bag of node outputs (under `namespace`) in step with the camera frames: `take(stamp)`
     returns the messages of that stamp by relative topic. Outputs are expected in about stamp
@@ -258,7 +226,7 @@ class RecordedOutputs:
     def __init__(self, path: os.PathLike | str, namespace: str):
         self.reader = open_bag(path)
         ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-        self.topics = {f"{ns}/{rel}": rel for rel in OUTPUT_TOPICS.values()}
+        self.topics = {f"{ns}/{rel}": rel for rel in OUTPUT_TOPICS}
         present = [t for t in self.topics if t in self.reader.topics]
         if not present:
             raise BagError(f"{path}: no perception outputs under {ns or '/'} "
@@ -313,59 +281,39 @@ class RecordedOutputs:
 # ------------------------------------------------------------------------------- the output bag
 class OutputBag:
     """Writes model outputs as the node publishes them (same topics under a namespace, same
-    encodings), with each input frame's header and log time."""
+    messages: both build them from `kinds.registry.render`), with each input frame's header and
+    log time."""
 
-    def __init__(self, path: str, storage: str, namespace: str, tasks: Mapping, color_order: str,
-                 resolution: str, threshold: float, max_detections: int = 100):
+    def __init__(self, path: str, storage: str, namespace: str, tasks: Mapping, settings: RenderSettings):
         self.writer = BagWriter(path, storage)
         self.ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
-        self.tasks, self.color_order = tasks, color_order
-        self.resolution, self.threshold, self.max_detections = resolution, threshold, max_detections
+        self.tasks, self.settings = tasks, settings
+        self.msgtypes = {t.name: t.msgtype for t in registry.topics_for(tasks)}
         self.camera_info: Optional[Any] = None
 
     def topic(self, rel: str) -> str:
         return f"{self.ns}/{rel}"
 
-    def write(self, header: Any, log_ns: int, outputs: Mapping, camera_rgb: np.ndarray, small_rgb: np.ndarray) -> None:
-        from mtl_perception.inference.postprocess import overlay_segmentation, select_detections, valid_depth
-        from mtl_perception.messages.outputs import sr_camera_info
+    def write(self, header: Any, log_ns: int, outputs: Mapping, frame: ModelInput) -> None:
+        for rel, payload in registry.render(self.tasks, outputs, frame, self.settings).items():
+            msg = self._message(payload, header)
+            if msg is not None:
+                self.writer.write(self.topic(rel), log_ns, msg, self.msgtypes[rel])
 
+    def _message(self, payload: Payload, header: Any) -> Any:
+        """The rosbags message a kind's builder input stands for (None: cannot be built)."""
         store = self.writer.store
-        cam_h, cam_w = camera_rgb.shape[:2]
-        model_h, model_w = small_rgb.shape[:2]
-        at_input = self.resolution == "input"
-        for name, task in self.tasks.items():
-            o = outputs.get(name)
-            if o is None:
-                continue
-            if task.kind == "segmentation":
-                class_map = o["class_map"]
-                if at_input:
-                    class_map = cv2.resize(class_map, (cam_w, cam_h), interpolation=cv2.INTER_NEAREST)
-                self.writer.write(self.topic("segmentation"), log_ns, image_msg(class_map, "mono8", header, store))
-                base = camera_rgb if at_input else small_rgb
-                overlay = overlay_segmentation(np.ascontiguousarray(base[..., ::-1]), class_map, 0.5, task.ignore_index)
-                self.writer.write(self.topic("segmentation/color"), log_ns, image_msg(overlay, "bgr8", header, store))
-            elif task.kind == "depth":
-                depth = valid_depth(np.array(o["depth"], np.float32), task.min_depth, task.max_depth)
-                if at_input:
-                    depth = cv2.resize(depth, (cam_w, cam_h), interpolation=cv2.INTER_NEAREST)
-                self.writer.write(self.topic("depth"), log_ns, image_msg(depth, "32FC1", header, store))
-            elif task.kind == "detection":
-                dets = select_detections(o["boxes"], o["scores"], o["classes"], scale_x=cam_w / model_w,
-                                         scale_y=cam_h / model_h, threshold=self.threshold,
-                                         max_detections=self.max_detections, width=cam_w, height=cam_h)
-                names = [task.class_names[c] if 0 <= c < len(task.class_names) else str(c)
-                         for c in dets.classes.tolist()]
-                self.writer.write(self.topic("detections"), log_ns,
-                                  detections_msg(header, dets.boxes, dets.scores.tolist(), names, store))
-            elif task.kind == "super_resolution":
-                sr = o["image"]
-                bgr = np.ascontiguousarray(sr[..., ::-1]) if self.color_order == "rgb" else sr
-                self.writer.write(self.topic("super_resolution"), log_ns, image_msg(bgr, "bgr8", header, store))
-                if self.camera_info is not None:
-                    info = sr_camera_info(self.camera_info, header, cam_w, cam_h, sr.shape[1], sr.shape[0])
-                    self.writer.write(self.topic("super_resolution/camera_info"), log_ns, info, CAMERA_INFO)
+        if isinstance(payload, ImageOut):
+            return image_msg(payload.array, payload.encoding, header, store)
+        if isinstance(payload, DetectionsOut):
+            dets = payload.detections
+            return detections_msg(header, dets.boxes, dets.scores.tolist(), class_ids(dets, payload.class_names),
+                                  store)
+        if isinstance(payload, ScaledCameraInfo):
+            if self.camera_info is None:
+                return None
+            return sr_camera_info(self.camera_info, header, *payload.camera_size, *payload.size)
+        raise TypeError(f"unknown output payload {type(payload).__name__}")
 
     def close(self) -> None:
         self.writer.close()
@@ -424,25 +372,273 @@ def json_safe(value: Any) -> Any:
     return value
 
 
-def frame_scalars(frame_metrics: Mapping[str, Any], tasks: Mapping, outputs: Mapping,
-                  target: Mapping) -> Dict[str, float]:
-    """Per-frame values for the metrics-over-time plot and frames.csv."""
-    row: Dict[str, float] = {}
-    for name, m in frame_metrics.items():
-        kind = tasks[name].kind
-        values = m.compute()
-        keys = {"segmentation": ("miou", "pixel_acc"), "depth": ("abs_rel", "delta1"),
-                "super_resolution": ("psnr", "psnr_bicubic"), "detection": ()}[kind]
-        for key in keys:
-            row[f"{name}/{key}"] = float(values[key])
-        if kind == "detection":
-            o = outputs[name]
-            row[f"{name}/detections@0.3"] = float(np.sum(np.asarray(o["scores"]) >= 0.3))
-            row[f"{name}/ground_truth_boxes"] = float(len(target["boxes"]))
-    return row
-
-
 # ------------------------------------------------------------------------------------- the run
+@dataclass
+class _Inputs:
+    """What the bag offers the evaluation: its camera topic, the ground truth present, camera_info."""
+
+    camera: Any  # TopicInfo
+    gt_topics: Dict[str, str]  # requested, by GT kind
+    present_gt: Dict[str, str]  # those in the bag
+    info_topic: Optional[str]
+    total: int  # camera frames considered
+
+
+def _find_inputs(reader: BagReader, options: EvalOptions) -> _Inputs:
+    """The topics to read, checked against the bag (BagError naming a ground-truth topic of the wrong type)."""
+    gt_topics = {k: v for k, v in options.gt_topics.items() if v}
+    camera = find_camera_topic(reader.topics, options.image_topic, exclude=list(gt_topics.values()),
+                               path=reader.path)
+    present_gt: Dict[str, str] = {}
+    for kind, topic in gt_topics.items():
+        info = reader.topics.get(topic)
+        if info is None:
+            continue
+        if info.msgtype != GT_TYPES[kind]:
+            raise BagError(f"{reader.path}: ground-truth topic {topic} is {info.msgtype}, expected {GT_TYPES[kind]}")
+        present_gt[kind] = topic
+    info_topic = options.camera_info_topic or camera_info_topic_for(camera.name)
+    if reader.topics.get(info_topic) is None or reader.topics[info_topic].msgtype != CAMERA_INFO:
+        info_topic = None
+    total = camera.count if options.limit is None else min(camera.count, options.limit)
+    return _Inputs(camera, gt_topics, present_gt, info_topic, total)
+
+
+class _BagRun:
+    """One pass over the bag's camera frames: outputs (from the model or the recorded bag),
+    ground truth, scores, per-frame rows, sample frames and the optional output bag."""
+
+    def __init__(self, reader: BagReader, inputs: _Inputs, meta: Any, options: EvalOptions, model: Any,
+                 recorded: Optional[RecordedOutputs], row_extra: Optional[Callable[[Optional[int]], Dict[str, Any]]]):
+        self.reader, self.inputs, self.meta, self.options = reader, inputs, meta, options
+        self.model, self.recorded, self.row_extra = model, recorded, row_extra
+        self.tasks = meta.tasks
+        self.color_order = meta.input.color_order
+        self.model_size = (meta.input.width, meta.input.height)
+        self.sr_task = next((t for t in self.tasks.values() if t.kind == "super_resolution"), None)
+        self.scoring = registry.Scoring(self.tasks, self.color_order)
+        self.skips, self.gt_skips = _Skips(), _Skips()
+        self.unmatched: Dict[str, int] = {}
+        self.unknown_classes: Dict[str, int] = {}
+        self.gt_frames = {kind: 0 for kind in inputs.present_gt}
+        self.topic_kind = {topic: kind for kind, topic in inputs.present_gt.items()}
+        self.rows: List[Dict[str, Any]] = []
+        self.model_ms: List[float] = []
+        self.frame_ms: List[float] = []
+        self.baseline_stride = max(1, math.ceil(inputs.total / BASELINE_FRAMES))
+        self.sample_at = (sorted(set(np.linspace(0, max(inputs.total - 1, 0), options.samples).round()
+                                     .astype(int).tolist())) if options.samples > 0 else [])
+        self.samples: List[Dict[str, Any]] = []
+        self.camera_sizes: Dict[str, int] = {}
+        self.first_stamp: Optional[int] = None
+        self.returned = 0
+        self.output_bag: Optional[OutputBag] = None
+
+    def open_output_bag(self) -> None:
+        o = self.options
+        settings = RenderSettings(output_resolution=o.output_resolution, score_threshold=o.score_threshold,
+                                  max_detections=registry.all_detections(self.tasks), color_order=self.color_order)
+        self.output_bag = OutputBag(o.output_bag, o.output_storage or self.reader.storage or "sqlite3",
+                                    o.output_namespace, self.tasks, settings)
+
+    def run(self) -> None:
+        inputs = self.inputs
+        others = list(inputs.present_gt.values()) + ([inputs.info_topic] if inputs.info_topic else [])
+        frames = join_frames(self.reader, inputs.camera.name, others, int(self.options.match_window_s * 1e9),
+                             self.unmatched)
+        progress = None
+        if self.options.progress:
+            from tqdm import tqdm
+
+            progress = tqdm(total=inputs.total, desc="eval-bag", leave=False)
+        for frame in frames:
+            if frame.index >= inputs.total:
+                break
+            if progress is not None:
+                progress.update(1)
+            self.frame(frame)
+        if progress is not None:
+            progress.close()
+
+    def _deser(self, entry: Entry) -> Any:
+        return self.reader.deserialize(entry.raw, entry.msgtype)
+
+    def _skip(self, frame: BagFrameData, status: str, detail: Optional[str] = None) -> None:
+        if detail is not None:
+            self.skips.add(status, detail, frame=frame.index, stamp_ns=frame.stamp)
+        self.rows.append({"frame": frame.index, "stamp_ns": frame.stamp, "status": status})
+
+    def frame(self, frame: BagFrameData) -> None:
+        """Evaluates one camera frame (or counts why it cannot be)."""
+        start = time.perf_counter()
+        try:
+            msg = self._deser(frame.image)
+            rgb = camera_image(msg, frame.image.msgtype, "rgb")
+        except (ImageConversionError, MessageError) as exc:
+            self._skip(frame, _skip_reason(exc), str(exc))
+            return
+        cam_h, cam_w = rgb.shape[:2]
+        self.camera_sizes[f"{cam_w}x{cam_h}"] = self.camera_sizes.get(f"{cam_w}x{cam_h}", 0) + 1
+        prepared = model_input(rgb, "rgb8", self.model_size, self.color_order)
+        outputs = self._outputs(frame, prepared, start)
+        if outputs is None:
+            return
+        self.returned += 1
+        if self.first_stamp is None and frame.stamp is not None:
+            self.first_stamp = frame.stamp
+        target = self._target(frame, prepared)
+        frame_metrics = self.scoring.add(outputs, target, keep_labels=frame.index % self.baseline_stride == 0)
+        self._add_row(frame, frame_metrics, outputs, target)
+        if self.sample_at and frame.index >= self.sample_at[0]:
+            while self.sample_at and frame.index >= self.sample_at[0]:
+                self.sample_at.pop(0)
+            self.samples.append({"frame": frame.index, "stamp_ns": frame.stamp, "camera": rgb,
+                                 "small": prepared.resized, "outputs": outputs, "target": target})
+        if self.output_bag is not None:
+            info_topic = self.inputs.info_topic
+            if info_topic and info_topic in frame.others:
+                try:
+                    self.output_bag.camera_info = self._deser(frame.others[info_topic])
+                except MessageError:
+                    pass
+            self.output_bag.write(msg.header, frame.image.log_ns, outputs, prepared)
+
+    def _outputs(self, frame: BagFrameData, prepared: ModelInput, start: float) -> Optional[Dict[str, Any]]:
+        """The frame's outputs: the model run on it (timed), or the recorded ones decoded."""
+        if self.recorded is None:
+            before = time.perf_counter()
+            outputs = self.model.run(prepared.image)
+            self.model_ms.append((time.perf_counter() - before) * 1e3)
+            self.frame_ms.append((time.perf_counter() - start) * 1e3)
+            return outputs
+        msgs = self.recorded.take(frame.stamp)
+        if not msgs:
+            self._skip(frame, "not_returned")
+            return None
+        try:
+            return registry.decode(self.tasks, msgs, prepared.mapping, self.color_order)
+        except (ImageConversionError, ValueError) as exc:
+            self._skip(frame, "unusable_output", str(exc))
+            return None
+
+    def _target(self, frame: BagFrameData, prepared: ModelInput) -> Dict[str, Any]:
+        """The frame's ground truth at the model's resolution, with the model input and SR target."""
+        gt_entries = {self.topic_kind[t]: e for t, e in frame.others.items() if t in self.topic_kind}
+
+        def problem(kind: str, detail: str) -> None:
+            self.gt_skips.add(kind, detail, frame=frame.index, stamp_ns=frame.stamp)
+
+        target = _label_target(self._deser, gt_entries, self.tasks, prepared.mapping, problem,
+                               self.unknown_classes)
+        target["image"] = prepared.resized
+        if self.sr_task is not None:
+            scale = self.sr_task.scale
+            target["hr_image"] = resize_image(prepared.camera, (self.model_size[0] * scale,
+                                                                self.model_size[1] * scale))
+        for kind, key in (("segmentation", "semantic"), ("depth", "depth"), ("detections", "boxes")):
+            if key in target:
+                self.gt_frames[kind] = self.gt_frames.get(kind, 0) + 1
+        return target
+
+    def _add_row(self, frame: BagFrameData, frame_metrics: Mapping[str, Any], outputs: Mapping,
+                 target: Mapping) -> None:
+        row = {"frame": frame.index, "stamp_ns": frame.stamp, "status": "ok",
+               "time_s": (frame.stamp - self.first_stamp) / 1e9 if frame.stamp is not None else None}
+        if self.recorded is None:
+            row["model_ms"] = self.model_ms[-1]
+            row["frame_ms"] = self.frame_ms[-1]
+        elif self.row_extra is not None:
+            row.update(self.row_extra(frame.stamp))
+        row.update(registry.frame_scalars(self.tasks, frame_metrics, outputs, target))
+        self.rows.append(row)
+
+    def scoring_notes(self) -> List[str]:
+        """Caveats of this run's numbers (a camera smaller than the SR output)."""
+        if self.sr_task is None:
+            return []
+        sr_w, sr_h = self.model_size[0] * self.sr_task.scale, self.model_size[1] * self.sr_task.scale
+        small_cams = [size for size in self.camera_sizes
+                      if int(size.split("x")[0]) < sr_w or int(size.split("x")[1]) < sr_h]
+        if not small_cams:
+            return []
+        return [f"camera images ({', '.join(small_cams)}) are smaller than the super-resolution output "
+                f"({sr_w}x{sr_h}): its target is the camera image enlarged (bicubic), so the "
+                "super-resolution numbers say little"]
+
+    def check_returned(self, predictions: Any) -> None:
+        """BagError when not one frame could be evaluated, saying why."""
+        if self.returned:
+            return
+        camera, path = self.inputs.camera, self.reader.path
+        if self.skips.total:
+            reasons = ", ".join(f"{k} x{v}" for k, v in self.skips.by_reason.items())
+            example = self.skips.examples[0]["detail"] if self.skips.examples else ""
+            raise BagError(f"{path}: no usable frame on {camera.name} ({reasons}): {example}")
+        if self.recorded is not None:
+            raise BagError(f"{predictions}: none of the {self.inputs.total} camera frames of {path} came back "
+                           "in the recorded outputs")
+        raise BagError(f"{path}: no frames on {camera.name}")
+
+
+def _bag_section(bag: Any, reader: BagReader, run: _BagRun) -> Dict[str, Any]:
+    inputs = run.inputs
+    camera = inputs.camera
+    return {"path": str(bag), "storage": reader.storage, "image_topic": camera.name,
+            "image_type": camera.msgtype, "camera_info_topic": inputs.info_topic,
+            "messages_on_image_topic": camera.count,
+            "camera_sizes": run.camera_sizes,
+            "ground_truth": {kind: {"topic": topic, "messages": reader.topics[topic].count,
+                                    "frames_scored": run.gt_frames.get(kind, 0),
+                                    "unmatched_messages": run.unmatched.get(topic, 0)}
+                             for kind, topic in inputs.present_gt.items()},
+            "ground_truth_missing": sorted(k for k in inputs.gt_topics if k not in inputs.present_gt)}
+
+
+def _frames_section(run: _BagRun) -> Dict[str, Any]:
+    skips, gt_skips = run.skips, run.gt_skips
+    return {"in_bag": run.inputs.camera.count, "considered": len(run.rows), "evaluated": run.returned,
+            "skipped": skips.total, "skipped_by_reason": dict(sorted(skips.by_reason.items())),
+            "skipped_examples": skips.examples,
+            "ground_truth_skipped": gt_skips.total,
+            "ground_truth_skipped_by_reason": dict(sorted(gt_skips.by_reason.items())),
+            "ground_truth_skipped_examples": gt_skips.examples,
+            "ground_truth_boxes_of_unknown_classes": dict(sorted(run.unknown_classes.items()))}
+
+
+def _report(bag: Any, reader: BagReader, run: _BagRun, options: EvalOptions) -> Dict[str, Any]:
+    """The report of a finished run (before the optional sections of the caller)."""
+    meta, model, recorded = run.meta, run.model, run.recorded
+    model_size = run.model_size
+    report: Dict[str, Any] = {
+        "schema": SCHEMA,
+        "mode": "offline" if recorded is None else "recorded",
+        "bag": _bag_section(bag, reader, run),
+        "model": {"name": meta.name, "path": str(model.path) if model is not None else None,
+                  "input_size": list(model_size), "color_order": run.color_order,
+                  "tasks": {n: t.kind for n, t in run.tasks.items()},
+                  "providers": list(model.providers) if model is not None else None},
+        "scoring": {
+            "resolution": f"model input {model_size[0]}x{model_size[1]}: label images resized nearest-neighbour, "
+                          "boxes scaled to input pixels (as `mtl-perception evaluate`)",
+            "model_input": "camera image resized to the model input as perception_node does (area when shrinking)",
+            "detection": ("every top-K output, no score threshold" if recorded is None
+                          else "the detections the node published (its score_threshold and max_detections)"),
+            "matching": "ground truth matched to camera frames by header stamp "
+                        f"(window {options.match_window_s:g} s)",
+            "notes": run.scoring_notes(),
+        },
+        "frames": _frames_section(run),
+        "tasks": run.scoring.results(),
+        "baselines": run.scoring.baselines(),
+        "baseline_frames": {**run.scoring.label_counts(), "every": run.baseline_stride},
+    }
+    if recorded is None:
+        report["latency_ms"] = {"model": _stats(run.model_ms), "frame": _stats(run.frame_ms)}
+    else:
+        report["frames"]["not_returned"] = sum(1 for r in run.rows if r.get("status") == "not_returned")
+    return report
+
+
 def evaluate_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model: Any = None,
                  options: EvalOptions = EvalOptions(), *, metadata: Any = None,
                  predictions: Optional[os.PathLike | str] = None, predictions_namespace: str = "/perception",
@@ -456,232 +652,41 @@ def evaluate_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model: Any 
     For recorded predictions, `extra` adds report sections, `row_extra(stamp)` per-frame columns
     and `latency_series` the latency histograms (name -> milliseconds).
     """
-    from mtl_perception.evaluation import report as report_mod
-
     if (model is None) == (predictions is None):
         raise ValueError("give either a model or recorded predictions")
     meta = model.metadata if model is not None else metadata
     if meta is None:
         raise ValueError("scoring recorded predictions needs the model's metadata")
-    tasks = meta.tasks
-    color_order = meta.input.color_order
-    model_size = (meta.input.width, meta.input.height)
-    sr_task = next((t for t in tasks.values() if t.kind == "super_resolution"), None)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-
     reader = open_bag(bag)
     recorded = RecordedOutputs(predictions, predictions_namespace) if predictions is not None else None
-    output_bag: Optional[OutputBag] = None
+    run: Optional[_BagRun] = None
     try:
-        gt_topics = {k: v for k, v in options.gt_topics.items() if v}
-        camera = find_camera_topic(reader.topics, options.image_topic, exclude=list(gt_topics.values()),
-                                   path=reader.path)
-        present_gt: Dict[str, str] = {}
-        for kind, topic in gt_topics.items():
-            info = reader.topics.get(topic)
-            if info is None:
-                continue
-            if info.msgtype != GT_TYPES[kind]:
-                raise BagError(f"{reader.path}: ground-truth topic {topic} is {info.msgtype}, "
-                               f"expected {GT_TYPES[kind]}")
-            present_gt[kind] = topic
-        info_topic = options.camera_info_topic or camera_info_topic_for(camera.name)
-        if reader.topics.get(info_topic) is None or reader.topics[info_topic].msgtype != CAMERA_INFO:
-            info_topic = None
-        total = camera.count if options.limit is None else min(camera.count, options.limit)
+        run = _BagRun(reader, _find_inputs(reader, options), meta, options, model, recorded, row_extra)
         if options.output_bag:
-            output_bag = OutputBag(options.output_bag, options.output_storage or reader.storage or "sqlite3",
-                                   options.output_namespace, tasks, color_order, options.output_resolution,
-                                   options.score_threshold,
-                                   max(1, next((t.top_k for t in tasks.values() if t.kind == "detection"), 100)))
-
-        metrics = make_metrics(tasks)
-        skips, gt_skips = _Skips(), _Skips()
-        unmatched: Dict[str, int] = {}
-        unknown_classes: Dict[str, int] = {}
-        gt_frames = {kind: 0 for kind in present_gt}
-        rows: List[Dict[str, Any]] = []
-        model_ms: List[float] = []
-        frame_ms: List[float] = []
-        semantic_gt, depth_gt = [], []
-        baseline_stride = max(1, math.ceil(total / BASELINE_FRAMES))
-        sample_at = (sorted(set(np.linspace(0, max(total - 1, 0), options.samples).round().astype(int).tolist()))
-                     if options.samples > 0 else [])
-        samples: List[Dict[str, Any]] = []
-        camera_sizes: Dict[str, int] = {}
-        first_stamp: Optional[int] = None
-        returned = 0
-        window_ns = int(options.match_window_s * 1e9)
-        frames = join_frames(reader, camera.name, list(present_gt.values()) + ([info_topic] if info_topic else []),
-                             window_ns, unmatched)
-        progress = None
-        if options.progress:
-            from tqdm import tqdm
-
-            progress = tqdm(total=total, desc="eval-bag", leave=False)
-        topic_kind = {topic: kind for kind, topic in present_gt.items()}
-        for frame in frames:
-            if frame.index >= total:
-                break
-            if progress is not None:
-                progress.update(1)
-            where = {"frame": frame.index, "stamp_ns": frame.stamp}
-            start = time.perf_counter()
-            try:
-                msg = reader.deserialize(frame.image.raw, frame.image.msgtype)
-                rgb = camera_image(msg, frame.image.msgtype, "rgb")
-            except (ImageConversionError, MessageError) as exc:
-                skips.add(_skip_reason(exc), str(exc), **where)
-                rows.append({"frame": frame.index, "stamp_ns": frame.stamp, "status": _skip_reason(exc)})
-                continue
-            cam_h, cam_w = rgb.shape[:2]
-            camera_sizes[f"{cam_w}x{cam_h}"] = camera_sizes.get(f"{cam_w}x{cam_h}", 0) + 1
-            small = resize_image(rgb, model_size)
-            if recorded is None:
-                model_input = small if color_order == "rgb" else np.ascontiguousarray(small[..., ::-1])
-                before = time.perf_counter()
-                outputs = model.run(model_input)
-                model_ms.append((time.perf_counter() - before) * 1e3)
-                frame_ms.append((time.perf_counter() - start) * 1e3)
-            else:
-                msgs = recorded.take(frame.stamp)
-                if not msgs:
-                    rows.append({"frame": frame.index, "stamp_ns": frame.stamp, "status": "not_returned"})
-                    continue
-                try:
-                    outputs = outputs_from_messages(msgs, tasks, model_size, (cam_w, cam_h), color_order)
-                except (ImageConversionError, ValueError) as exc:
-                    skips.add("unusable_output", str(exc), **where)
-                    rows.append({"frame": frame.index, "stamp_ns": frame.stamp, "status": "unusable_output"})
-                    continue
-            returned += 1
-            if first_stamp is None and frame.stamp is not None:
-                first_stamp = frame.stamp
-            gt_entries = {topic_kind[t]: e for t, e in frame.others.items() if t in topic_kind}
-
-            def deser(entry: Entry) -> Any:
-                return reader.deserialize(entry.raw, entry.msgtype)
-
-            def problem(kind: str, detail: str) -> None:
-                gt_skips.add(kind, detail, **where)
-
-            target = _label_target(deser, gt_entries, tasks, (cam_w, cam_h), model_size, problem, unknown_classes)
-            target["image"] = small
-            if sr_task is not None:
-                target["hr_image"] = resize_image(rgb, (model_size[0] * sr_task.scale, model_size[1] * sr_task.scale))
-            for kind, key in (("segmentation", "semantic"), ("depth", "depth"), ("detections", "boxes")):
-                if key in target:
-                    gt_frames[kind] = gt_frames.get(kind, 0) + 1
-            frame_metrics = score_frame(tasks, outputs, target, color_order)
-            for name, m in frame_metrics.items():
-                metrics[name].merge(m)
-            if frame.index % baseline_stride == 0:
-                if "semantic" in target:
-                    semantic_gt.append(target["semantic"])
-                if "depth" in target:
-                    depth_gt.append(target["depth"])
-            row = {"frame": frame.index, "stamp_ns": frame.stamp, "status": "ok",
-                   "time_s": (frame.stamp - first_stamp) / 1e9 if frame.stamp is not None else None}
-            if recorded is None:
-                row["model_ms"] = model_ms[-1]
-                row["frame_ms"] = frame_ms[-1]
-            elif row_extra is not None:
-                row.update(row_extra(frame.stamp))
-            row.update(frame_scalars(frame_metrics, tasks, outputs, target))
-            rows.append(row)
-            if sample_at and frame.index >= sample_at[0]:
-                while sample_at and frame.index >= sample_at[0]:
-                    sample_at.pop(0)
-                samples.append({"frame": frame.index, "stamp_ns": frame.stamp, "camera": rgb, "small": small,
-                                "outputs": outputs, "target": target})
-            if output_bag is not None:
-                if info_topic and info_topic in frame.others:
-                    try:
-                        output_bag.camera_info = deser(frame.others[info_topic])
-                    except MessageError:
-                        pass
-                output_bag.write(msg.header, frame.image.log_ns, outputs, rgb, small)
-        if progress is not None:
-            progress.close()
-        scoring_notes = []
-        if sr_task is not None:
-            sr_w, sr_h = model_size[0] * sr_task.scale, model_size[1] * sr_task.scale
-            small_cams = [size for size in camera_sizes if int(size.split("x")[0]) < sr_w
-                          or int(size.split("x")[1]) < sr_h]
-            if small_cams:
-                scoring_notes.append(
-                    f"camera images ({', '.join(small_cams)}) are smaller than the super-resolution output "
-                    f"({sr_w}x{sr_h}): its target is the camera image enlarged (bicubic), so the "
-                    "super-resolution numbers say little")
-        if returned == 0:
-            if skips.total:
-                reasons = ", ".join(f"{k} x{v}" for k, v in skips.by_reason.items())
-                example = skips.examples[0]["detail"] if skips.examples else ""
-                raise BagError(f"{reader.path}: no usable frame on {camera.name} ({reasons}): {example}")
-            if recorded is not None:
-                raise BagError(f"{predictions}: none of the {total} camera frames of {reader.path} came back "
-                               "in the recorded outputs")
-            raise BagError(f"{reader.path}: no frames on {camera.name}")
-
-        report: Dict[str, Any] = {
-            "schema": SCHEMA,
-            "mode": "offline" if recorded is None else "recorded",
-            "bag": {"path": str(bag), "storage": reader.storage, "image_topic": camera.name,
-                    "image_type": camera.msgtype, "camera_info_topic": info_topic,
-                    "messages_on_image_topic": camera.count,
-                    "camera_sizes": camera_sizes,
-                    "ground_truth": {kind: {"topic": topic, "messages": reader.topics[topic].count,
-                                            "frames_scored": gt_frames.get(kind, 0),
-                                            "unmatched_messages": unmatched.get(topic, 0)}
-                                     for kind, topic in present_gt.items()},
-                    "ground_truth_missing": sorted(k for k in gt_topics if k not in present_gt)},
-            "model": {"name": meta.name, "path": str(model.path) if model is not None else None,
-                      "input_size": list(model_size), "color_order": color_order,
-                      "tasks": {n: t.kind for n, t in tasks.items()},
-                      "providers": list(model.providers) if model is not None else None},
-            "scoring": {
-                "resolution": f"model input {model_size[0]}x{model_size[1]}: label images resized nearest-neighbour, "
-                              "boxes scaled to input pixels (as `mtl-perception evaluate`)",
-                "model_input": "camera image resized to the model input as perception_node does (area when shrinking)",
-                "detection": ("every top-K output, no score threshold" if recorded is None
-                              else "the detections the node published (its score_threshold and max_detections)"),
-                "matching": "ground truth matched to camera frames by header stamp "
-                            f"(window {options.match_window_s:g} s)",
-                "notes": scoring_notes,
-            },
-            "frames": {"in_bag": camera.count, "considered": len(rows), "evaluated": returned,
-                       "skipped": skips.total, "skipped_by_reason": dict(sorted(skips.by_reason.items())),
-                       "skipped_examples": skips.examples,
-                       "ground_truth_skipped": gt_skips.total,
-                       "ground_truth_skipped_by_reason": dict(sorted(gt_skips.by_reason.items())),
-                       "ground_truth_skipped_examples": gt_skips.examples,
-                       "ground_truth_boxes_of_unknown_classes": dict(sorted(unknown_classes.items()))},
-            "tasks": {name: m.compute() for name, m in metrics.items()},
-            "baselines": baselines(tasks, semantic_gt, depth_gt),
-            "baseline_frames": {"segmentation": len(semantic_gt), "depth": len(depth_gt), "every": baseline_stride},
-        }
-        if recorded is None:
-            report["latency_ms"] = {"model": _stats(model_ms), "frame": _stats(frame_ms)}
-        else:
-            report["frames"]["not_returned"] = sum(1 for r in rows if r.get("status") == "not_returned")
+            run.open_output_bag()
+        run.run()
+        run.check_returned(predictions)
+        report = _report(bag, reader, run, options)
+        if recorded is not None:
             report["recorded"] = {"path": str(predictions), "namespace": predictions_namespace,
                                   "messages": dict(sorted(recorded.counts.items())), "orphans": recorded.orphans}
         if extra:
             report.update(extra)
-        if output_bag is not None:
-            output_bag.close()
-            report["output_bag"] = {"path": str(options.output_bag), "storage": output_bag.writer.storage,
-                                    "namespace": output_bag.ns or "/"}
-            output_bag = None
+        if run.output_bag is not None:
+            run.output_bag.close()
+            report["output_bag"] = {"path": str(options.output_bag), "storage": run.output_bag.writer.storage,
+                                    "namespace": run.output_bag.ns or "/"}
+            run.output_bag = None
         report = json_safe(report)
-        series = ({"model.run": model_ms, "frame (decode + resize + model.run)": frame_ms} if recorded is None
-                  else dict(latency_series or {}))
-        report_mod.write_report(out, report, rows, samples, tasks, color_order, series)
+        series = ({"model.run": run.model_ms, "frame (decode + resize + model.run)": run.frame_ms}
+                  if recorded is None else dict(latency_series or {}))
+        report_mod.write_report(out, report, run.rows, run.samples, meta.tasks, run.color_order, series)
         return report
     finally:
-        if output_bag is not None:
-            output_bag.close()
+        if run is not None and run.output_bag is not None:
+            run.output_bag.close()
         if recorded is not None:
             recorded.close()
         reader.close()
@@ -709,9 +714,10 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--output-storage", choices=("sqlite3", "mcap"),
                    help="storage of --output-bag (default: the input's)")
     p.add_argument("--output-namespace", default="/perception", help="namespace of the topics in --output-bag")
-    p.add_argument("--output-resolution", choices=("model", "input"), default="model",
+    p.add_argument("--output-resolution", choices=("model", "input"), default=RenderSettings.output_resolution,
                    help="segmentation/depth size in --output-bag")
-    p.add_argument("--score-threshold", type=float, default=0.3, help="detections written to --output-bag")
+    p.add_argument("--score-threshold", type=float, default=RenderSettings.score_threshold,
+                   help="detections written to --output-bag")
     p.add_argument("--limit", type=int, help="evaluate only the first N camera frames")
     p.add_argument("--samples", type=int, default=6, help="sample overlays to write")
     p.add_argument("--match-window", type=float, default=1.0, help="seconds a frame waits for its ground truth")
@@ -747,5 +753,5 @@ def main(args: Any) -> int:
     return 0
 
 
-__all__ = ["EvalOptions", "evaluate_bag", "join_frames", "raw_stamp", "outputs_from_messages", "RecordedOutputs",
-           "OutputBag", "json_safe", "SCHEMA", "add_arguments", "main"]
+__all__ = ["EvalOptions", "evaluate_bag", "join_frames", "raw_stamp", "RecordedOutputs", "OutputBag", "json_safe",
+           "SCHEMA", "add_arguments", "main"]

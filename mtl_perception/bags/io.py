@@ -26,8 +26,11 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import cv2
 import numpy as np
 
+from mtl_perception.kinds import registry
 from mtl_perception.messages.compressed import compressed_to_array
 from mtl_perception.messages.image import ImageConversionError, array_to_image, to_color
+from mtl_perception.messages.outputs import detections_from_msg
+from mtl_perception.messages.types import CAMERA_INFO, COMPRESSED_IMAGE, DETECTIONS, IMAGE
 
 __all__ = [
     "BagError", "MessageError", "IMAGE", "COMPRESSED_IMAGE", "CAMERA_INFO", "DETECTIONS", "CAMERA_TYPES",
@@ -37,11 +40,6 @@ __all__ = [
     "detections_from_msg", "find_camera_topic", "camera_info_topic_for",
 ]
 
-IMAGE = "sensor_msgs/msg/Image"
-COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
-CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
-DETECTIONS = "vision_msgs/msg/Detection2DArray"
-CLOCK = "rosgraph_msgs/msg/Clock"
 CAMERA_TYPES = (IMAGE, COMPRESSED_IMAGE)
 STORAGES = ("sqlite3", "mcap")
 
@@ -56,15 +54,8 @@ GROUND_TRUTH_TOPICS = {
     "depth": "/ground_truth/depth",  # sensor_msgs/Image 32FC1 metres, NaN invalid
     "detections": "/ground_truth/detections",  # vision_msgs/Detection2DArray, class_id = class name
 }
-#: Model outputs in a bag, relative to a namespace (the node's topic names).
-OUTPUT_TOPICS = {
-    "segmentation": "segmentation",
-    "segmentation/color": "segmentation/color",
-    "depth": "depth",
-    "detections": "detections",
-    "super_resolution": "super_resolution",
-    "super_resolution/camera_info": "super_resolution/camera_info",
-}
+#: Model outputs in a bag, relative to a namespace (the node's per-frame topics).
+OUTPUT_TOPICS: Tuple[str, ...] = tuple(t.name for t in registry.topics(per_frame=True))
 
 # vision_msgs 4.1 as in ros_interfaces/vision_msgs/msg/*.msg (comments dropped); the test suite
 # checks they are the same and that their RIHS01 hashes are upstream's.
@@ -425,39 +416,6 @@ def detections_msg(header: Any, boxes: np.ndarray, scores: Sequence[float], clas
             hypothesis=t["vision_msgs/msg/ObjectHypothesis"](class_id=str(cls), score=float(score)), pose=pose)
         detections.append(t["vision_msgs/msg/Detection2D"](header=header, results=[hyp], bbox=bbox, id=""))
     return t[DETECTIONS](header=header, detections=detections)
-
-
-def detections_from_msg(msg: Any, class_names: Sequence[str]
-                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
-    """(boxes [N, 4] xyxy, scores [N], labels [N] 0-based, unknown) from a Detection2DArray.
-
-    A detection's class is its best hypothesis' class_id: a class name, or the class index as a
-    decimal string. Detections of classes not in `class_names` are left out; `unknown` lists
-    their class ids ('' for a detection without hypotheses).
-    """
-    index = {str(name): i for i, name in enumerate(class_names)}
-    boxes, scores, labels, unknown = [], [], [], []
-    for det in msg.detections:
-        if not det.results:
-            unknown.append("")
-            continue
-        best = max(det.results, key=lambda r: r.hypothesis.score)
-        cls = str(best.hypothesis.class_id)
-        label = index.get(cls)
-        if label is None and cls.isdigit() and int(cls) < len(class_names):
-            label = int(cls)
-        if label is None:
-            unknown.append(cls)
-            continue
-        center = det.bbox.center
-        position = getattr(center, "position", center)  # vision_msgs 4.x; 3.x had center.x / center.y
-        cx, cy = position.x, position.y
-        w, h = det.bbox.size_x, det.bbox.size_y
-        boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
-        scores.append(float(best.hypothesis.score))
-        labels.append(label)
-    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
-            np.asarray(labels, np.int64), unknown)
 
 
 def camera_image(msg: Any, msgtype: str, order: str = "rgb") -> np.ndarray:

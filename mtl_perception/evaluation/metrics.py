@@ -26,7 +26,6 @@ __all__ = [
     "SuperResolutionMetric",
     "METRIC_DIRECTIONS",
     "delta_m",
-    "make_metric",
 ]
 
 
@@ -399,21 +398,3 @@ def delta_m(multi_task: Mapping[str, float], single_task: Mapping[str, float],
             raise ValueError(f"single-task value of {key!r} is 0: relative change undefined")
         total += direction * (mt - st) / st
     return 100.0 * total / len(keys)
-
-
-_FACTORY = {
-    "segmentation": SegmentationMetric,
-    "depth": DepthMetric,
-    "detection": DetectionMetric,
-    "super_resolution": SuperResolutionMetric,
-}
-
-
-def make_metric(task_kind: str, **kwargs):
-    """Metric for a task kind named as in the model metadata (``"segmentation"``, ``"depth"``,
-    ``"detection"``, ``"super_resolution"``); kwargs go to its constructor."""
-    try:
-        cls = _FACTORY[task_kind]
-    except KeyError:
-        raise ValueError(f"unknown task kind {task_kind!r}; expected one of {sorted(_FACTORY)}") from None
-    return cls(**kwargs)

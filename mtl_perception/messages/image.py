@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import array
 import copy
-import re
-from typing import Any, NamedTuple, Optional
+from typing import Any, Optional
 
 import numpy as np
+
+from mtl_perception.inference.pixels import (
+    EncodingInfo,
+    ImageConversionError,
+    array_to_color,
+    check_array,
+    encoding_info,
+)
 
 __all__ = [
     "ImageConversionError",
@@ -35,55 +42,6 @@ __all__ = [
     "array_to_image",
     "scale_camera_info",
 ]
-
-
-class ImageConversionError(ValueError):
-    """An image message or array cannot be converted; the message names the problem."""
-
-
-class EncodingInfo(NamedTuple):
-    """What one pixel of an encoding is: element type (native byte order), channel count and
-    colour order ("rgb", "bgr", "rgba", "bgra", "mono", or None for the generic NxCy types)."""
-
-    dtype: np.dtype
-    channels: int
-    order: Optional[str]
-
-    @property
-    def bytes_per_pixel(self) -> int:
-        return self.dtype.itemsize * self.channels
-
-
-# The colour/mono encodings of sensor_msgs/image_encodings.hpp that this project meets.
-_NAMED = {
-    "mono8": ("u1", 1, "mono"),
-    "mono16": ("u2", 1, "mono"),
-    "rgb8": ("u1", 3, "rgb"),
-    "bgr8": ("u1", 3, "bgr"),
-    "rgba8": ("u1", 4, "rgba"),
-    "bgra8": ("u1", 4, "bgra"),
-    "rgb16": ("u2", 3, "rgb"),
-    "bgr16": ("u2", 3, "bgr"),
-    "rgba16": ("u2", 4, "rgba"),
-    "bgra16": ("u2", 4, "bgra"),
-}
-# The generic OpenCV-style encodings: 8UC1, 16UC1, 32FC1, 64FC3, ...
-_GENERIC = re.compile(r"^(8U|8S|16U|16S|32S|32F|64F)C([1-4])$")
-_GENERIC_DTYPES = {"8U": "u1", "8S": "i1", "16U": "u2", "16S": "i2", "32S": "i4", "32F": "f4",
-                   "64F": "f8"}
-
-
-def encoding_info(encoding: str) -> EncodingInfo:
-    """Pixel layout of a sensor_msgs/Image encoding; ImageConversionError if unsupported."""
-    named = _NAMED.get(encoding)
-    if named is not None:
-        return EncodingInfo(np.dtype(named[0]), named[1], named[2])
-    m = _GENERIC.match(encoding) if isinstance(encoding, str) else None
-    if m is None:
-        raise ImageConversionError(
-            f"unsupported image encoding {encoding!r} (supported: {', '.join(_NAMED)}, "
-            "and 8U/8S/16U/16S/32S/32F/64F with C1..C4, e.g. 16UC1, 32FC1)")
-    return EncodingInfo(np.dtype(_GENERIC_DTYPES[m.group(1)]), int(m.group(2)), None)
 
 
 def _byte_buffer(data: Any) -> np.ndarray:
@@ -134,19 +92,6 @@ def image_to_array(msg: Any) -> np.ndarray:
     return out
 
 
-def _check_array(arr: np.ndarray, info: EncodingInfo, encoding: str) -> None:
-    channels_ok = (arr.ndim == 2 and info.channels == 1) or (
-        arr.ndim == 3 and arr.shape[2] == info.channels)
-    dtype_ok = arr.dtype.kind == info.dtype.kind and arr.dtype.itemsize == info.dtype.itemsize
-    if not (channels_ok and dtype_ok):
-        want = "HxW" if info.channels == 1 else f"HxWx{info.channels}"
-        raise ImageConversionError(
-            f"array of shape {arr.shape} and dtype {arr.dtype} does not fit encoding "
-            f"{encoding} ({want} {info.dtype.name})")
-    if arr.shape[0] == 0 or arr.shape[1] == 0:
-        raise ImageConversionError(f"zero-size image: array shape {arr.shape}")
-
-
 def _is_image_message(obj: Any) -> bool:
     return hasattr(obj, "encoding") and hasattr(obj, "data") and hasattr(obj, "step")
 
@@ -155,10 +100,9 @@ def to_color(image: Any, encoding: Optional[str] = None, order: str = "rgb") -> 
     """An HxWx3 uint8 C-contiguous image in `order` ("rgb" or "bgr").
 
     `image` is a sensor_msgs/Image (its own encoding is used unless `encoding` names another of
-    the same layout, e.g. "bgr8" for an "8UC3" message) or an array in `encoding`. Alpha is
-    dropped, mono is replicated to three channels and 16-bit data is scaled to 8 bits (x * 255 /
-    65535, rounded), as cv_bridge does. An image already in the requested order and without row
-    padding is returned without a copy.
+    the same layout, e.g. "bgr8" for an "8UC3" message) or an array in `encoding`; the
+    conversion is `inference.pixels.array_to_color`'s (alpha dropped, mono replicated, 16-bit
+    scaled to 8 bits as cv_bridge does, no copy when nothing changes).
     """
     if order not in ("rgb", "bgr"):
         raise ValueError(f"order must be 'rgb' or 'bgr', not {order!r}")
@@ -168,29 +112,8 @@ def to_color(image: Any, encoding: Optional[str] = None, order: str = "rgb") -> 
     else:
         if encoding is None:
             raise ImageConversionError("an array needs its encoding (e.g. 'bgr8')")
-        arr = np.asarray(image)
-    info = encoding_info(encoding)
-    _check_array(arr, info, encoding)
-    if info.order is None:
-        raise ImageConversionError(
-            f"encoding {encoding} has no colour order: cannot convert it to {order}")
-    if info.dtype.itemsize == 2:
-        arr = ((arr.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    if info.order == "mono":
-        mono = arr if arr.ndim == 2 else arr[..., 0]
-        return _stack3(mono, mono, mono)
-    if info.order[:3] == order:
-        return np.ascontiguousarray(arr[..., :3])
-    return _stack3(arr[..., 2], arr[..., 1], arr[..., 0])
-
-
-def _stack3(c0: np.ndarray, c1: np.ndarray, c2: np.ndarray) -> np.ndarray:
-    # Three strided plane copies: several times faster than copying a reversed-channel view.
-    out = np.empty(c0.shape + (3,), dtype=np.uint8)
-    out[..., 0] = c0
-    out[..., 1] = c1
-    out[..., 2] = c2
-    return out
+        arr = image
+    return array_to_color(arr, encoding, order)
 
 
 def to_model_rgb(image: Any, encoding: Optional[str] = None) -> np.ndarray:
@@ -208,7 +131,7 @@ def array_to_image(array_: Any, encoding: str, header: Any = None, msg_cls: Any 
     """
     info = encoding_info(encoding)
     arr = np.asarray(array_)
-    _check_array(arr, info, encoding)
+    check_array(arr, info, encoding)
     height, width = int(arr.shape[0]), int(arr.shape[1])
     packed = np.ascontiguousarray(arr, dtype=info.dtype.newbyteorder("<"))
     raw = packed.reshape(-1).view(np.uint8)

@@ -1,17 +1,20 @@
-"""Model outputs -> ROS messages: detections (vision_msgs 4.x), LabelInfo and the scaled
-CameraInfo of an output image (depth, super-resolution).
+"""Model outputs <-> ROS messages: detections (vision_msgs 4.x) both ways, LabelInfo and the
+scaled CameraInfo of an output image (depth, super-resolution).
 
 The message builders import the message packages when called, so this module imports (and is
 tested) without ROS.
 """
 from __future__ import annotations
 
-from typing import Any, List, Sequence
+from typing import Any, List, Sequence, Tuple
+
+import numpy as np
 
 from mtl_perception.inference.postprocess import Detections
 from mtl_perception.messages.image import scale_camera_info
 
-__all__ = ["detection_array", "label_info", "scaled_camera_info", "sr_camera_info"]
+__all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "scaled_camera_info",
+           "sr_camera_info"]
 
 
 def detection_array(header: Any, detections: Detections, class_names: Sequence[str]) -> Any:
@@ -23,9 +26,8 @@ def detection_array(header: Any, detections: Detections, class_names: Sequence[s
     msg = Detection2DArray()
     msg.header = header
     items: List[Any] = []
-    names = list(class_names)
-    for (x1, y1, x2, y2), score, cls in zip(detections.boxes.tolist(), detections.scores.tolist(),
-                                            detections.classes.tolist()):
+    for (x1, y1, x2, y2), score, class_id in zip(detections.boxes.tolist(), detections.scores.tolist(),
+                                                 class_ids(detections, class_names)):
         det = Detection2D()
         det.header = header
         det.bbox.center.position.x = (x1 + x2) * 0.5
@@ -33,12 +35,52 @@ def detection_array(header: Any, detections: Detections, class_names: Sequence[s
         det.bbox.size_x = x2 - x1
         det.bbox.size_y = y2 - y1
         hyp = ObjectHypothesisWithPose()
-        hyp.hypothesis.class_id = names[cls] if 0 <= cls < len(names) else str(cls)
+        hyp.hypothesis.class_id = class_id
         hyp.hypothesis.score = score
         det.results = [hyp]
         items.append(det)
     msg.detections = items
     return msg
+
+
+def class_ids(detections: Detections, class_names: Sequence[str]) -> List[str]:
+    """The hypothesis class_id of each detection: its class name, or the class index as a string
+    where the model's metadata has no name for it."""
+    names = list(class_names)
+    return [names[c] if 0 <= c < len(names) else str(c) for c in detections.classes.tolist()]
+
+
+def detections_from_msg(msg: Any, class_names: Sequence[str]
+                        ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, List[str]]:
+    """(boxes [N, 4] xyxy, scores [N], labels [N] 0-based, unknown) from a Detection2DArray.
+
+    A detection's class is its best hypothesis' class_id: a class name, or the class index as a
+    decimal string. Detections of classes not in `class_names` are left out; `unknown` lists
+    their class ids ('' for a detection without hypotheses).
+    """
+    index = {str(name): i for i, name in enumerate(class_names)}
+    boxes, scores, labels, unknown = [], [], [], []
+    for det in msg.detections:
+        if not det.results:
+            unknown.append("")
+            continue
+        best = max(det.results, key=lambda r: r.hypothesis.score)
+        cls = str(best.hypothesis.class_id)
+        label = index.get(cls)
+        if label is None and cls.isdigit() and int(cls) < len(class_names):
+            label = int(cls)
+        if label is None:
+            unknown.append(cls)
+            continue
+        center = det.bbox.center
+        position = getattr(center, "position", center)  # vision_msgs 4.x; 3.x had center.x / center.y
+        cx, cy = position.x, position.y
+        w, h = det.bbox.size_x, det.bbox.size_y
+        boxes.append((cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
+        scores.append(float(best.hypothesis.score))
+        labels.append(label)
+    return (np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(scores, np.float32),
+            np.asarray(labels, np.int64), unknown)
 
 
 def label_info(header: Any, class_names: Sequence[str], threshold: float) -> Any:

@@ -20,10 +20,9 @@ import sys
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import fields, replace
 from typing import Any, Dict, List, Optional, Tuple
 
-import cv2
 import numpy as np
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -37,54 +36,34 @@ from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
-from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
-from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from mtl_perception.inference.latest_frame import LatestFrame
-from mtl_perception.inference.model import ModelError, PerceptionModel, RuntimeOptions, normalise_provider_names
 from mtl_perception.inference.loader import load_model
-from mtl_perception.inference.preprocess import resize_image
-from mtl_perception.messages.image import ImageConversionError, array_to_image, encoding_info, image_to_array, to_color
-from mtl_perception.inference.postprocess import overlay_segmentation, select_detections, valid_depth
+from mtl_perception.inference.model import ModelError, PerceptionModel
+from mtl_perception.inference.preprocess import model_input
+from mtl_perception.kinds import registry
+from mtl_perception.kinds.base import DetectionsOut, ImageOut, LabelsOut, Payload, ScaledCameraInfo
+from mtl_perception.messages.image import ImageConversionError, array_to_image, encoding_info, image_to_array
 from mtl_perception.messages.outputs import detection_array, label_info, sr_camera_info
+from mtl_perception.ros.message_types import message_class, publisher_qos
+from mtl_perception.ros.parameters import BY_NAME, PARAMETERS, Param, Settings, runtime_options, validate
 
 NODE_NAME = "perception_node"
-OUTPUT_RESOLUTIONS = ("model", "input")
-IMAGE_QOS = ("reliable", "best_effort")
-#: Changing these needs the model or the subscription to be made again: only while unconfigured.
-RECONFIGURE_ONLY = ("model_path", "providers", "fp16", "trt_engine_cache_dir", "intra_op_threads",
-                    "thread_spinning", "image_qos", "diagnostics_period")
-#: Topic of each task kind's outputs (relative, so they can be remapped).
-TOPICS = {
-    "segmentation": ("segmentation", "segmentation/color", "label_info"),
-    "depth": ("depth",),
-    "detection": ("detections",),
-    "super_resolution": ("super_resolution", "super_resolution/camera_info"),
-}
 WARN_PERIOD_S = 5.0  # throttle for repeated warnings of the same kind
 
 
-@dataclass(frozen=True)
-class Settings:
-    """The run-time adjustable parameters, swapped atomically when one changes."""
-
-    score_threshold: float = 0.3
-    max_detections: int = 100
-    output_resolution: str = "model"
-    overlay_alpha: float = 0.5
-    input_timeout: float = 5.0
-
-
-def _describe(text: str, *, float_range: Optional[Tuple[float, float]] = None,
-              int_range: Optional[Tuple[int, int]] = None) -> ParameterDescriptor:
-    descriptor = ParameterDescriptor(description=text)
-    if float_range is not None:
+def _describe(param: Param) -> ParameterDescriptor:
+    """The ROS descriptor of one entry of the parameter table (description and range)."""
+    descriptor = ParameterDescriptor(description=param.description)
+    if param.float_range is not None:
         descriptor.floating_point_range = [FloatingPointRange(
-            from_value=float(float_range[0]), to_value=float(float_range[1]), step=0.0)]
-    if int_range is not None:
-        descriptor.integer_range = [IntegerRange(from_value=int(int_range[0]), to_value=int(int_range[1]), step=1)]
+            from_value=float(param.float_range[0]), to_value=float(param.float_range[1]), step=0.0)]
+    if param.int_range is not None:
+        descriptor.integer_range = [IntegerRange(from_value=int(param.int_range[0]),
+                                                 to_value=int(param.int_range[1]), step=1)]
     return descriptor
 
 
@@ -155,56 +134,21 @@ class PerceptionNode(LifecycleNode):
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
-        d = self.declare_parameter
-        d("model_path", "", _describe(
-            "exported ONNX model, or a model bundle's manifest / folder (the runtime reads everything else "
-            "from their metadata)"))
-        d("providers", ["tensorrt", "cuda", "cpu"], _describe(
-            "execution providers in order of preference (tensorrt, cuda, cpu or onnxruntime names); "
-            "unavailable ones are skipped, CPU is always the last resort"))
-        d("fp16", False, _describe("TensorRT FP16 kernels"))
-        d("trt_engine_cache_dir", "~/.cache/mtl_perception/tensorrt", _describe(
-            "where TensorRT engines are cached so they are not rebuilt on every start ('' disables)"))
-        d("intra_op_threads", 0, _describe("onnxruntime intra-op threads (0: its default)", int_range=(0, 256)))
-        d("thread_spinning", False, _describe(
-            "let onnxruntime's intra-op threads busy-wait between inferences (they then burn CPU that publishing "
-            "and other processes need; off measured faster end to end on a 2-core CPU)"))
-        d("image_qos", "reliable", _describe(
-            "reliability of the image subscription, KEEP_LAST 1: 'reliable' (default, loses no large frames "
-            "across processes) or 'best_effort' (matches sensor-data publishers)"))
-        d("score_threshold", Settings.score_threshold, _describe(
-            "minimum detection score published (run-time adjustable)", float_range=(0.0, 1.0)))
-        d("max_detections", Settings.max_detections, _describe(
-            "most detections published per frame (run-time adjustable)", int_range=(1, 10000)))
-        d("output_resolution", Settings.output_resolution, _describe(
-            "size of segmentation and depth outputs: 'model' (network size) or 'input' (camera image size)"))
-        d("overlay_alpha", Settings.overlay_alpha, _describe(
-            "weight of the class colours in segmentation/color", float_range=(0.0, 1.0)))
-        d("input_timeout", Settings.input_timeout, _describe(
-            "seconds without a frame, while a publisher is matched, before diagnostics warn",
-            float_range=(0.1, 3600.0)))
-        d("diagnostics_period", 1.0, _describe("seconds between /diagnostics messages", float_range=(0.05, 60.0)))
-        d("autostart", True, _describe("configure and activate at start (no lifecycle manager needed)"))
+        for param in PARAMETERS:
+            self.declare_parameter(param.name, param.default, _describe(param))
 
     def _read_settings(self) -> Settings:
-        p = self.get_parameter
-        return Settings(
-            score_threshold=float(p("score_threshold").value),
-            max_detections=int(p("max_detections").value),
-            output_resolution=str(p("output_resolution").value),
-            overlay_alpha=float(p("overlay_alpha").value),
-            input_timeout=float(p("input_timeout").value),
-        )
+        return Settings(**{f.name: type(f.default)(self.get_parameter(f.name).value) for f in fields(Settings)})
 
     def _on_set_parameters(self, params: List[Parameter]) -> SetParametersResult:
         updates: Dict[str, Any] = {}
         for param in params:
             name, value = param.name, param.value
-            if name in RECONFIGURE_ONLY and self._configured:
+            if name in BY_NAME and not BY_NAME[name].runtime and self._configured:
                 return SetParametersResult(
                     successful=False, reason=f"{name} can only change while the node is unconfigured "
                     "(deactivate and clean it up first)")
-            reason = _validate(name, value)
+            reason = validate(name, value)
             if reason:
                 return SetParametersResult(successful=False, reason=f"{name}: {reason}")
             if name in Settings.__dataclass_fields__:
@@ -223,14 +167,7 @@ class PerceptionNode(LifecycleNode):
         if not path:
             self.get_logger().error("model_path is not set (use --ros-args -p model_path:=/path/to/model.onnx)")
             return TransitionCallbackReturn.FAILURE
-        cache = str(self.get_parameter("trt_engine_cache_dir").value)
-        options = runtime_options(
-            providers=[p for p in self.get_parameter("providers").value if p.strip()] or None,
-            fp16=bool(self.get_parameter("fp16").value),
-            trt_engine_cache_dir=os.path.expanduser(cache) if cache else None,
-            intra_op_threads=int(self.get_parameter("intra_op_threads").value),
-            thread_spinning=bool(self.get_parameter("thread_spinning").value),
-        )
+        options = runtime_options({p.name: self.get_parameter(p.name).value for p in PARAMETERS})
         try:
             self._model = load_model(os.path.expanduser(path), options)
         except ModelError as exc:
@@ -258,7 +195,7 @@ class PerceptionNode(LifecycleNode):
         self._last_diag = None
         self._activation_time = time.monotonic()
         self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
-        if "super_resolution/camera_info" in self._pubs:
+        if any(registry.kind(t.kind).needs_camera_info for t in self._model.metadata.tasks.values()):
             self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, info_qos)
         self._active = True
         self._worker = threading.Thread(target=self._work, name="perception_worker", daemon=True)
@@ -317,24 +254,12 @@ class PerceptionNode(LifecycleNode):
         self._configured = False
 
     def _create_publishers(self) -> None:
-        image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
-        small_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        kinds = {task.kind for task in self._model.metadata.tasks.values()}
-        make = self.create_lifecycle_publisher
-        if "segmentation" in kinds:
-            self._pubs["segmentation"] = make(Image, "segmentation", image_qos)
-            self._pubs["segmentation/color"] = make(Image, "segmentation/color", image_qos)
-            self._pubs["label_info"] = make(LabelInfo, "label_info", latched)
-        if "depth" in kinds:
-            self._pubs["depth"] = make(Image, "depth", image_qos)
-        if "detection" in kinds:
-            self._pubs["detections"] = make(Detection2DArray, "detections", small_qos)
-        if "super_resolution" in kinds:
-            self._pubs["super_resolution"] = make(Image, "super_resolution", image_qos)
-            self._pubs["super_resolution/camera_info"] = make(CameraInfo, "super_resolution/camera_info", small_qos)
-        self._pubs["/diagnostics"] = make(DiagnosticArray, "/diagnostics", small_qos)
+        """One lifecycle publisher per output topic of the model's task kinds, and /diagnostics."""
+        for topic in registry.topics_for(self._model.metadata.tasks):
+            self._pubs[topic.name] = self.create_lifecycle_publisher(
+                message_class(topic.msgtype), topic.name, publisher_qos(topic.qos))
+        self._pubs["/diagnostics"] = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics",
+                                                                     publisher_qos("small"))
 
     # ------------------------------------------------------------------------------- callbacks
     def _on_image(self, msg: Image) -> None:
@@ -376,77 +301,49 @@ class PerceptionNode(LifecycleNode):
 
     # -------------------------------------------------------------------------------- the work
     def _process(self, msg: Image) -> None:
-        model, pubs, settings = self._model, self._pubs, self._settings
+        model, settings = self._model, self._settings
         if model is None:
             return
         start = time.perf_counter()
-        raw = image_to_array(msg)  # a view of msg.data, row padding skipped
-        height, width = raw.shape[:2]
-        model_w, model_h = model.input_size
-        small = resize_image(raw, (model_w, model_h))
-        model_input = to_color(small, msg.encoding, self._color_order)
+        # image_to_array: a view of msg.data, row padding skipped
+        frame = model_input(image_to_array(msg), msg.encoding, model.input_size, self._color_order)
         before = time.perf_counter()
-        outputs = model.run(model_input)
+        outputs = model.run(frame.image)
         inference_s = time.perf_counter() - before
-        header = msg.header
-        at_input = settings.output_resolution == "input"
-        meta = model.metadata
-        for task_name, spec in meta.tasks.items():
-            out = outputs[task_name]
-            if spec.kind == "segmentation":
-                self._publish_segmentation(out["class_map"], spec, header, msg, small, at_input, settings)
-            elif spec.kind == "depth":
-                pub = pubs["depth"]
-                if pub.get_subscription_count() > 0:
-                    depth = valid_depth(out["depth"], spec.min_depth, spec.max_depth)
-                    if at_input:
-                        depth = cv2.resize(depth, (width, height), interpolation=cv2.INTER_NEAREST)
-                    pub.publish(array_to_image(depth, "32FC1", header))
-            elif spec.kind == "detection":
-                pub = pubs["detections"]
-                if pub.get_subscription_count() > 0:
-                    dets = select_detections(
-                        out["boxes"], out["scores"], out["classes"], scale_x=width / model_w,
-                        scale_y=height / model_h, threshold=settings.score_threshold,
-                        max_detections=settings.max_detections, width=width, height=height)
-                    pub.publish(detection_array(header, dets, spec.class_names))
-            elif spec.kind == "super_resolution":
-                self._publish_super_resolution(out["image"], header, width, height)
-        self._record(header, inference_s, time.perf_counter() - start)
+        payloads = registry.render(model.metadata.tasks, outputs, frame, settings.render(self._color_order),
+                                   self._subscribed)
+        self._publish(payloads, msg.header)
+        self._record(msg.header, inference_s, time.perf_counter() - start)
 
-    def _publish_segmentation(self, class_map: np.ndarray, spec: Any, header: Any, msg: Image,
-                              small: np.ndarray, at_input: bool, settings: Settings) -> None:
-        pub, color_pub = self._pubs["segmentation"], self._pubs["segmentation/color"]
-        want_ids, want_color = pub.get_subscription_count() > 0, color_pub.get_subscription_count() > 0
-        if not (want_ids or want_color):
-            return
-        if at_input:
-            class_map = cv2.resize(class_map, (int(msg.width), int(msg.height)), interpolation=cv2.INTER_NEAREST)
-        if want_ids:
-            pub.publish(array_to_image(class_map, "mono8", header))
-        if want_color:
-            base = to_color(msg, order="bgr") if at_input else to_color(small, msg.encoding, "bgr")
-            overlay = overlay_segmentation(base, class_map, settings.overlay_alpha, spec.ignore_index)
-            color_pub.publish(array_to_image(overlay, "bgr8", header))
+    def _subscribed(self, topic: str) -> bool:
+        return self._pubs[topic].get_subscription_count() > 0
 
-    def _publish_super_resolution(self, image: np.ndarray, header: Any, width: int, height: int) -> None:
-        pub, info_pub = self._pubs["super_resolution"], self._pubs["super_resolution/camera_info"]
-        sr_h, sr_w = image.shape[:2]
-        if pub.get_subscription_count() > 0:
-            bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if self._color_order == "rgb" else image
-            pub.publish(array_to_image(bgr, "bgr8", header))
-        info = self._camera_info
-        if info is not None and info_pub.get_subscription_count() > 0:
-            info_pub.publish(sr_camera_info(info, header, width, height, sr_w, sr_h))
+    def _publish(self, payloads: Dict[str, Payload], header: Any) -> None:
+        for topic, payload in payloads.items():
+            msg = self._message(payload, header)
+            if msg is not None:
+                self._pubs[topic].publish(msg)
+
+    def _message(self, payload: Payload, header: Any) -> Any:
+        """The rclpy message a kind's builder input stands for (None: cannot be built yet)."""
+        if isinstance(payload, ImageOut):
+            return array_to_image(payload.array, payload.encoding, header)
+        if isinstance(payload, DetectionsOut):
+            return detection_array(header, payload.detections, payload.class_names)
+        if isinstance(payload, ScaledCameraInfo):
+            info = self._camera_info
+            return None if info is None else sr_camera_info(info, header, *payload.camera_size, *payload.size)
+        if isinstance(payload, LabelsOut):
+            return label_info(header, payload.class_names, payload.threshold)
+        raise TypeError(f"unknown output payload {type(payload).__name__}")
 
     def _publish_label_info(self, threshold: float) -> None:
-        pub = self._pubs.get("label_info")
-        if pub is None or self._model is None:
+        if self._model is None:
             return
-        names = next(t.class_names for t in self._model.metadata.tasks.values() if t.kind == "segmentation")
         header = Header()
         header.stamp = self.get_clock().now().to_msg()
-        pub.publish(label_info(header, names, threshold))
+        settings = replace(self._settings, score_threshold=threshold).render(self._color_order)
+        self._publish(registry.latched(self._model.metadata.tasks, settings), header)
 
     def _record(self, header: Any, inference_s: float, processing_s: float) -> None:
         now_ns = self.get_clock().now().nanoseconds
@@ -527,16 +424,6 @@ class PerceptionNode(LifecycleNode):
         self._pubs["/diagnostics"].publish(array)
 
 
-def runtime_options(providers: Optional[List[str]] = None, fp16: bool = False,
-                    trt_engine_cache_dir: Optional[str] = None, intra_op_threads: int = 0,
-                    thread_spinning: bool = False) -> RuntimeOptions:
-    """The loader's RuntimeOptions for the node (and the benchmark, which must run the model the
-    same way). Thread spinning is off by default: busy-waiting onnxruntime threads take the CPU
-    the node needs to publish (measured: stamp-to-published 24 -> 17.5 ms at 10 Hz on 2 cores)."""
-    return RuntimeOptions(providers=providers, fp16=fp16, trt_engine_cache_dir=trt_engine_cache_dir,
-                          intra_op_threads=intra_op_threads, allow_spinning=thread_spinning)
-
-
 def check_image(msg: Any) -> None:
     """Raises ImageConversionError unless the message is an image the node can use: a colour
     or mono encoding, non-zero size, enough data for height x step."""
@@ -546,28 +433,6 @@ def check_image(msg: Any) -> None:
             f"unsupported image encoding {msg.encoding!r} (supported: mono8, rgb8, bgr8, rgba8, bgra8 and their "
             "16-bit forms)")
     image_to_array(msg)  # size, step and data length checks; a view, no copy
-
-
-def _validate(name: str, value: Any) -> str:
-    """Why a parameter value is invalid ('' when it is fine)."""
-    if name == "score_threshold" and not (isinstance(value, float) and 0.0 <= value <= 1.0):
-        return f"must be a number in [0, 1], got {value!r}"
-    if name == "max_detections" and not (isinstance(value, int) and value >= 1):
-        return f"must be a positive integer, got {value!r}"
-    if name == "overlay_alpha" and not (isinstance(value, float) and 0.0 <= value <= 1.0):
-        return f"must be a number in [0, 1], got {value!r}"
-    if name in ("input_timeout", "diagnostics_period") and not (isinstance(value, float) and value > 0):
-        return f"must be a positive number of seconds, got {value!r}"
-    if name == "output_resolution" and value not in OUTPUT_RESOLUTIONS:
-        return f"must be one of {', '.join(OUTPUT_RESOLUTIONS)}, got {value!r}"
-    if name == "image_qos" and value not in IMAGE_QOS:
-        return f"must be one of {', '.join(IMAGE_QOS)}, got {value!r}"
-    if name == "providers":
-        try:
-            normalise_provider_names([p for p in value if p.strip()])
-        except ModelError as exc:
-            return str(exc)
-    return ""
 
 
 def main(args: Optional[List[str]] = None) -> int:

@@ -31,10 +31,25 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.preprocess import model_input
+from mtl_perception.kinds import registry
+from mtl_perception.ros.camera_source import camera_info_msg, image_msg, pinhole_k
+from mtl_perception.ros.message_types import message_class
+from mtl_perception.ros.parameters import runtime_options
+from mtl_perception.ros.processes import start_node, stop_process
 
 TARGET_RATIO = 1.15
 
@@ -84,14 +99,9 @@ class _ModelTimer:
     """The model in this process, on frames already resized to its input."""
 
     def __init__(self, model_path: str, frames_bgr: Sequence[np.ndarray], providers: Optional[Sequence[str]]):
-        from mtl_perception.inference.loader import load_model
-        from mtl_perception.ros.node import runtime_options
-        from mtl_perception.inference.preprocess import resize_image
-        from mtl_perception.messages.image import to_color
-
-        self.model = load_model(model_path, runtime_options(providers=list(providers) if providers else None))
+        self.model = load_model(model_path, runtime_options({"providers": list(providers)} if providers else {}))
         order = self.model.metadata.input.color_order
-        self.inputs = [to_color(resize_image(f, self.model.input_size), "bgr8", order) for f in frames_bgr]
+        self.inputs = [model_input(f, "bgr8", self.model.input_size, order).image for f in frames_bgr]
         self._index = 0
 
     def run(self, count: int, rate_hz: Optional[float] = None) -> List[float]:
@@ -120,15 +130,6 @@ class _Harness:
     """The camera and every output's subscriber, in this process, spinning in a thread."""
 
     def __init__(self, namespace: str, frames_bgr: Sequence[np.ndarray], outputs: Sequence[str]):
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
-        from vision_msgs.msg import Detection2DArray
-
-        from mtl_perception.ros.camera_source import camera_info_msg, image_msg, pinhole_k
-
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=[])
         self.node = rclpy.create_node("benchmark_camera", namespace=namespace, context=self.context)
@@ -139,7 +140,7 @@ class _Harness:
         h, w = frames_bgr[0].shape[:2]
         self.messages = [image_msg(f, "camera") for f in frames_bgr]
         self.info = camera_info_msg(pinhole_k(w, h, 70.0), w, h, "camera")
-        types = {"detections": Detection2DArray, "super_resolution/camera_info": CameraInfo}
+        msgtypes = {t.name: t.msgtype for t in registry.topics()}
         self.outputs = list(outputs)
         self.lock = threading.Lock()
         self.sent: Dict[int, float] = {}
@@ -148,10 +149,8 @@ class _Harness:
         self.diag_name = f"{namespace.strip('/')}/perception_node".lstrip("/")
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
         for topic in self.outputs:
-            self.node.create_subscription(types.get(topic, Image), topic, self._receiver(topic), out_qos)
+            self.node.create_subscription(message_class(msgtypes[topic]), topic, self._receiver(topic), out_qos)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, out_qos)
-        from std_msgs.msg import Header
-
         self.echoes: Dict[int, float] = {}
         self.node.create_subscription(Header, "echo", self._on_echo, qos)
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -272,28 +271,6 @@ class _Harness:
         self.thread.join(timeout=2.0)
 
 
-def _node_command(model_path: str, namespace: str, providers: Optional[Sequence[str]]) -> List[str]:
-    cmd = [sys.executable, "-m", "mtl_perception.ros.node", "--ros-args", "-r", f"__ns:={namespace}",
-           "-p", f"model_path:={model_path}", "-p", "diagnostics_period:=1.0"]
-    if providers:
-        cmd += ["-p", "providers:=[" + ",".join(providers) + "]"]
-    return cmd
-
-
-def _outputs_for(tasks: Dict[str, str]) -> List[str]:
-    kinds = set(tasks.values())
-    outputs = []
-    if "segmentation" in kinds:
-        outputs += ["segmentation", "segmentation/color"]
-    if "depth" in kinds:
-        outputs += ["depth"]
-    if "detection" in kinds:
-        outputs += ["detections"]
-    if "super_resolution" in kinds:
-        outputs += ["super_resolution", "super_resolution/camera_info"]
-    return outputs
-
-
 def _diag_delta(before: Optional[Dict[str, str]], after: Optional[Dict[str, str]]) -> Dict[str, Any]:
     if not after:
         return {}
@@ -320,6 +297,95 @@ def _summary(latencies: Sequence[float], published: int, seconds: float, rate_hz
     return result
 
 
+def _back_to_back(timer: _ModelTimer, frames: int, log: Any) -> Dict[str, Any]:
+    """Phase 1: the model alone, back to back (after 10 warm-up runs)."""
+    log(f"benchmark: model only, back to back, {frames} frames ...")
+    timer.run(10)
+    back_to_back = _percentiles(timer.run(frames))
+    back_to_back["max_rate_hz"] = 1e3 / back_to_back["p50_ms"]
+    return back_to_back
+
+
+def _warm_up(harness: _Harness, node: subprocess.Popen, node_log: Any, startup_timeout: float) -> None:
+    """Until the node is matched and every output flows (RuntimeError with its log if it does not)."""
+    if not harness.wait_ready(startup_timeout):
+        raise RuntimeError("the node did not come up: " + _tail(node_log))
+    for _ in range(10):
+        if harness.round_trip(10.0) is None and node.poll() is not None:
+            raise RuntimeError("the node exited: " + _tail(node_log))
+
+
+def _alternate(timer: _ModelTimer, harness: _Harness, rate_hz: float, frames: int, block: int) -> Dict[str, Any]:
+    """Phase 2: model only (paced), the ROS floor and end to end in alternating blocks at one rate."""
+    paced: List[float] = []
+    floor: List[float] = []
+    e2e_lat: List[float] = []
+    published, seconds = 0, 0.0
+    for _ in range(max(1, frames // block)):
+        paced += timer.run(block, rate_hz)
+        floor += harness.run_echo(rate_hz, block)
+        part = harness.run(rate_hz, block, settle_s=1.0)
+        e2e_lat += part["latencies_ms"]
+        published += part["published"]
+        seconds += part["seconds"]
+    time.sleep(1.2)
+    return {"paced": paced, "floor": floor, "e2e": _summary(e2e_lat, published, seconds, rate_hz),
+            "diagnostics": harness.diagnostics}
+
+
+def _overload(harness: _Harness, rate_hz: float, frames: int) -> Dict[str, Any]:
+    """Phase 3: the camera faster than the model; latency here and drops counted by the node."""
+    before = harness.diagnostics
+    part = harness.run(rate_hz, frames)
+    overload = _summary(part["latencies_ms"], part["published"], part["seconds"], rate_hz)
+    time.sleep(2.5)  # the next diagnostics message covers the whole phase
+    overload.update(_diag_delta(before, harness.diagnostics))
+    return overload
+
+
+@dataclass
+class _Run:
+    """One benchmark run's settings."""
+
+    model_path: str
+    providers: Optional[Sequence[str]]
+    frames: int
+    block: int
+    startup_timeout: float
+    overload_factor: float
+    log: Any
+
+
+def _through_ros(run: _Run, images: Sequence[np.ndarray], timer: _ModelTimer, outputs: Sequence[str],
+                 e2e_rate: float, overload_rate: float) -> Tuple[Dict[str, Any], Dict[str, Any]]:
+    """Phases 2 and 3 with the node and the echo process running; both stopped at the end."""
+    namespace = f"/mtl_benchmark_{os.getpid()}"
+    params: Dict[str, Any] = {"model_path": run.model_path, "diagnostics_period": 1.0}
+    if run.providers:
+        params["providers"] = list(run.providers)
+    frames, log = run.frames, run.log
+    with tempfile.TemporaryFile("w+") as node_log:
+        node = start_node(namespace, params, node_log)
+        echo = subprocess.Popen([sys.executable, "-c", ECHO_NODE, "--ros-args", "-r", f"__ns:={namespace}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        harness = None
+        try:
+            harness = _Harness(namespace, images, outputs)
+            _warm_up(harness, node, node_log, run.startup_timeout)
+            log(f"benchmark: model only and end to end alternating, {e2e_rate:.1f} Hz, {frames} frames each ...")
+            alternating = _alternate(timer, harness, e2e_rate, frames, run.block)
+            log(f"benchmark: overload at {overload_rate:.1f} Hz ({run.overload_factor:g}x the model), "
+                f"{frames} frames ...")
+            overload = _overload(harness, overload_rate, frames)
+        finally:
+            if harness is not None:
+                harness.close()
+            for proc in (node, echo):
+                stop_process(proc, 10.0)  # SIGINT: the node's clean shutdown
+    return alternating, overload
+
+
 def run_benchmark(model_path: str, width: int = 640, height: int = 480, frames: int = 200,
                   providers: Optional[Sequence[str]] = None, rate_hz: Optional[float] = None,
                   overload_factor: float = 2.0, block: int = 20, startup_timeout: float = 60.0,
@@ -332,63 +398,26 @@ def run_benchmark(model_path: str, width: int = 640, height: int = 480, frames: 
     dds = _select_dds_profile(stock_dds)
     images = camera_frames(width, height)
     timer = _ModelTimer(model_path, images, providers)
-    log(f"benchmark: model only, back to back, {frames} frames ...")
-    timer.run(10)
-    back_to_back = _percentiles(timer.run(frames))
-    back_to_back["max_rate_hz"] = 1e3 / back_to_back["p50_ms"]
+    back_to_back = _back_to_back(timer, frames, log)
     model_p50 = back_to_back["p50_ms"]
     e2e_rate = rate_hz or min(30.0, 0.5 * 1e3 / model_p50)
     overload_rate = overload_factor * 1e3 / model_p50
-    namespace = f"/mtl_benchmark_{os.getpid()}"
-    outputs = _outputs_for(timer.describe()["tasks"])
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    with tempfile.TemporaryFile("w+") as node_log:
-        node = subprocess.Popen(_node_command(model_path, namespace, providers), stdout=node_log,
-                                stderr=subprocess.STDOUT, env=env, text=True)
-        echo = subprocess.Popen([sys.executable, "-c", ECHO_NODE, "--ros-args", "-r", f"__ns:={namespace}"],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        harness = None
-        try:
-            harness = _Harness(namespace, images, outputs)
-            if not harness.wait_ready(startup_timeout):
-                raise RuntimeError("the node did not come up: " + _tail(node_log))
-            for _ in range(10):  # warm-up: every output matched and flowing
-                if harness.round_trip(10.0) is None and node.poll() is not None:
-                    raise RuntimeError("the node exited: " + _tail(node_log))
-            log(f"benchmark: model only and end to end alternating, {e2e_rate:.1f} Hz, {frames} frames each ...")
-            paced: List[float] = []
-            floor: List[float] = []
-            e2e_lat: List[float] = []
-            e2e_published, e2e_seconds = 0, 0.0
-            for _ in range(max(1, frames // block)):
-                paced += timer.run(block, e2e_rate)
-                floor += harness.run_echo(e2e_rate, block)
-                part = harness.run(e2e_rate, block, settle_s=1.0)
-                e2e_lat += part["latencies_ms"]
-                e2e_published += part["published"]
-                e2e_seconds += part["seconds"]
-            time.sleep(1.2)
-            before = harness.diagnostics
-            log(f"benchmark: overload at {overload_rate:.1f} Hz ({overload_factor:g}x the model), {frames} frames ...")
-            part = harness.run(overload_rate, frames)
-            overload = _summary(part["latencies_ms"], part["published"], part["seconds"], overload_rate)
-            time.sleep(2.5)  # the next diagnostics message covers the whole phase
-            overload.update(_diag_delta(before, harness.diagnostics))
-        finally:
-            if harness is not None:
-                harness.close()
-            for proc in (node, echo):
-                if proc.poll() is None:
-                    proc.send_signal(2)  # SIGINT: the node's clean shutdown
-                    try:
-                        proc.wait(10)
-                    except subprocess.TimeoutExpired:
-                        proc.kill()
-                        proc.wait()
-    model_paced = _percentiles(paced)
+    outputs = [t.name for t in registry.topics_for(timer.model.metadata.tasks, per_frame=True)]
+    run = _Run(model_path, providers, frames, block, startup_timeout, overload_factor, log)
+    alternating, overload = _through_ros(run, images, timer, outputs, e2e_rate, overload_rate)
+    return _result(timer, width, height, outputs, dds, back_to_back, alternating, overload, overload_factor)
+
+
+def _result(timer: _ModelTimer, width: int, height: int, outputs: Sequence[str], dds: str,
+            back_to_back: Dict[str, Any], alternating: Dict[str, Any], overload: Dict[str, Any],
+            overload_factor: float) -> Dict[str, Any]:
+    """The JSON document of one run."""
+    model_p50 = back_to_back["p50_ms"]
+    e2e_rate = alternating["e2e"]["rate_hz"]
+    model_paced = _percentiles(alternating["paced"])
     model_paced["rate_hz"] = e2e_rate
-    e2e = _summary(e2e_lat, e2e_published, e2e_seconds, e2e_rate)
-    e2e.update({k: v for k, v in _diag_delta(None, before).items()
+    e2e = alternating["e2e"]
+    e2e.update({k: v for k, v in _diag_delta(None, alternating["diagnostics"]).items()
                 if k in ("node_inference_p50_ms", "node_processing_p50_ms")})
     ratio = e2e["p50_ms"] / model_paced["p50_ms"]
     return {
@@ -399,12 +428,12 @@ def run_benchmark(model_path: str, width: int = 640, height: int = 480, frames: 
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "cpus": os.cpu_count(), "python": platform.python_version(),
                  "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
-        "outputs": outputs,
+        "outputs": list(outputs),
         "dds_profile": dds,
         "model_only_back_to_back": back_to_back,
         "model_only": model_paced,
         "end_to_end": e2e,
-        "ros_floor": dict(_percentiles(floor), rate_hz=e2e_rate,
+        "ros_floor": dict(_percentiles(alternating["floor"]), rate_hz=e2e_rate,
                           what="the same image to a do-nothing Python node and its header back"),
         "overhead_ms_p50": e2e["p50_ms"] - model_paced["p50_ms"],
         "overhead_ratio_p50": ratio,

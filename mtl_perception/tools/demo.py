@@ -12,22 +12,32 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import cv2
 import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
 
-from mtl_perception.ros.processes import log_tail, start_ros_process, stop_process
+from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import ModelError, RuntimeOptions
+from mtl_perception.kinds import registry
+from mtl_perception.messages.image import image_to_array, to_color
+from mtl_perception.ros.dds_profile import large_frame_env, user_profile
+from mtl_perception.ros.message_types import message_class
+from mtl_perception.ros.processes import log_tail, start_node, start_ros_process, stop_process
 from mtl_perception.ros.spin import spin_in_background
 
-OUTPUTS = ("segmentation", "segmentation/color", "label_info", "depth", "detections", "super_resolution",
-           "super_resolution/camera_info")
 PANEL = (320, 240)  # w, h of one mosaic tile
 
 
@@ -102,8 +112,6 @@ def _text_tile(lines: Sequence[str]) -> np.ndarray:
 
 def mosaic(frame: Dict[str, Any], lines: Sequence[str]) -> np.ndarray:
     """2x3 tiles: input, segmentation overlay, depth | detections, super-resolution, numbers."""
-    from mtl_perception.messages.image import image_to_array, to_color
-
     image = to_color(frame["image"], order="bgr") if "image" in frame else None
     seg = to_color(frame["segmentation/color"], order="bgr") if "segmentation/color" in frame else None
     depth = depth_colormap(image_to_array(frame["depth"])) if "depth" in frame else None
@@ -124,15 +132,9 @@ def mosaic(frame: Dict[str, Any], lines: Sequence[str]) -> np.ndarray:
 
 # ------------------------------------------------------------------------------- the recorder
 class _Recorder:
-    """Subscribes to the camera and every output in this process; a spinning thread."""
+    """Subscribes to the camera and every output topic of every kind in this process; a spinning thread."""
 
     def __init__(self, namespace: str) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
-        from vision_msgs.msg import Detection2DArray, LabelInfo
-
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=[])
         self.node = rclpy.create_node("demo_recorder", namespace=namespace, context=self.context)
@@ -141,16 +143,20 @@ class _Recorder:
         self.arrivals: Dict[str, List[float]] = defaultdict(list)
         self.latencies: Dict[str, List[float]] = defaultdict(list)
         self.frames: "OrderedDict[int, Dict[str, Any]]" = OrderedDict()
-        self.labels: Optional[Any] = None
+        self.latched: Dict[str, Any] = {}  # newest message of each topic that is not per frame
         self.diagnostics: Optional[Dict[str, Any]] = None
         self.diag_name = f"{namespace.strip('/')}/perception_node"
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.RELIABLE)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        types = {"detections": Detection2DArray, "super_resolution/camera_info": CameraInfo}
-        for topic in ("image",) + tuple(t for t in OUTPUTS if t != "label_info"):
-            self.node.create_subscription(types.get(topic, Image), topic, self._receiver(topic), qos)
-        self.node.create_subscription(LabelInfo, "label_info", self._on_labels, latched)
+        self.node.create_subscription(Image, "image", self._receiver("image"), qos)
+        for topic in registry.topics():
+            if topic.per_frame:
+                self.node.create_subscription(message_class(topic.msgtype), topic.name, self._receiver(topic.name),
+                                              qos)
+            else:
+                self.node.create_subscription(message_class(topic.msgtype), topic.name,
+                                              self._latched_receiver(topic.name), latched)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, qos)
         self.executor, self.thread = spin_in_background(self.node, self.context)
 
@@ -170,8 +176,10 @@ class _Recorder:
                         self.latencies[topic].append((now_ns - key) * 1e-6)
         return callback
 
-    def _on_labels(self, msg: Any) -> None:
-        self.labels = msg
+    def _latched_receiver(self, topic: str):
+        def callback(msg: Any) -> None:
+            self.latched[topic] = msg
+        return callback
 
     def _on_diagnostics(self, msg: Any) -> None:
         for status in msg.status:
@@ -195,87 +203,96 @@ class _Recorder:
         self.thread.join(timeout=5.0)
 
 
-def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0, rate: float = 10.0,
-             width: int = 640, height: int = 480, providers: Optional[Sequence[str]] = None,
-             warmup: float = 3.0, startup_timeout: float = 90.0, stock_dds: bool = False,
-             log: Any = print) -> Dict[str, Any]:
-    """Runs the demo; returns the report (also written to out_dir/report.json, report.txt and
-    mosaic.png). Raises DemoError with the node's last log lines if it does not come up. Unless
-    `stock_dds` (or the environment names its own profile), every process of the demo uses
-    `dds_profile`'s large shared-memory segment, as a deployment with large frames should."""
-    from mtl_perception.ros.dds_profile import large_frame_env, user_profile
-    from mtl_perception.inference.model import ModelError, RuntimeOptions
-    from mtl_perception.inference.loader import load_model
-
+def _dds_profile(out_dir: str, stock_dds: bool) -> str:
+    """Unless `stock_dds` or the environment names its own profile, gives this process and its
+    children `dds_profile`'s large shared-memory segment; says which profile is in use."""
     if user_profile():
-        dds = f"user: {user_profile()}"
-    elif stock_dds:
-        dds = "stock"
-    else:
-        out_dir_path = Path(out_dir)
-        out_dir_path.mkdir(parents=True, exist_ok=True)
-        os.environ.update(large_frame_env(directory=str(out_dir_path.resolve())))  # this process and its children
-        dds = f"large shared memory: {user_profile()}" if user_profile() else "stock (not Fast DDS)"
+        return f"user: {user_profile()}"
+    if stock_dds:
+        return "stock"
+    out_dir_path = Path(out_dir)
+    out_dir_path.mkdir(parents=True, exist_ok=True)
+    os.environ.update(large_frame_env(directory=str(out_dir_path.resolve())))  # this process and its children
+    return f"large shared memory: {user_profile()}" if user_profile() else "stock (not Fast DDS)"
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    try:  # fail fast, in one line, on a bad model (the node would say the same)
-        model = load_model(model_path, RuntimeOptions(providers=["cpu"]))
+
+def _model_metadata(model_path: str) -> Any:
+    """The model's metadata; DemoError in one line on a bad model (the node would say the same)."""
+    try:
+        return load_model(model_path, RuntimeOptions(providers=["cpu"])).metadata
     except ModelError as exc:
         raise DemoError(str(exc)) from None
-    meta = model.metadata
-    del model
-    namespace = f"/mtl_demo_{os.getpid()}"
-    node_params = {"model_path": str(Path(model_path).resolve())}
+
+
+@dataclass
+class _Processes:
+    """The node and the camera started by the demo, with their log files."""
+
+    node: subprocess.Popen
+    camera: subprocess.Popen
+    node_log: Any
+    cam_log: Any
+
+    def check(self) -> None:
+        if self.node.poll() is not None:
+            raise DemoError(f"perception_node exited ({self.node.returncode}):\n{log_tail(self.node_log.name)}")
+        if self.camera.poll() is not None:
+            raise DemoError(f"camera_source exited ({self.camera.returncode}):\n{log_tail(self.cam_log.name)}")
+
+    def stop(self) -> List[str]:
+        """Stops both; returns the node's ERROR / Traceback lines (the logs are removed)."""
+        stop_process(self.camera, 10.0)
+        stop_process(self.node, 10.0)
+        self.node_log.close()
+        self.cam_log.close()
+        errors = [line for line in Path(self.node_log.name).read_text(errors="replace").splitlines()
+                  if "ERROR" in line or "Traceback" in line]
+        for f in (self.node_log.name, self.cam_log.name):
+            os.unlink(f)
+        return errors
+
+
+def _start(namespace: str, model_path: str, providers: Optional[Sequence[str]], rate: float, width: int,
+           height: int) -> _Processes:
+    node_params: Dict[str, Any] = {"model_path": str(Path(model_path).resolve())}
     if providers:
-        node_params["providers"] = "[" + ",".join(providers) + "]"
+        node_params["providers"] = list(providers)
     camera_params = {"source": "synthetic", "rate": f"{float(rate)}", "width": str(width), "height": str(height),
                      "synthetic_frames": "12"}
     node_log = tempfile.NamedTemporaryFile("w+", prefix="perception_node.", suffix=".log", delete=False)
     cam_log = tempfile.NamedTemporaryFile("w+", prefix="camera_source.", suffix=".log", delete=False)
-    recorder = _Recorder(namespace)
-    node = start_ros_process("mtl_perception.ros.node", namespace, node_params, node_log)
-    camera = start_ros_process("mtl_perception.ros.camera_source", namespace, camera_params, cam_log)
-    kinds = {t.kind for t in meta.tasks.values()}
-    expected = ["image"] + [t for t, k in (("segmentation", "segmentation"), ("segmentation/color", "segmentation"),
-                                           ("depth", "depth"), ("detections", "detection"),
-                                           ("super_resolution", "super_resolution"),
-                                           ("super_resolution/camera_info", "super_resolution")) if k in kinds]
     try:
-        log(f"demo: model {meta.name} ({model_path}); camera {width}x{height} synthetic at {rate:g} Hz; "
-            f"namespace {namespace}")
-        deadline = time.monotonic() + startup_timeout
-        while recorder.complete_frame(expected) is None:
-            if node.poll() is not None:
-                raise DemoError(f"perception_node exited ({node.returncode}):\n{log_tail(node_log.name)}")
-            if camera.poll() is not None:
-                raise DemoError(f"camera_source exited ({camera.returncode}):\n{log_tail(cam_log.name)}")
-            if time.monotonic() > deadline:
-                raise DemoError(f"no outputs within {startup_timeout:g} s; node log:\n{log_tail(node_log.name)}")
-            time.sleep(0.1)
-        log(f"demo: outputs flowing; warming up {warmup:g} s, then recording {seconds:g} s ...")
-        time.sleep(warmup)
-        with recorder.lock:
-            recorder.recording = True
-        start = time.monotonic()
-        time.sleep(seconds)
-        with recorder.lock:
-            recorder.recording = False
-        elapsed = time.monotonic() - start
-        time.sleep(1.2)  # one more diagnostics message
-        frame = recorder.complete_frame(expected)
-        diagnostics = recorder.diagnostics or {}
-    finally:
-        stop_process(camera, 10.0)
-        stop_process(node, 10.0)
-        recorder.close()
-        node_log.close()
-        cam_log.close()
-        node_errors = [line for line in Path(node_log.name).read_text(errors="replace").splitlines()
-                       if "ERROR" in line or "Traceback" in line]
-        for f in (node_log.name, cam_log.name):
-            os.unlink(f)
+        node = start_node(namespace, node_params, node_log)
+    except ValueError as exc:
+        raise DemoError(str(exc)) from None
+    camera = start_ros_process("mtl_perception.ros.camera_source", namespace, camera_params, cam_log)
+    return _Processes(node, camera, node_log, cam_log)
 
+
+def _observe(recorder: _Recorder, procs: _Processes, expected: Sequence[str], seconds: float, warmup: float,
+             startup_timeout: float, log: Any) -> Tuple[float, Optional[Dict[str, Any]], Dict[str, Any]]:
+    """Waits for every expected topic, warms up, records `seconds`; (elapsed, last complete
+    frame, the node's diagnostics)."""
+    deadline = time.monotonic() + startup_timeout
+    while recorder.complete_frame(expected) is None:
+        procs.check()
+        if time.monotonic() > deadline:
+            raise DemoError(f"no outputs within {startup_timeout:g} s; node log:\n{log_tail(procs.node_log.name)}")
+        time.sleep(0.1)
+    log(f"demo: outputs flowing; warming up {warmup:g} s, then recording {seconds:g} s ...")
+    time.sleep(warmup)
+    with recorder.lock:
+        recorder.recording = True
+    start = time.monotonic()
+    time.sleep(seconds)
+    with recorder.lock:
+        recorder.recording = False
+    elapsed = time.monotonic() - start
+    time.sleep(1.2)  # one more diagnostics message
+    return elapsed, recorder.complete_frame(expected), recorder.diagnostics or {}
+
+
+def _topic_stats(recorder: _Recorder, expected: Sequence[str], elapsed: float) -> Dict[str, Dict[str, Any]]:
     topics = {}
     for topic in expected:
         arrivals = recorder.arrivals.get(topic, [])
@@ -286,6 +303,34 @@ def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0,
             "latency_p50_ms": float(np.percentile(lat, 50)) if lat.size else None,
             "latency_p95_ms": float(np.percentile(lat, 95)) if lat.size else None,
         }
+    return topics
+
+
+def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0, rate: float = 10.0,
+             width: int = 640, height: int = 480, providers: Optional[Sequence[str]] = None,
+             warmup: float = 3.0, startup_timeout: float = 90.0, stock_dds: bool = False,
+             log: Any = print) -> Dict[str, Any]:
+    """Runs the demo; returns the report (also written to out_dir/report.json, report.txt and
+    mosaic.png). Raises DemoError with the node's last log lines if it does not come up. Unless
+    `stock_dds` (or the environment names its own profile), every process of the demo uses
+    `dds_profile`'s large shared-memory segment, as a deployment with large frames should."""
+    dds = _dds_profile(out_dir, stock_dds)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = _model_metadata(model_path)
+    namespace = f"/mtl_demo_{os.getpid()}"
+    expected = ["image"] + [t.name for t in registry.topics_for(meta.tasks, per_frame=True)]
+    recorder = _Recorder(namespace)
+    procs = None
+    try:
+        procs = _start(namespace, model_path, providers, rate, width, height)
+        log(f"demo: model {meta.name} ({model_path}); camera {width}x{height} synthetic at {rate:g} Hz; "
+            f"namespace {namespace}")
+        elapsed, frame, diagnostics = _observe(recorder, procs, expected, seconds, warmup, startup_timeout, log)
+    finally:
+        node_errors = procs.stop() if procs is not None else []
+        recorder.close()
+    labels = recorder.latched.get("label_info")
     report = {
         "schema": "mtl_perception.tools.demo/1",
         "model": {"name": meta.name, "path": str(model_path), "input_size": [meta.input.width, meta.input.height],
@@ -293,17 +338,16 @@ def run_demo(model_path: str, out_dir: str = "runs/demo", seconds: float = 15.0,
         "camera": {"source": "synthetic", "width": width, "height": height, "rate_hz": rate},
         "dds_profile": dds,
         "seconds": elapsed,
-        "topics": topics,
+        "topics": _topic_stats(recorder, expected, elapsed),
         "node_diagnostics": diagnostics,
-        "label_info_classes": [c.class_name for c in recorder.labels.class_map] if recorder.labels else None,
+        "label_info_classes": [c.class_name for c in labels.class_map] if labels else None,
         "node_errors": node_errors,
         "mosaic": str(out / "mosaic.png"),
     }
-    text = format_report(report)
     if frame is not None:
         cv2.imwrite(str(out / "mosaic.png"), mosaic(frame, _mosaic_lines(report)))
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "report.txt").write_text(text + "\n")
+    (out / "report.txt").write_text(format_report(report) + "\n")
     return report
 
 

@@ -27,13 +27,19 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rosgraph_msgs.msg import Clock
+from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
+
+from mtl_perception.bags.evaluate import EvalOptions, _stats, default_out_dir, evaluate_bag, raw_stamp
 from mtl_perception.bags.io import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
-    DETECTIONS,
-    IMAGE,
     BagError,
     BagWriter,
     MessageError,
@@ -42,17 +48,18 @@ from mtl_perception.bags.io import (
     find_camera_topic,
     open_bag,
 )
-from mtl_perception.ros.processes import log_tail, start_ros_process, stop_process
+from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import RuntimeOptions
+from mtl_perception.kinds import registry
+from mtl_perception.messages.image import ImageConversionError, array_to_image, encoding_info, image_to_array
+from mtl_perception.ros.message_types import message_class
+from mtl_perception.ros.processes import log_tail, start_node, stop_process
 from mtl_perception.ros.spin import spin_in_background
-from mtl_perception.bags.evaluate import EvalOptions, _stats, default_out_dir, evaluate_bag, raw_stamp
-from mtl_perception.messages.image import ImageConversionError, encoding_info, image_to_array
 
-#: Output topics recorded (relative to the node namespace) and their types. segmentation/color is
-#: left out: the node renders it only while someone subscribes, and recording it would add work.
-RECORDED = {"segmentation": IMAGE, "depth": IMAGE, "detections": DETECTIONS, "super_resolution": IMAGE,
-            "super_resolution/camera_info": CAMERA_INFO}
-KIND_TOPICS = {"segmentation": "segmentation", "depth": "depth", "detection": "detections",
-               "super_resolution": "super_resolution"}
+#: Output topics recorded (relative to the node namespace): every kind's per-frame topics but the
+#: on-demand views (segmentation/color: the node renders it only while someone subscribes, and
+#: recording it would add work).
+RECORDED = registry.topics(recorded=True)
 
 
 class ReplayError(RuntimeError):
@@ -86,12 +93,6 @@ class _Graph:
 
     def __init__(self, image_topic: str, info_topic: Optional[str], namespace: str, outputs: Sequence[str],
                  clock: bool) -> None:
-        import rclpy
-        from diagnostic_msgs.msg import DiagnosticArray
-        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-        from sensor_msgs.msg import CameraInfo, Image
-        from vision_msgs.msg import Detection2DArray
-
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=[])
         self.node = rclpy.create_node(f"mtl_replay_{os.getpid()}", context=self.context)
@@ -103,8 +104,6 @@ class _Graph:
         self.clock_lock = threading.Lock()
         self.last_clock = -1
         if clock:
-            from rosgraph_msgs.msg import Clock
-
             self.clock_pub = self.node.create_publisher(Clock, "/clock", pub_qos)
         self.lock = threading.Lock()
         self.received: List[tuple] = []  # (relative topic, receive time ns, serialised bytes)
@@ -112,11 +111,11 @@ class _Graph:
         self.diagnostics: Optional[Dict[str, str]] = None
         ns = "/" + namespace.strip("/") if namespace.strip("/") else ""
         self.diag_prefix = f"{ns.strip('/')}/" if ns else ""
-        types = {IMAGE: Image, DETECTIONS: Detection2DArray, CAMERA_INFO: CameraInfo}
+        msgtypes = {t.name: t.msgtype for t in RECORDED}
         self.subs = {}
         for rel in outputs:
-            self.subs[rel] = self.node.create_subscription(types[RECORDED[rel]], f"{ns}/{rel}", self._receiver(rel),
-                                                           rec_qos, raw=True)
+            self.subs[rel] = self.node.create_subscription(message_class(msgtypes[rel]), f"{ns}/{rel}",
+                                                           self._receiver(rel), rec_qos, raw=True)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, rec_qos)
         self.executor, self.thread = spin_in_background(self.node, self.context)
 
@@ -137,8 +136,6 @@ class _Graph:
         """Publishes /clock = bag_ns, never going backwards (sim-time jumps back reset timers)."""
         if self.clock_pub is None:
             return
-        from rosgraph_msgs.msg import Clock
-
         with self.clock_lock:
             if bag_ns <= self.last_clock:
                 return
@@ -154,13 +151,6 @@ class _Graph:
         finally:
             self.context.try_shutdown()
             self.thread.join(timeout=5.0)
-
-
-def _start_node(model: str, namespace: str, image_topic: str, info_topic: Optional[str], params: Dict[str, str],
-                log: Any) -> subprocess.Popen:
-    remaps = [("image", image_topic)] + ([("camera_info", info_topic)] if info_topic else [])
-    return start_ros_process("mtl_perception.ros.node", namespace,
-                             {"model_path": str(Path(model).resolve()), **params}, log, remaps)
 
 
 def _check_camera(reader: Any, msgtype: str, raw: bytes) -> Optional[str]:
@@ -179,181 +169,251 @@ def _check_camera(reader: Any, msgtype: str, raw: bytes) -> Optional[str]:
 
 
 # ------------------------------------------------------------------------------------ replay
-def replay_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model_path: str,
-               options: ReplayOptions = ReplayOptions(), log: Any = None) -> Dict[str, Any]:
-    """Plays `bag` into a perception_node, records its outputs, scores them; returns the report
-    (also written to out_dir, with the recorded bag). Raises ReplayError / BagError / ModelError."""
-    from mtl_perception.inference.model import RuntimeOptions
-    from mtl_perception.inference.loader import load_model
-    from mtl_perception.messages.image import array_to_image
+@dataclass
+class _Plan:
+    """What one replay reads, plays and records."""
 
-    log = log or (lambda s: None)
-    if not options.rate > 0:
-        raise ValueError(f"rate must be positive, got {options.rate}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    meta: Any  # the model's ModelMetadata
+    ns: str  # the node's namespace ("/" for none)
+    outputs: List[str]  # the model's recorded output topics, relative
+    record_path: Path
+    camera: Any  # TopicInfo of the bag's camera
+    info_topic: Optional[str]
+    publish_topic: str  # where the camera is played (decoded images for a compressed topic)
+    total: int
+    storage: str
+
+
+def _record_path(out: Path, options: ReplayOptions) -> Path:
+    """Where the outputs are recorded (BagError if it exists: bags are never overwritten)."""
     record_path = Path(options.record) if options.record else out / "recorded"
     if record_path.exists():
         raise BagError(f"{record_path}: already exists; choose a new --record path or report folder")
-    model = load_model(model_path, RuntimeOptions(providers=["cpu"]))
-    meta = model.metadata
-    del model
+    return record_path
+
+
+def _plan(reader: Any, meta: Any, record_path: Path, options: ReplayOptions) -> _Plan:
     ns = "/" + options.node_namespace.strip("/") if options.node_namespace.strip("/") else "/"
-    outputs = [KIND_TOPICS[t.kind] for t in meta.tasks.values()]
-    if "super_resolution" in outputs:
-        outputs.append("super_resolution/camera_info")
+    camera = find_camera_topic(reader.topics, options.image_topic, path=reader.path)
+    info_topic = camera_info_topic_for(camera.name)
+    if reader.topics.get(info_topic) is None or reader.topics[info_topic].msgtype != CAMERA_INFO:
+        info_topic = None
+    compressed = camera.msgtype == COMPRESSED_IMAGE
+    publish_topic = camera.name[: -len("/compressed")] if compressed and camera.name.endswith("/compressed") \
+        else camera.name
+    if compressed and publish_topic == camera.name:
+        publish_topic = camera.name + "/decoded"
+    return _Plan(meta=meta, ns=ns, outputs=[t.name for t in registry.topics_for(meta.tasks, recorded=True)],
+                 record_path=record_path, camera=camera, info_topic=info_topic, publish_topic=publish_topic,
+                 total=camera.count if options.limit is None else min(options.limit, camera.count),
+                 storage=options.record_storage or reader.storage or "sqlite3")
 
-    reader = open_bag(bag)
+
+def _node_params(plan: _Plan, model_path: str, options: ReplayOptions) -> Dict[str, Any]:
+    """A started node's parameters: detections unthresholded (mAP comparable with eval-bag)."""
+    params: Dict[str, Any] = {"model_path": str(Path(model_path).resolve()), "score_threshold": 0.0,
+                              "max_detections": registry.all_detections(plan.meta.tasks)}
+    if options.providers:
+        params["providers"] = [p for p in options.providers.split(",") if p]
+    if options.clock:
+        params["use_sim_time"] = True
+    params.update(options.node_params)
+    return params
+
+
+class _Clock:
+    """Publishes bag time on /clock at `hz` from when playing starts, scaled by the rate."""
+
+    def __init__(self, graph: _Graph, rate: float, hz: float, start_ns: int) -> None:
+        self.graph, self.rate, self.hz = graph, rate, hz
+        self.bag_ns, self.wall = start_ns, time.monotonic()
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def start(self, bag_ns: int) -> None:
+        self.bag_ns, self.wall = bag_ns, time.monotonic()
+        self.graph.publish_clock(bag_ns)
+        self._thread = threading.Thread(target=self._tick, daemon=True)
+        self._thread.start()
+
+    def _tick(self) -> None:
+        while not self._stop.wait(1.0 / self.hz):
+            self.graph.publish_clock(self.bag_ns + int((time.monotonic() - self.wall) * 1e9 * self.rate))
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None and self._thread.is_alive():
+            self._thread.join(timeout=2.0)
+
+
+def _wait_for_node(graph: _Graph, plan: _Plan, reader: Any, options: ReplayOptions,
+                   node_proc: Optional[subprocess.Popen], node_log: Any) -> None:
+    """Until the node subscribes to the camera and publishes every wanted output (ReplayError if not)."""
+    deadline = time.monotonic() + options.startup_timeout
+    wanted = [rel for rel in plan.outputs if rel in graph.subs]
+    while True:
+        if options.clock:  # a sim-time node needs a clock before it can do anything
+            graph.publish_clock(reader.start_ns)
+        have_sub = graph.image_pub.get_subscription_count() > 0
+        have_pubs = [rel for rel, sub in graph.subs.items() if sub.get_publisher_count() > 0]
+        if have_sub and all(rel in have_pubs for rel in wanted):
+            return
+        if node_proc is not None and node_proc.poll() is not None:
+            raise ReplayError(f"perception_node exited ({node_proc.returncode}):\n{log_tail(node_log.name)}")
+        if time.monotonic() > deadline:
+            missing = [f"{plan.ns.rstrip('/')}/{rel}" for rel in wanted if rel not in have_pubs]
+            why = [] if have_sub else [f"nobody subscribes to {plan.publish_topic}"]
+            why += [f"no publisher on {', '.join(missing)}"] if missing else []
+            tail = f"\n{log_tail(node_log.name)}" if node_log is not None else ""
+            raise ReplayError(f"no perception node ready within {options.startup_timeout:g} s: "
+                              f"{'; '.join(why)} (start one with image remapped to {plan.publish_topic} in "
+                              f"namespace {plan.ns}, or use --start-node){tail}")
+        time.sleep(0.1)
+
+
+@dataclass
+class _Played:
+    published: Dict[int, int] = field(default_factory=dict)  # stamp -> publish time ns
+    bad_input: Dict[int, str] = field(default_factory=dict)  # stamp -> why the node would reject it
+    first_pub: Optional[int] = None
+    play_s: float = 0.0
+
+
+def _camera_payload(reader: Any, msgtype: str, raw: bytes, problem: Optional[str]) -> Any:
+    """What is published for one camera message: its bytes, a decoded Image for a compressed one,
+    None for a compressed one that cannot be decoded."""
+    if msgtype != COMPRESSED_IMAGE:
+        return bytes(raw)
+    if problem is not None:
+        return None
+    msg = reader.deserialize(raw, msgtype)
+    return array_to_image(camera_image(msg, msgtype, "bgr"), "bgr8", _rclpy_header(msg.header), msg_cls=Image)
+
+
+def _play(graph: _Graph, reader: Any, plan: _Plan, options: ReplayOptions, clock: Optional[_Clock]) -> _Played:
+    """Publishes the camera (and camera_info) at the recorded pace times the rate."""
+    played = _Played()
+    t0_bag: Optional[int] = None
+    t0_wall = time.monotonic()
+    sent = 0
+    topics = [plan.camera.name] + ([plan.info_topic] if plan.info_topic else [])
+    for topic, msgtype, log_ns, raw in reader.messages(topics):
+        if topic == plan.camera.name and sent >= plan.total:
+            break
+        if t0_bag is None:
+            t0_bag, t0_wall = log_ns, time.monotonic()
+            if clock is not None:
+                clock.start(log_ns)
+        delay = t0_wall + (log_ns - t0_bag) / 1e9 / options.rate - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        graph.publish_clock(log_ns)  # bag time reaches each message's time before it is sent
+        if topic != plan.camera.name:
+            graph.info_pub.publish(bytes(raw))
+            continue
+        stamp = raw_stamp(raw)
+        problem = _check_camera(reader, msgtype, raw)
+        payload = _camera_payload(reader, msgtype, raw, problem)
+        now = time.time_ns()
+        if payload is not None:
+            graph.image_pub.publish(payload)
+        played.first_pub = played.first_pub if played.first_pub is not None else now
+        sent += 1
+        if stamp is not None:
+            played.published[stamp] = now
+            if problem is not None:
+                played.bad_input[stamp] = problem
+    played.play_s = max(time.monotonic() - t0_wall, 1e-9)
+    return played
+
+
+def _drain(graph: _Graph, options: ReplayOptions) -> None:
+    """Until no output arrived for drain_s (at most max_drain_s)."""
+    drain_start = time.monotonic()
+    while time.monotonic() - drain_start < options.max_drain_s:
+        with graph.lock:
+            quiet = time.monotonic() - max(graph.last_receive, drain_start) >= options.drain_s
+        if quiet:
+            break
+        time.sleep(0.05)
+    time.sleep(0.2)
+
+
+def _node_errors(node_log: Any) -> List[str]:
+    """ERROR and Traceback lines of a started node's log (which is then removed)."""
+    if node_log is None:
+        return []
+    node_log.close()
+    errors = [line for line in Path(node_log.name).read_text(errors="replace").splitlines()
+              if "ERROR" in line or "Traceback" in line]
+    os.unlink(node_log.name)
+    return errors
+
+
+@dataclass
+class _Session:
+    """What the live part of a replay left: the outputs received and what the node reported."""
+
+    played: _Played
+    received: List[tuple]  # (relative topic, receive time ns, serialised bytes)
+    diagnostics: Optional[Dict[str, str]]
+    node_errors: List[str]
+
+
+def _live(reader: Any, plan: _Plan, model_path: str, options: ReplayOptions, log: Callable[[str], None]) -> _Session:
+    """Starts the node if asked, waits for it, plays the bag, drains the outputs; stops everything."""
+    node_proc = node_log = clock = None
+    graph = _Graph(plan.publish_topic, plan.info_topic, plan.ns,
+                   plan.outputs if options.start_node else [t.name for t in RECORDED], options.clock)
     try:
-        camera = find_camera_topic(reader.topics, options.image_topic, path=reader.path)
-        info_topic = camera_info_topic_for(camera.name)
-        if reader.topics.get(info_topic) is None or reader.topics[info_topic].msgtype != CAMERA_INFO:
-            info_topic = None
-        publish_topic = camera.name[: -len("/compressed")] if (camera.msgtype == COMPRESSED_IMAGE and
-                                                                 camera.name.endswith("/compressed")) else camera.name
-        if camera.msgtype == COMPRESSED_IMAGE and publish_topic == camera.name:
-            publish_topic = camera.name + "/decoded"
-        total = camera.count if options.limit is None else min(options.limit, camera.count)
-        storage = options.record_storage or reader.storage or "sqlite3"
-
-        node_proc = None
-        node_log = None
-        graph = _Graph(publish_topic, info_topic, ns, outputs if options.start_node else list(RECORDED),
-                       options.clock)
-        published: Dict[int, int] = {}  # stamp -> publish time ns
-        bad_input: Dict[int, str] = {}
-        clock_stop = threading.Event()
-        clock_thread = None
-        try:
-            if options.start_node:
-                params = {"score_threshold": "0.0",
-                          "max_detections": str(max(1, next((t.top_k for t in meta.tasks.values()
-                                                             if t.kind == "detection"), 100)))}
-                if options.providers:
-                    params["providers"] = "[" + ",".join(p for p in options.providers.split(",") if p) + "]"
-                if options.clock:
-                    params["use_sim_time"] = "true"
-                params.update(options.node_params)
-                node_log = tempfile.NamedTemporaryFile("w+", prefix="perception_node.", suffix=".log", delete=False)
-                log(f"replay: starting perception_node in {ns} (model {model_path})")
-                node_proc = _start_node(model_path, ns, publish_topic, info_topic, params, node_log)
-            # -- wait for the node
-            deadline = time.monotonic() + options.startup_timeout
-            if options.clock:  # a sim-time node needs a clock before it can do anything
-                graph.publish_clock(reader.start_ns)
-            while True:
-                have_sub = graph.image_pub.get_subscription_count() > 0
-                have_pubs = [rel for rel, sub in graph.subs.items() if sub.get_publisher_count() > 0]
-                wanted = [rel for rel in outputs if rel in graph.subs]
-                if have_sub and all(rel in have_pubs for rel in wanted):
-                    break
-                if node_proc is not None and node_proc.poll() is not None:
-                    raise ReplayError(f"perception_node exited ({node_proc.returncode}):\n{log_tail(node_log.name)}")
-                if time.monotonic() > deadline:
-                    missing = [f"{ns.rstrip('/')}/{rel}" for rel in wanted if rel not in have_pubs]
-                    why = [] if have_sub else [f"nobody subscribes to {publish_topic}"]
-                    why += [f"no publisher on {', '.join(missing)}"] if missing else []
-                    tail = f"\n{log_tail(node_log.name)}" if node_log is not None else ""
-                    raise ReplayError(f"no perception node ready within {options.startup_timeout:g} s: "
-                                      f"{'; '.join(why)} (start one with image remapped to {publish_topic} in "
-                                      f"namespace {ns}, or use --start-node){tail}")
-                if options.clock:
-                    graph.publish_clock(reader.start_ns)
-                time.sleep(0.1)
-            time.sleep(options.settle_s)
-            # -- play
-            log(f"replay: playing {total} frames of {camera.name} at {options.rate:g}x into {publish_topic}")
-            from sensor_msgs.msg import Image
-
-            t0_bag: Optional[int] = None
-            t0_wall = time.monotonic()
-            bag_now = [reader.start_ns]
-            if options.clock:
-                def tick() -> None:
-                    while not clock_stop.wait(1.0 / options.clock_hz):
-                        graph.publish_clock(bag_now[0] + int((time.monotonic() - t0_wall) * 1e9 * options.rate))
-                clock_thread = threading.Thread(target=tick, daemon=True)
-            sent = 0
-            first_pub: Optional[int] = None
-            topics = [camera.name] + ([info_topic] if info_topic else [])
-            for topic, msgtype, log_ns, raw in reader.messages(topics):
-                if topic == camera.name and sent >= total:
-                    break
-                if t0_bag is None:
-                    t0_bag = log_ns
-                    bag_now[0] = log_ns
-                    t0_wall = time.monotonic()
-                    if clock_thread is not None:
-                        graph.publish_clock(log_ns)
-                        clock_thread.start()
-                delay = t0_wall + (log_ns - t0_bag) / 1e9 / options.rate - time.monotonic()
-                if delay > 0:
-                    time.sleep(delay)
-                graph.publish_clock(log_ns)  # bag time reaches each message's time before it is sent
-                if topic != camera.name:
-                    graph.info_pub.publish(bytes(raw))
-                    continue
-                stamp = raw_stamp(raw)
-                problem = _check_camera(reader, msgtype, raw)
-                if msgtype == COMPRESSED_IMAGE and problem is None:
-                    msg = reader.deserialize(raw, msgtype)
-                    bgr = camera_image(msg, msgtype, "bgr")
-                    header = _rclpy_header(msg.header)
-                    payload: Any = array_to_image(bgr, "bgr8", header, msg_cls=Image)
-                else:
-                    payload = bytes(raw)
-                if msgtype == COMPRESSED_IMAGE and problem is not None:
-                    payload = None  # cannot be turned into an Image: not published
-                now = time.time_ns()
-                if payload is not None:
-                    graph.image_pub.publish(payload)
-                first_pub = first_pub if first_pub is not None else now
-                sent += 1
-                if stamp is not None:
-                    published[stamp] = now
-                    if problem is not None:
-                        bad_input[stamp] = problem
-            play_s = max(time.monotonic() - t0_wall, 1e-9)
-            # -- drain
-            drain_start = time.monotonic()
-            while time.monotonic() - drain_start < options.max_drain_s:
-                with graph.lock:
-                    quiet = time.monotonic() - max(graph.last_receive, drain_start) >= options.drain_s
-                if quiet:
-                    break
-                time.sleep(0.05)
-            time.sleep(0.2)
-        finally:
-            clock_stop.set()
-            if clock_thread is not None and clock_thread.is_alive():
-                clock_thread.join(timeout=2.0)
-            if node_proc is not None:
-                stop_process(node_proc)
-            node_errors: List[str] = []
-            if node_log is not None:
-                node_log.close()
-                node_errors = [line for line in Path(node_log.name).read_text(errors="replace").splitlines()
-                               if "ERROR" in line or "Traceback" in line]
-                os.unlink(node_log.name)
-            with graph.lock:
-                received = list(graph.received)
-            diagnostics = graph.diagnostics
-            graph.close()
+        if options.start_node:
+            params = _node_params(plan, model_path, options)
+            remaps = [("image", plan.publish_topic)] + ([("camera_info", plan.info_topic)] if plan.info_topic else [])
+            node_log = tempfile.NamedTemporaryFile("w+", prefix="perception_node.", suffix=".log", delete=False)
+            log(f"replay: starting perception_node in {plan.ns} (model {model_path})")
+            try:
+                node_proc = start_node(plan.ns, params, node_log, remaps)
+            except ValueError as exc:
+                raise ReplayError(str(exc)) from None
+        _wait_for_node(graph, plan, reader, options, node_proc, node_log)
+        time.sleep(options.settle_s)
+        log(f"replay: playing {plan.total} frames of {plan.camera.name} at {options.rate:g}x into "
+            f"{plan.publish_topic}")
+        clock = _Clock(graph, options.rate, options.clock_hz, reader.start_ns) if options.clock else None
+        played = _play(graph, reader, plan, options, clock)
+        _drain(graph, options)
     finally:
-        reader.close()
+        if clock is not None:
+            clock.stop()
+        if node_proc is not None:
+            stop_process(node_proc)
+        node_errors = _node_errors(node_log)
+        with graph.lock:
+            received = list(graph.received)
+        diagnostics = graph.diagnostics
+        graph.close()
+    return _Session(played, received, diagnostics, node_errors)
 
-    # -- the recorded bag
-    with BagWriter(record_path, storage) as writer:
-        for rel, recv_ns, data in received:
-            writer.write(f"{ns.rstrip('/')}/{rel}", recv_ns, data, RECORDED[rel])
 
-    # -- online statistics
+def _write_recording(session: _Session, plan: _Plan) -> None:
+    """The node's outputs as received, into a new bag like `ros2 bag record`."""
+    msgtypes = {t.name: t.msgtype for t in RECORDED}
+    with BagWriter(plan.record_path, plan.storage) as writer:
+        for rel, recv_ns, data in session.received:
+            writer.write(f"{plan.ns.rstrip('/')}/{rel}", recv_ns, data, msgtypes[rel])
+
+
+def _online(session: _Session, plan: _Plan, options: ReplayOptions) -> Tuple[Dict[str, Any], Dict[int, float]]:
+    """The online statistics (latency per frame and topic, drops, throughput) and the end-to-end
+    latency (ms) by stamp."""
+    played = session.played
+    published, bad_input = played.published, played.bad_input
     per_topic: Dict[str, List[float]] = {}
     per_frame_last: Dict[int, int] = {}
     per_frame_first: Dict[int, int] = {}
     counts: Dict[str, int] = {}
     orphans = 0
-    for rel, recv_ns, data in received:
+    for rel, recv_ns, data in session.received:
         counts[rel] = counts.get(rel, 0) + 1
         stamp = raw_stamp(data)
         sent_ns = published.get(stamp) if stamp is not None else None
@@ -369,44 +429,63 @@ def replay_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model_path: s
     e2e = {s: (t - published[s]) / 1e6 for s, t in per_frame_last.items()}
     first = {s: (t - published[s]) / 1e6 for s, t in per_frame_first.items()}
     last_recv = max(per_frame_last.values()) if per_frame_last else None
-    span_s = ((last_recv - first_pub) / 1e9) if (last_recv and first_pub) else None
+    span_s = ((last_recv - played.first_pub) / 1e9) if (last_recv and played.first_pub) else None
     online = {
         "node": "started by replay" if options.start_node else "user's node",
-        "namespace": ns, "camera_topic_published": publish_topic, "rate": options.rate, "clock": options.clock,
-        "frames_published": len(published), "bad_input_frames": len(bad_input),
+        "namespace": plan.ns, "camera_topic_published": plan.publish_topic, "rate": options.rate,
+        "clock": options.clock, "frames_published": len(published), "bad_input_frames": len(bad_input),
         "bad_input_examples": [{"stamp_ns": s, "detail": d} for s, d in list(bad_input.items())[:10]],
         "frames_returned": returned, "dropped": dropped,
         "drop_rate": (dropped / good) if good else None,
-        "input_rate_hz": len(published) / play_s if play_s else None,
+        "input_rate_hz": len(published) / played.play_s if played.play_s else None,
         "throughput_hz": (returned / span_s) if span_s else None,
-        "playback_s": play_s, "messages": dict(sorted(counts.items())), "unmatched_outputs": orphans,
+        "playback_s": played.play_s, "messages": dict(sorted(counts.items())), "unmatched_outputs": orphans,
         "latency_ms": {"end_to_end": _stats(list(e2e.values())), "first_output": _stats(list(first.values())),
                        **{f"topic {rel}": _stats(v) for rel, v in sorted(per_topic.items())}},
         "latency_definition": "receive time of the node's output here minus publish time of the camera message "
                               "with the same header stamp (one clock, this process); end_to_end = last output of "
                               "the frame",
-        "node_diagnostics": diagnostics, "node_errors": node_errors[:10],
-        "recorded_bag": str(record_path), "recorded_storage": storage,
+        "node_diagnostics": session.diagnostics, "node_errors": session.node_errors[:10],
+        "recorded_bag": str(plan.record_path), "recorded_storage": plan.storage,
     }
-    if returned == 0:
-        raise ReplayError(f"the node returned none of the {len(published)} frames played "
-                          f"(outputs expected under {ns}; recorded bag: {record_path})")
+    return online, e2e
+
+
+def replay_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model_path: str,
+               options: ReplayOptions = ReplayOptions(), log: Any = None) -> Dict[str, Any]:
+    """Plays `bag` into a perception_node, records its outputs, scores them; returns the report
+    (also written to out_dir, with the recorded bag). Raises ReplayError / BagError / ModelError."""
+    log = log or (lambda s: None)
+    if not options.rate > 0:
+        raise ValueError(f"rate must be positive, got {options.rate}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    record_path = _record_path(out, options)
+    meta = load_model(model_path, RuntimeOptions(providers=["cpu"])).metadata
+    reader = open_bag(bag)
+    try:
+        plan = _plan(reader, meta, record_path, options)
+        session = _live(reader, plan, model_path, options, log)
+    finally:
+        reader.close()
+    _write_recording(session, plan)
+    online, e2e = _online(session, plan, options)
+    if online["frames_returned"] == 0:
+        raise ReplayError(f"the node returned none of the {online['frames_published']} frames played "
+                          f"(outputs expected under {plan.ns}; recorded bag: {plan.record_path})")
 
     def row_extra(stamp: Optional[int]) -> Dict[str, Any]:
         return {"end_to_end_ms": e2e.get(stamp)} if stamp is not None else {}
 
-    eval_options = EvalOptions(image_topic=camera.name, limit=options.limit, samples=options.samples,
+    eval_options = EvalOptions(image_topic=plan.camera.name, limit=options.limit, samples=options.samples,
                                progress=options.progress)
-    report = evaluate_bag(bag, out, options=eval_options, metadata=meta, predictions=record_path,
-                          predictions_namespace=ns, extra={"online": online, "mode": "online"},
-                          row_extra=row_extra,
-                          latency_series={"end to end (camera publish -> last output received)": list(e2e.values())})
-    return report
+    return evaluate_bag(bag, out, options=eval_options, metadata=meta, predictions=plan.record_path,
+                        predictions_namespace=plan.ns, extra={"online": online, "mode": "online"},
+                        row_extra=row_extra,
+                        latency_series={"end to end (camera publish -> last output received)": list(e2e.values())})
 
 
 def _rclpy_header(header: Any) -> Any:
-    from std_msgs.msg import Header
-
     out = Header()
     out.stamp.sec = int(header.stamp.sec)
     out.stamp.nanosec = int(header.stamp.nanosec)

@@ -164,14 +164,16 @@ def score_on_test(model_path: Path, test_root: Path) -> Dict[str, Dict[str, floa
     from mtl_perception.evaluation.evaluate import evaluate_dataset
     from mtl_perception.inference.model import RuntimeOptions
     from mtl_perception.inference.loader import load_model
+    from mtl_perception.kinds.registry import Scoring
 
     model = load_model(model_path, RuntimeOptions(providers=["cpu"]))
     dataset = MultiTaskDataset(test_root)
-    scores = {"all": _main_metrics(evaluate_dataset(model, dataset, progress=False)["tasks"])}
+    scores = {"all": _main_metrics(evaluate_dataset(model, dataset, Scoring.of(model.metadata), progress=False)["tasks"])}
     for name, night in (("day", False), ("night", True)):
         subset = _Subset(dataset, night)
         if len(subset):
-            scores[name] = _main_metrics(evaluate_dataset(model, subset, progress=False)["tasks"])
+            scores[name] = _main_metrics(evaluate_dataset(model, subset, Scoring.of(model.metadata),
+                                                          progress=False)["tasks"])
     return scores
 
 

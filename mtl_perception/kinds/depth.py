@@ -1,0 +1,62 @@
+"""Monocular depth: metres as 32FC1 (NaN outside the model's range, REP 118); the Eigen et al.
+errors; the median depth everywhere as the baseline."""
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+
+import numpy as np
+
+from mtl_perception.evaluation.evaluate import scalars
+from mtl_perception.evaluation.metrics import DepthMetric
+from mtl_perception.inference.postprocess import valid_depth
+from mtl_perception.inference.preprocess import FrameMapping, ModelInput
+from mtl_perception.kinds.base import ImageOut, Kind, Outputs, Payload, RenderSettings, Topic
+from mtl_perception.messages.image import image_to_array
+from mtl_perception.messages.types import IMAGE
+
+
+class Depth(Kind):
+    name = "depth"
+    topics = (Topic("depth", IMAGE, "image"),)
+    label = "depth"
+    baseline_label = True
+    frame_keys = ("abs_rel", "delta1")
+
+    def metric(self, spec: Any) -> DepthMetric:
+        return DepthMetric(min_depth=spec.min_depth, max_depth=spec.max_depth)
+
+    def score(self, metric: Any, output: Outputs, target: Mapping[str, Any], color_order: str) -> bool:
+        if target.get("depth") is None:
+            return False
+        metric.update(output["depth"], target["depth"])
+        return True
+
+    def baseline(self, spec: Any, labels: Sequence[np.ndarray]) -> Optional[Dict[str, Any]]:
+        if not labels:
+            return None
+        values = np.stack(labels)
+        valid = np.isfinite(values) & (values > spec.min_depth) & (values <= spec.max_depth)
+        median = float(np.median(values[valid])) if valid.any() else spec.max_depth
+        metric = self.metric(spec)
+        for gt in labels:
+            metric.update(np.full(gt.shape, median, np.float32), gt)
+        return {"name": f"constant median depth ({median:.1f} m)", **scalars(metric.compute())}
+
+    def render(self, spec: Any, output: Outputs, frame: ModelInput, settings: RenderSettings,
+               wanted: Callable[[str], bool]) -> Dict[str, Payload]:
+        if not wanted("depth"):
+            return {}
+        # A copy: the model's output stays as it was for whoever scores or shows it.
+        depth = valid_depth(np.array(output["depth"], np.float32), spec.min_depth, spec.max_depth)
+        if settings.at_input:
+            depth = frame.mapping.dense_to_camera(depth)
+        return {"depth": ImageOut(depth, "32FC1")}
+
+    def decode(self, spec: Any, msgs: Mapping[str, Any], mapping: FrameMapping,
+               color_order: str) -> Optional[Dict[str, np.ndarray]]:
+        if "depth" not in msgs:
+            return None
+        return {"depth": mapping.dense_to_model(image_to_array(msgs["depth"]).astype(np.float32))}
+
+
+KIND = Depth()
