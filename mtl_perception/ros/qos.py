@@ -16,6 +16,8 @@ from typing import Any, Callable, Sequence, Tuple
 
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSPolicyKind, QoSProfile, ReliabilityPolicy
 
+from mtl_perception.ros.parameters import IMAGE_QOS_MODES
+
 try:  # Iron and newer
     from rclpy.event_handler import SubscriptionEventCallbacks
 except ImportError:  # Humble
@@ -23,9 +25,6 @@ except ImportError:  # Humble
 
 __all__ = ["IMAGE_QOS_MODES", "ImageQoS", "decide_image_qos", "publishers_signature",
            "incompatible_qos_callbacks", "describe_incompatible_qos"]
-
-IMAGE_QOS_MODES = ("auto", "reliable", "best_effort")
-
 
 @dataclass(frozen=True)
 class ImageQoS:
