@@ -689,10 +689,22 @@ def test_auto_qos_receives_a_reliable_and_a_best_effort_camera(model_path):
     best-effort publisher appearing switches the subscription to best effort, which receives
     both; the choice is in the diagnostics."""
     ns = "/node_auto"
-    node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={model_path}", "-p", "diagnostics_period:=0.5")
-    reliable = Probe(ns)
-    best_effort = None
+    node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={model_path}", "-p", "diagnostics_period:=0.5",
+                       "-p", "input_timeout:=1.5")
+    listener = Probe(ns, image_topic="not_the_camera")  # diagnostics only
+    reliable = best_effort = None
     try:
+        # A camera that starts 2.5 s late (longer than input_timeout): no "no frame" warning at
+        # start-up; silence counts from when its publisher appears.
+        values = latest_diagnostics(listener, lambda v: v["message"].startswith("waiting for a publisher"))
+        time.sleep(2.5)
+        reliable = Probe(ns)
+        appeared = time.monotonic()
+        latest_diagnostics(listener, lambda v: v["input_publishers"] == "1")
+        time.sleep(max(0.0, appeared + 1.0 - time.monotonic()))
+        with listener.lock:
+            levels = [(st.level, st.message) for st in listener.diagnostics]
+        assert all(level == DiagnosticStatus.OK for level, _ in levels), levels
         out = reliable.outputs_for(scene("bgr8"), topics=("detections",))
         assert len(out["detections"].detections) == 2
         values = latest_diagnostics(reliable, lambda v: v["image_qos"].startswith("auto: reliable (1 reliable"))
@@ -707,7 +719,7 @@ def test_auto_qos_receives_a_reliable_and_a_best_effort_camera(model_path):
         assert "subscribed to /node_auto/image (Image): auto: reliable" in log
         assert "subscribed to /node_auto/image (Image): auto: best effort" in log
     finally:
-        for probe in (best_effort, reliable):
+        for probe in (best_effort, reliable, listener):
             if probe is not None:
                 probe.close()
         node.stop()
