@@ -50,9 +50,22 @@ from mtl_perception.bags.io import (
     open_bag,
 )
 from mtl_perception.evaluation import report as report_mod
-from mtl_perception.inference.preprocess import FrameMapping, ModelInput, model_input, resize_image
+from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.model import RuntimeOptions
+from mtl_perception.inference.preprocess import (
+    FrameMapping,
+    ModelInput,
+    model_input,
+    resize_image,
+)
 from mtl_perception.kinds import registry
-from mtl_perception.kinds.base import DetectionsOut, ImageOut, Payload, RenderSettings, ScaledCameraInfo
+from mtl_perception.kinds.base import (
+    DetectionsOut,
+    ImageOut,
+    Payload,
+    RenderSettings,
+    ScaledCameraInfo,
+)
 from mtl_perception.messages.image import ImageConversionError, image_to_array
 from mtl_perception.messages.outputs import class_ids, sr_camera_info
 
@@ -626,6 +639,7 @@ def _report(bag: Any, reader: BagReader, run: _BagRun, options: EvalOptions) -> 
             "matching": "ground truth matched to camera frames by header stamp "
                         f"(window {options.match_window_s:g} s)",
             "notes": run.scoring_notes(),
+            "headline": {name: list(registry.kind(t.kind).headline) for name, t in run.tasks.items()},
         },
         "frames": _frames_section(run),
         "tasks": run.scoring.results(),
@@ -726,9 +740,6 @@ def add_arguments(p: Any) -> None:
 
 
 def main(args: Any) -> int:
-    from mtl_perception.inference.model import RuntimeOptions
-    from mtl_perception.inference.loader import load_model
-
     options = EvalOptions(
         image_topic=args.image_topic,
         gt_topics={"segmentation": args.gt_segmentation, "depth": args.gt_depth, "detections": args.gt_detections},
@@ -746,9 +757,7 @@ def main(args: Any) -> int:
                               predictions_namespace=args.predictions_namespace, options=options)
     else:
         report = evaluate_bag(args.bag, out, model, options)
-    from mtl_perception.evaluation.report import summary_lines
-
-    print("\n".join(summary_lines(report)))
+    print("\n".join(report_mod.summary_lines(report)))
     print(f"report: {out}/summary.md, {out}/metrics.json")
     return 0
 

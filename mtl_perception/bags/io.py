@@ -30,7 +30,12 @@ from mtl_perception.kinds import registry
 from mtl_perception.messages.compressed import compressed_to_array
 from mtl_perception.messages.image import ImageConversionError, array_to_image, to_color
 from mtl_perception.messages.outputs import detections_from_msg
-from mtl_perception.messages.types import CAMERA_INFO, COMPRESSED_IMAGE, DETECTIONS, IMAGE
+from mtl_perception.messages.types import (
+    CAMERA_INFO,
+    COMPRESSED_IMAGE,
+    DETECTIONS,
+    IMAGE,
+)
 
 __all__ = [
     "BagError", "MessageError", "IMAGE", "COMPRESSED_IMAGE", "CAMERA_INFO", "DETECTIONS", "CAMERA_TYPES",

@@ -42,11 +42,10 @@ def summary_lines(report: Mapping[str, Any]) -> List[str]:
     lines = [f"{report['bag']['path']}: {frames['evaluated']} of {frames['considered']} frames scored on "
              f"{report['bag']['image_topic']}" + (f", {frames['skipped']} skipped ({reasons})" if frames["skipped"]
                                                   else "")]
-    head = {"segmentation": ("miou", "pixel_acc"), "depth": ("abs_rel", "delta1"), "detection": ("map50", "map50_95"),
-            "super_resolution": ("psnr", "psnr_gain")}
-    for name, kind in report["model"]["tasks"].items():
+    head = report["scoring"].get("headline", {})  # each task's headline metrics, chosen by its kind
+    for name in report["model"]["tasks"]:
         values = report["tasks"].get(name, {})
-        lines.append(f"  {name}: " + ", ".join(f"{k}={_fmt(values.get(k))}" for k in head[kind]))
+        lines.append(f"  {name}: " + ", ".join(f"{k}={_fmt(values.get(k))}" for k in head.get(name, ())))
     lines += [f"  note: {note}" for note in report["scoring"].get("notes", [])]
     lat = report.get("latency_ms", {})
     if "model" in lat and lat["model"]["n"]:
@@ -67,7 +66,14 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> List[str]:
 
 
 def markdown(report: Mapping[str, Any], images: Mapping[str, Any]) -> str:
-    bag, model, frames = report["bag"], report["model"], report["frames"]
+    """summary.md: overview, frames, ground truth, accuracy, latency, online replay, figures."""
+    md = (_md_overview(report) + _md_frames(report["frames"]) + _md_ground_truth(report["bag"])
+          + _md_accuracy(report) + _md_latency(report) + _md_figures(report, images))
+    return "\n".join(md)
+
+
+def _md_overview(report: Mapping[str, Any]) -> List[str]:
+    bag, model = report["bag"], report["model"]
     md: List[str] = [f"# Bag evaluation: {model['name']} on {Path(bag['path']).name}", ""]
     mode = {"offline": "offline (the model run on every frame, no ROS graph)",
             "recorded": "recorded outputs of a perception node",
@@ -80,8 +86,11 @@ def markdown(report: Mapping[str, Any], images: Mapping[str, Any]) -> str:
                                                                  if model.get("providers") else ""),
            f"- scoring: {report['scoring']['resolution']}; {report['scoring']['matching']}; detection: "
            f"{report['scoring']['detection']}"]
-    md += [f"- note: {note}" for note in report["scoring"].get("notes", [])] + [""]
-    md += ["## Frames", ""]
+    return md + [f"- note: {note}" for note in report["scoring"].get("notes", [])] + [""]
+
+
+def _md_frames(frames: Mapping[str, Any]) -> List[str]:
+    md = ["## Frames", ""]
     rows = [["considered", frames["considered"]], ["scored", frames["evaluated"]],
             ["skipped (bad image)", frames["skipped"]]]
     rows += [[f"  {k}", v] for k, v in frames["skipped_by_reason"].items()]
@@ -98,17 +107,25 @@ def markdown(report: Mapping[str, Any], images: Mapping[str, Any]) -> str:
         md += ["Skipped frames (first ones):", ""]
         md += [f"- frame {e['frame']} (stamp {e['stamp_ns']}): {e['reason']}: {e['detail']}"
                for e in frames["skipped_examples"][:10]] + [""]
+    return md
+
+
+def _md_ground_truth(bag: Mapping[str, Any]) -> List[str]:
     gt = bag["ground_truth"]
-    md += ["## Ground truth", ""]
+    md = ["## Ground truth", ""]
     md += _table(["label", "topic", "messages", "frames scored", "unmatched"],
                  [[k, f"`{v['topic']}`", v["messages"], v["frames_scored"], v["unmatched_messages"]]
                   for k, v in gt.items()]) + [""]
     if bag["ground_truth_missing"]:
         md += [f"No ground truth in the bag for: {', '.join(bag['ground_truth_missing'])} "
                "(those tasks are scored only where labels exist; super-resolution needs none).", ""]
-    md += ["## Accuracy", ""]
+    return md
+
+
+def _md_accuracy(report: Mapping[str, Any]) -> List[str]:
+    md = ["## Accuracy", ""]
     metric_rows = []
-    for name, kind in model["tasks"].items():
+    for name, kind in report["model"]["tasks"].items():
         values = report["tasks"].get(name, {})
         base = report.get("baselines", {}).get(name, {})
         for key, value in values.items():
@@ -124,7 +141,11 @@ def markdown(report: Mapping[str, Any], images: Mapping[str, Any]) -> str:
             if isinstance(value, dict):
                 md += [f"{name} {key}:", ""] + _table(["class", key.replace("_per_class", "")],
                                                       [[c, v] for c, v in value.items()]) + [""]
-    md += ["## Latency", ""]
+    return md
+
+
+def _md_latency(report: Mapping[str, Any]) -> List[str]:
+    md = ["## Latency", ""]
     lat_rows = []
     for group, series in report.get("latency_ms", {}).items():
         if isinstance(series, dict) and "p50" in series:
@@ -143,6 +164,11 @@ def markdown(report: Mapping[str, Any], images: Mapping[str, Any]) -> str:
             ["dropped", online["dropped"]], ["drop rate", online["drop_rate"]],
             ["playback rate", online["rate"]], ["output rate (Hz)", online["throughput_hz"]],
             ["node", online["node"]]] + [[f"messages on {k}", v] for k, v in online["messages"].items()]) + [""]
+    return md
+
+
+def _md_figures(report: Mapping[str, Any], images: Mapping[str, Any]) -> List[str]:
+    md: List[str] = []
     if images.get("latency"):
         md += [f"![latency]({images['latency']})", ""]
     if images.get("over_time"):
@@ -155,7 +181,7 @@ def markdown(report: Mapping[str, Any], images: Mapping[str, Any]) -> str:
     if report.get("output_bag"):
         ob = report["output_bag"]
         md += [f"Model outputs written to `{ob['path']}` ({ob['storage']}, topics under `{ob['namespace']}`).", ""]
-    return "\n".join(md)
+    return md
 
 
 # ------------------------------------------------------------------------------------ plots

@@ -116,6 +116,7 @@ class Kind:
     label: Optional[str] = None  # key of this kind's ground truth in a frame's target dict
     baseline_label: bool = False  # the baseline needs this kind's labels (collected while scoring)
     frame_keys: Tuple[str, ...] = ()  # metric values reported per frame (plots, frames.csv)
+    headline: Tuple[str, ...] = ()  # metric values of the one-line summaries
     needs_camera_info: bool = False  # subscribes to the camera's CameraInfo
 
     @property

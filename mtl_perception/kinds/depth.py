@@ -36,6 +36,7 @@ class Depth(Kind):
     baseline_label = True
     frame_keys = ("abs_rel", "delta1")
     needs_camera_info = True  # depth/camera_info and points
+    headline = ("abs_rel", "delta1")
 
     def metric(self, spec: Any) -> DepthMetric:
         return DepthMetric(min_depth=spec.min_depth, max_depth=spec.max_depth)

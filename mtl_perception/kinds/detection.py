@@ -10,7 +10,15 @@ import numpy as np
 from mtl_perception.evaluation.metrics import DetectionMetric
 from mtl_perception.inference.postprocess import draw_detections, select_detections
 from mtl_perception.inference.preprocess import FrameMapping, ModelInput
-from mtl_perception.kinds.base import DetectionsOut, ImageOut, Kind, Outputs, Payload, RenderSettings, Topic
+from mtl_perception.kinds.base import (
+    DetectionsOut,
+    ImageOut,
+    Kind,
+    Outputs,
+    Payload,
+    RenderSettings,
+    Topic,
+)
 from mtl_perception.messages.outputs import detections_from_msg
 from mtl_perception.messages.types import DETECTIONS, IMAGE
 
@@ -25,6 +33,7 @@ class Detection(Kind):
         Topic("detections/image", IMAGE, "image", on_demand=True, live_only=True),
     )
     label = "boxes"
+    headline = ("map50", "map50_95")
 
     def metric(self, spec: Any) -> DetectionMetric:
         return DetectionMetric(class_names=spec.class_names)

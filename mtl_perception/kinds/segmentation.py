@@ -10,7 +10,15 @@ from mtl_perception.evaluation.evaluate import scalars
 from mtl_perception.evaluation.metrics import SegmentationMetric
 from mtl_perception.inference.postprocess import overlay_segmentation
 from mtl_perception.inference.preprocess import FrameMapping, ModelInput
-from mtl_perception.kinds.base import ImageOut, Kind, LabelsOut, Outputs, Payload, RenderSettings, Topic
+from mtl_perception.kinds.base import (
+    ImageOut,
+    Kind,
+    LabelsOut,
+    Outputs,
+    Payload,
+    RenderSettings,
+    Topic,
+)
 from mtl_perception.messages.image import image_to_array
 from mtl_perception.messages.types import IMAGE, LABEL_INFO
 
@@ -25,6 +33,7 @@ class Segmentation(Kind):
     label = "semantic"
     baseline_label = True
     frame_keys = ("miou", "pixel_acc")
+    headline = ("miou", "pixel_acc")
 
     def metric(self, spec: Any) -> SegmentationMetric:
         return SegmentationMetric(num_classes=len(spec.class_names), ignore_index=spec.ignore_index,

@@ -9,7 +9,15 @@ import numpy as np
 from mtl_perception.evaluation.metrics import SuperResolutionMetric
 from mtl_perception.inference.pixels import array_to_color
 from mtl_perception.inference.preprocess import FrameMapping, ModelInput, resize_image
-from mtl_perception.kinds.base import ImageOut, Kind, Outputs, Payload, RenderSettings, ScaledCameraInfo, Topic
+from mtl_perception.kinds.base import (
+    ImageOut,
+    Kind,
+    Outputs,
+    Payload,
+    RenderSettings,
+    ScaledCameraInfo,
+    Topic,
+)
 from mtl_perception.messages.image import to_color
 from mtl_perception.messages.types import CAMERA_INFO, IMAGE
 
@@ -22,6 +30,7 @@ class SuperResolution(Kind):
     )
     label = "hr_image"
     frame_keys = ("psnr", "psnr_bicubic")
+    headline = ("psnr", "psnr_gain")
     needs_camera_info = True
 
     def metric(self, spec: Any) -> SuperResolutionMetric:

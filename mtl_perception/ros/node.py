@@ -52,13 +52,32 @@ from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import ModelError, PerceptionModel
 from mtl_perception.inference.preprocess import model_input
 from mtl_perception.kinds import registry
-from mtl_perception.kinds.base import DetectionsOut, ImageOut, LabelsOut, Payload, PointsOut, ScaledCameraInfo
+from mtl_perception.kinds.base import (
+    DetectionsOut,
+    ImageOut,
+    LabelsOut,
+    Payload,
+    PointsOut,
+    ScaledCameraInfo,
+)
 from mtl_perception.messages.compressed import check_compressed, compressed_to_array
-from mtl_perception.messages.image import ImageConversionError, array_to_image, encoding_info, image_to_array
+from mtl_perception.messages.image import (
+    ImageConversionError,
+    array_to_image,
+    encoding_info,
+    image_to_array,
+)
 from mtl_perception.messages.outputs import detection_array, label_info, scaled_camera_info
 from mtl_perception.messages.pointcloud import depth_points, pointcloud2
 from mtl_perception.ros.message_types import message_class, publisher_qos
-from mtl_perception.ros.parameters import BY_NAME, PARAMETERS, Param, Settings, runtime_options, validate
+from mtl_perception.ros.parameters import (
+    BY_NAME,
+    PARAMETERS,
+    Param,
+    Settings,
+    runtime_options,
+    validate,
+)
 from mtl_perception.ros.qos import ImageQoS, decide_image_qos, incompatible_qos_callbacks, publishers_signature
 from mtl_perception.ros.throttle import ProblemThrottle
 from mtl_perception.ros.watchdog import InputWatch

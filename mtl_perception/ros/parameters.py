@@ -13,7 +13,11 @@ import os
 from dataclasses import dataclass, fields
 from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
-from mtl_perception.inference.model import ModelError, RuntimeOptions, normalise_provider_names
+from mtl_perception.inference.model import (
+    ModelError,
+    RuntimeOptions,
+    normalise_provider_names,
+)
 from mtl_perception.kinds.base import RenderSettings
 
 __all__ = ["Param", "PARAMETERS", "BY_NAME", "ROS_PARAMETERS", "Settings", "validate", "defaults",

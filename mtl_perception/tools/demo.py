@@ -35,7 +35,12 @@ from mtl_perception.kinds import registry
 from mtl_perception.messages.image import image_to_array, to_color
 from mtl_perception.ros.dds_profile import large_frame_env, user_profile
 from mtl_perception.ros.message_types import message_class
-from mtl_perception.ros.processes import log_tail, start_node, start_ros_process, stop_process
+from mtl_perception.ros.processes import (
+    log_tail,
+    start_node,
+    start_ros_process,
+    stop_process,
+)
 from mtl_perception.ros.spin import spin_in_background
 
 PANEL = (320, 240)  # w, h of one mosaic tile

@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, Image
-from std_msgs.msg import Header
-
-from mtl_perception.bags.evaluate import EvalOptions, _stats, default_out_dir, evaluate_bag, raw_stamp
+from mtl_perception.bags.evaluate import (
+    EvalOptions,
+    _stats,
+    default_out_dir,
+    evaluate_bag,
+    raw_stamp,
+)
 from mtl_perception.bags.io import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
@@ -48,11 +47,16 @@ from mtl_perception.bags.io import (
     find_camera_topic,
     open_bag,
 )
+from mtl_perception.evaluation.report import summary_lines
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.kinds import registry
-from mtl_perception.messages.image import ImageConversionError, array_to_image, encoding_info, image_to_array
-from mtl_perception.ros.message_types import message_class
+from mtl_perception.messages.image import (
+    ImageConversionError,
+    array_to_image,
+    encoding_info,
+    image_to_array,
+)
 from mtl_perception.ros.processes import log_tail, start_node, stop_process
 from mtl_perception.ros.spin import spin_in_background
 
@@ -93,6 +97,16 @@ class _Graph:
 
     def __init__(self, image_topic: str, info_topic: Optional[str], namespace: str, outputs: Sequence[str],
                  clock: bool) -> None:
+        # ROS is imported where the graph is made: `mtl-perception`'s parser reads this module's
+        # add_arguments on machines without ROS (make-bag, eval-bag).
+        import rclpy
+        from diagnostic_msgs.msg import DiagnosticArray
+        from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+        from sensor_msgs.msg import CameraInfo, Image
+
+        from mtl_perception.ros.message_types import message_class
+
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=[])
         self.node = rclpy.create_node(f"mtl_replay_{os.getpid()}", context=self.context)
@@ -136,6 +150,8 @@ class _Graph:
         """Publishes /clock = bag_ns, never going backwards (sim-time jumps back reset timers)."""
         if self.clock_pub is None:
             return
+        from rosgraph_msgs.msg import Clock
+
         with self.clock_lock:
             if bag_ns <= self.last_clock:
                 return
@@ -286,6 +302,8 @@ def _camera_payload(reader: Any, msgtype: str, raw: bytes, problem: Optional[str
         return bytes(raw)
     if problem is not None:
         return None
+    from sensor_msgs.msg import Image
+
     msg = reader.deserialize(raw, msgtype)
     return array_to_image(camera_image(msg, msgtype, "bgr"), "bgr8", _rclpy_header(msg.header), msg_cls=Image)
 
@@ -486,6 +504,8 @@ def replay_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model_path: s
 
 
 def _rclpy_header(header: Any) -> Any:
+    from std_msgs.msg import Header
+
     out = Header()
     out.stamp.sec = int(header.stamp.sec)
     out.stamp.nanosec = int(header.stamp.nanosec)
@@ -533,8 +553,6 @@ def main(args: Any) -> int:
     except ReplayError as exc:
         print(f"mtl-perception replay: {exc}", file=sys.stderr)
         return 1
-    from mtl_perception.evaluation.report import summary_lines
-
     print("\n".join(summary_lines(report)))
     print(f"report: {out}/summary.md, {out}/metrics.json; recorded outputs: {report['online']['recorded_bag']}")
     return 0
