@@ -718,6 +718,8 @@ def test_auto_qos_receives_a_reliable_and_a_best_effort_camera(model_path):
         log = node.log()
         assert "subscribed to /node_auto/image (Image): auto: reliable" in log
         assert "subscribed to /node_auto/image (Image): auto: best effort" in log
+        assert "incompatible QoS" not in log  # the switch to best effort resolved the first mismatch
+        assert values["incompatible_qos_events"] == "0"
     finally:
         for probe in (best_effort, reliable, listener):
             if probe is not None:

@@ -149,6 +149,7 @@ class PerceptionNode(LifecycleNode):
         self._image_topic = ""
         self._image_qos: Optional[ImageQoS] = None
         self._camera_publishers: Tuple[Any, ...] = ()
+        self._pending_incompatible: Optional[str] = None
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -282,21 +283,25 @@ class PerceptionNode(LifecycleNode):
     def _poll_publishers(self) -> None:
         """Timer: re-decides the image QoS when the publishers change and tells the no-frames
         watch how many there are (it counts silence from when one appeared)."""
-        self._resubscribe_if_needed()
+        resubscribed = self._resubscribe_if_needed()
+        pending, self._pending_incompatible = self._pending_incompatible, None
+        if pending is not None and not resubscribed:
+            self._report_incompatible_qos(pending)  # auto could not resolve it: a real mismatch
         with self._stats.lock:
             self._stats.watch.poll(len(self._camera_publishers), time.monotonic())
 
-    def _resubscribe_if_needed(self) -> None:
-        """(Re)creates the image subscription when there is none or the QoS decision changed."""
+    def _resubscribe_if_needed(self) -> bool:
+        """(Re)creates the image subscription when there is none or the QoS decision changed;
+        True when it did."""
         infos = self.get_publishers_info_by_topic(self._image_topic)
         signature = publishers_signature(infos)
         if self._image_sub is not None and signature == self._camera_publishers:
-            return
+            return False
         self._camera_publishers = signature
         choice = decide_image_qos(str(self.get_parameter("image_qos").value), infos)
         if self._image_sub is not None and choice.reliability == self._image_qos.reliability:
             self._image_qos = choice  # same profile, new publisher counts in the description
-            return
+            return False
         if self._image_sub is not None:
             self.destroy_subscription(self._image_sub)
         self._image_qos = choice
@@ -307,8 +312,17 @@ class PerceptionNode(LifecycleNode):
             event_callbacks=incompatible_qos_callbacks(self._image_topic, requested, self._on_incompatible_qos))
         self.get_logger().info(f"subscribed to {self._image_topic} ({msg_type.__name__}): {choice.description}, "
                                "KEEP_LAST 1")
+        return True
 
     def _on_incompatible_qos(self, text: str) -> None:
+        """Under `auto` a best-effort camera appearing meets the reliable subscription first: the
+        next poll re-decides, and only an event that survives it is reported."""
+        if self.get_parameter("image_qos").value == "auto":
+            self._pending_incompatible = text
+        else:
+            self._report_incompatible_qos(text)
+
+    def _report_incompatible_qos(self, text: str) -> None:
         with self._stats.lock:
             self._stats.incompatible_qos += 1
         line = self._throttle.report("qos", text)
