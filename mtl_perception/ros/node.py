@@ -208,6 +208,7 @@ class PerceptionNode(LifecycleNode):
         info_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         self._slot = LatestFrame()
         self._stats = _Stats()
+        self._throttle = ProblemThrottle(WARN_PERIOD_S)  # problem counts since activation, like the stats
         self._last_diag = None
         self._compressed = self.get_parameter("input_transport").value == "compressed"
         # image_transport's naming: the compressed topic is the (remapped) image topic + /compressed.
