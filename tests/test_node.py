@@ -189,7 +189,8 @@ class Probe:
 
     def outputs_for(self, frame, topics=ALL_OUTPUTS, timeout: float = 30.0, period: float = 0.3,
                     with_info: bool = True) -> Dict[str, object]:
-        """Publishes `frame` (a fresh stamp each time) until one stamp has every topic's output."""
+        """Publishes `frame` (a fresh stamp each time) until one stamp has every topic's output;
+        `frame.header.stamp` is then that stamp's (a slow node may answer an earlier copy)."""
         deadline = time.monotonic() + timeout
         stamps: List[int] = []
         while time.monotonic() < deadline:
@@ -199,6 +200,7 @@ class Probe:
                 with self.lock:
                     for stamp in stamps:
                         if all(stamp in self.got[t] for t in topics):
+                            frame.header.stamp.sec, frame.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
                             return {t: self.got[t][stamp] for t in topics}
                 time.sleep(0.02)
         with self.lock:
