@@ -78,20 +78,22 @@ def _fields(dtype: np.dtype, field_cls: Any) -> List[Any]:
     return out
 
 
-def _structured(points: np.ndarray, rgb: Optional[np.ndarray], labels: Optional[np.ndarray]
-                ) -> Tuple[np.ndarray, np.dtype]:
+def _packed(points: np.ndarray, rgb: Optional[np.ndarray], labels: Optional[np.ndarray]
+            ) -> Tuple[np.ndarray, np.dtype]:
+    """The cloud as one HxWxN little-endian 4-byte array (every field is 4 bytes): filled column
+    by column, several times faster than assigning the fields of a structured array."""
     if rgb is not None and labels is not None:
         raise ValueError("a cloud carries either rgb or label, not both")
     extra = "rgb" if rgb is not None else "label" if labels is not None else None
     dtype = cloud_dtype(extra)
     height, width = points.shape[:2]
-    cloud = np.empty((height, width), dtype)
-    cloud["x"], cloud["y"], cloud["z"] = points[..., 0], points[..., 1], points[..., 2]
+    buf = np.empty((height, width, len(dtype.names)), "<f4")
+    buf[..., :3] = points
     if extra == "rgb":
-        cloud["rgb"] = pack_rgb(rgb)
+        buf[..., 3] = pack_rgb(rgb)
     elif extra == "label":
-        cloud["label"] = np.asarray(labels).astype(np.uint32)
-    return cloud, dtype
+        buf.view("<u4")[..., 3] = np.asarray(labels).astype(np.uint32)
+    return buf, dtype
 
 
 def pointcloud2(header: Any, points: np.ndarray, rgb: Optional[np.ndarray] = None,
@@ -105,12 +107,12 @@ def pointcloud2(header: Any, points: np.ndarray, rgb: Optional[np.ndarray] = Non
     for name, extra in (("rgb", rgb), ("labels", labels)):
         if extra is not None and np.shape(extra)[:2] != points.shape[:2]:
             raise ValueError(f"{name} of shape {np.shape(extra)} does not match points of shape {points.shape}")
-    cloud, dtype = _structured(points, rgb, labels)
+    cloud, dtype = _packed(points, rgb, labels)
     if msg_cls is None or field_cls is None:
         from sensor_msgs.msg import PointCloud2, PointField  # the distro's (or dev wheels') messages
 
         msg_cls, field_cls = msg_cls or PointCloud2, field_cls or PointField
-    height, width = cloud.shape
+    height, width = cloud.shape[:2]
     msg = msg_cls()
     msg.header = header
     msg.height, msg.width = height, width
@@ -120,6 +122,6 @@ def pointcloud2(header: Any, points: np.ndarray, rgb: Optional[np.ndarray] = Non
     msg.row_step = dtype.itemsize * width
     msg.is_dense = bool(np.isfinite(points).all())  # PCL: true only without invalid points
     data = array.array("B")
-    data.frombytes(cloud.tobytes())
+    data.frombytes(cloud.reshape(-1).view(np.uint8))  # from the array's buffer, no intermediate bytes
     msg.data = data
     return msg
