@@ -27,6 +27,7 @@ import cv2
 import numpy as np
 
 from mtl_perception.kinds import registry
+from mtl_perception.messages.compressed import compressed_to_array
 from mtl_perception.messages.image import ImageConversionError, array_to_image, to_color
 from mtl_perception.messages.outputs import detections_from_msg
 from mtl_perception.messages.types import (
@@ -427,24 +428,7 @@ def camera_image(msg: Any, msgtype: str, order: str = "rgb") -> np.ndarray:
     ImageConversionError naming the problem (unsupported encoding, wrong data length, undecodable
     compressed data)."""
     if msgtype == COMPRESSED_IMAGE:
-        data = np.asarray(msg.data, np.uint8).reshape(-1)
-        decoded = cv2.imdecode(data, cv2.IMREAD_UNCHANGED) if data.size else None
-        if decoded is None:
-            raise ImageConversionError(
-                f"compressed image ({msg.format or 'no format'}) cannot be decoded ({data.size} bytes)")
-        if decoded.ndim == 2:
-            encoding = "mono8" if decoded.dtype == np.uint8 else "mono16"
-        else:
-            encoding = {3: "bgr8", 4: "bgra8"}.get(decoded.shape[2], "")
-            if decoded.dtype == np.uint16:
-                encoding = encoding.replace("8", "16")
-        if not encoding or decoded.dtype not in (np.uint8, np.uint16):
-            raise ImageConversionError(f"compressed image decodes to unsupported {decoded.dtype} {decoded.shape}")
-        # "rgb8; jpeg compressed bgr8": the part before ';' is the raw encoding (image_transport)
-        raw_encoding = str(msg.format).split(";")[0].strip()
-        if (raw_encoding in ("rgb8", "rgba8", "rgb16", "rgba16") and decoded.ndim == 3
-                and "compressed rgb" in str(msg.format)):
-            encoding = encoding.replace("bgr", "rgb")
+        decoded, encoding = compressed_to_array(msg)
         return to_color(decoded, encoding, order)
     if msgtype != IMAGE:
         raise ImageConversionError(f"{msgtype} is not a camera image type")

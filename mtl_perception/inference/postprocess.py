@@ -1,17 +1,19 @@
 """Array-side post-processing of model outputs, shared by the node, bag tools and reports:
-the segmentation palette and overlay, depth validity (NaN outside the model's range) and
-detections filtered and mapped back from model-input pixels to the camera image.
+the segmentation palette and overlay, depth validity (NaN outside the model's range),
+detections filtered and mapped back from model-input pixels to the camera image, and those
+detections drawn on the image (the node's `detections/image`).
 
 Only NumPy and OpenCV: a vehicle image needs nothing else for it.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Sequence, Tuple
 
 import cv2
 import numpy as np
 
-__all__ = ["PALETTE_BGR", "Detections", "overlay_segmentation", "valid_depth", "select_detections"]
+__all__ = ["PALETTE_BGR", "Detections", "overlay_segmentation", "valid_depth", "select_detections",
+           "draw_detections"]
 
 
 def _palette() -> np.ndarray:
@@ -85,3 +87,43 @@ def select_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray
     np.clip(out[:, 1::2], 0.0, float(height), out=out[:, 1::2])
     return Detections(out, scores[keep].astype(np.float64),
                       np.asarray(classes).reshape(-1)[keep].astype(np.int64))
+
+
+def _box_pixels(box: Sequence[float], width: int, height: int) -> Tuple[int, int, int, int]:
+    """The first and last pixel columns/rows covered by an xyxy box (x2, y2 exclusive), inside the image."""
+    x1, y1, x2, y2 = (int(round(float(v))) for v in box)
+    x1, y1 = min(max(x1, 0), width - 1), min(max(y1, 0), height - 1)
+    x2, y2 = min(max(x2 - 1, x1), width - 1), min(max(y2 - 1, y1), height - 1)
+    return x1, y1, x2, y2
+
+
+def _draw_label(out: np.ndarray, text: str, x1: int, y1: int, colour: Tuple[int, int, int], scale: float) -> None:
+    """`text` on a filled band of the box colour just above the box (inside it at the image top)."""
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    band = th + base + 2
+    top = y1 - band if y1 - band >= 0 else y1
+    cv2.rectangle(out, (x1, top), (min(x1 + tw + 2, out.shape[1] - 1), top + band - 1), colour, cv2.FILLED)
+    ink = (0, 0, 0) if sum(colour) > 3 * 128 else (255, 255, 255)
+    cv2.putText(out, text, (x1 + 1, top + th + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, ink, 1, cv2.LINE_AA)
+
+
+def draw_detections(image_bgr: np.ndarray, detections: Detections, class_names: Sequence[str],
+                    thickness: int = 2) -> np.ndarray:
+    """A copy of the BGR image with each box outlined (`thickness` pixels, inside the box) in
+    its class's palette colour and labelled "name score" above it; boxes in image pixels."""
+    out = np.array(image_bgr, np.uint8, copy=True, order="C")
+    height, width = out.shape[:2]
+    names = list(class_names)
+    scale = max(0.35, min(width, height) / 900.0)
+    t = max(1, int(thickness))
+    for box, score, cls in zip(detections.boxes, detections.scores, detections.classes):
+        cls = int(cls)
+        colour = tuple(int(c) for c in PALETTE_BGR[cls % 256])
+        x1, y1, x2, y2 = _box_pixels(box, width, height)
+        out[y1:min(y1 + t, y2 + 1), x1:x2 + 1] = colour
+        out[max(y2 - t + 1, y1):y2 + 1, x1:x2 + 1] = colour
+        out[y1:y2 + 1, x1:min(x1 + t, x2 + 1)] = colour
+        out[y1:y2 + 1, max(x2 - t + 1, x1):x2 + 1] = colour
+        name = names[cls] if 0 <= cls < len(names) else str(cls)
+        _draw_label(out, f"{name} {float(score):.2f}", x1, y1, colour, scale)
+    return out

@@ -2,7 +2,7 @@
 
 A kind (one module beside this one, mirroring `training/tasks/`) declares its output topics and
 turns one task's model outputs into the inputs of the message builders (`ImageOut`,
-`DetectionsOut`, `ScaledCameraInfo`, `LabelsOut`): the node publishes them, output bags write
+`DetectionsOut`, `ScaledCameraInfo`, `PointsOut`, `LabelsOut`): the node publishes them, output bags write
 them, so both publish the same thing by construction. It also reads its outputs back from
 recorded messages, owns its metric (from `mtl_perception.evaluation.metrics`), how a frame is
 scored with it, and its trivial baseline.
@@ -17,8 +17,8 @@ import numpy as np
 from mtl_perception.inference.postprocess import Detections
 from mtl_perception.inference.preprocess import FrameMapping, ModelInput
 
-__all__ = ["Topic", "RenderSettings", "ImageOut", "DetectionsOut", "ScaledCameraInfo", "LabelsOut", "Payload",
-           "Kind"]
+__all__ = ["Topic", "RenderSettings", "ImageOut", "DetectionsOut", "ScaledCameraInfo", "PointsOut", "LabelsOut",
+           "Payload", "Kind"]
 
 #: QoS classes of output topics (the node maps them to profiles): camera-sized images keep the
 #: newest only, small messages a few, latched ones are transient-local for late joiners.
@@ -32,13 +32,17 @@ class Topic:
     Every per-frame topic is built only while somebody subscribes to it. `on_demand` marks a
     view rendered from other outputs (an overlay): recorders leave it out, since recording it
     would make the node do work nobody else asked for. A topic that is not `per_frame` is
-    published once on activation and when a setting it shows changes (latched)."""
+    published once on activation and when a setting it shows changes (latched). `live_only`
+    marks what only the live node publishes (it needs the live CameraInfo, or is a view for
+    people): `topics()` lists it only when asked for `live` topics, and `render` builds it only
+    when `wanted` names it, so output bags, the benchmark and the demo leave it out."""
 
     name: str
     msgtype: str
     qos: str
     per_frame: bool = True
     on_demand: bool = False
+    live_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,17 @@ class ScaledCameraInfo:
 
 
 @dataclass(frozen=True)
+class PointsOut:
+    """A sensor_msgs/PointCloud2 to build from `depth` (HxW metres, NaN invalid) through the
+    camera's CameraInfo scaled from `camera_size` to the depth map's size, each point coloured
+    by `rgb` (HxWx3 uint8 at the depth map's size); built only where the CameraInfo is known."""
+
+    depth: np.ndarray
+    camera_size: Tuple[int, int]
+    rgb: Optional[np.ndarray]
+
+
+@dataclass(frozen=True)
 class LabelsOut:
     """A vision_msgs/LabelInfo: class id -> name, with the score threshold."""
 
@@ -89,7 +104,7 @@ class LabelsOut:
     threshold: float
 
 
-Payload = Any  # one of ImageOut, DetectionsOut, ScaledCameraInfo, LabelsOut
+Payload = Any  # one of ImageOut, DetectionsOut, ScaledCameraInfo, PointsOut, LabelsOut
 Outputs = Mapping[str, np.ndarray]  # one task's outputs by role (PerceptionModel.run)
 
 

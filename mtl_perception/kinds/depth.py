@@ -1,5 +1,6 @@
-"""Monocular depth: metres as 32FC1 (NaN outside the model's range, REP 118); the Eigen et al.
-errors; the median depth everywhere as the baseline."""
+"""Monocular depth: metres as 32FC1 (NaN outside the model's range, REP 118), the camera's
+CameraInfo scaled to the depth image and the point cloud through it (live node only); the Eigen
+et al. errors; the median depth everywhere as the baseline."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
@@ -15,19 +16,26 @@ from mtl_perception.kinds.base import (
     Kind,
     Outputs,
     Payload,
+    PointsOut,
     RenderSettings,
+    ScaledCameraInfo,
     Topic,
 )
 from mtl_perception.messages.image import image_to_array
-from mtl_perception.messages.types import IMAGE
+from mtl_perception.messages.types import CAMERA_INFO, IMAGE, POINTCLOUD2
 
 
 class Depth(Kind):
     name = "depth"
-    topics = (Topic("depth", IMAGE, "image"),)
+    topics = (
+        Topic("depth", IMAGE, "image"),
+        Topic("depth/camera_info", CAMERA_INFO, "small", live_only=True),
+        Topic("points", POINTCLOUD2, "image", on_demand=True, live_only=True),
+    )
     label = "depth"
     baseline_label = True
     frame_keys = ("abs_rel", "delta1")
+    needs_camera_info = True  # depth/camera_info and points
     headline = ("abs_rel", "delta1")
 
     def metric(self, spec: Any) -> DepthMetric:
@@ -52,13 +60,23 @@ class Depth(Kind):
 
     def render(self, spec: Any, output: Outputs, frame: ModelInput, settings: RenderSettings,
                wanted: Callable[[str], bool]) -> Dict[str, Payload]:
-        if not wanted("depth"):
+        want = {topic: wanted(topic) for topic in ("depth", "depth/camera_info", "points")}
+        if not any(want.values()):
             return {}
         # A copy: the model's output stays as it was for whoever scores or shows it.
         depth = valid_depth(np.array(output["depth"], np.float32), spec.min_depth, spec.max_depth)
         if settings.at_input:
             depth = frame.mapping.dense_to_camera(depth)
-        return {"depth": ImageOut(depth, "32FC1")}
+        size = (depth.shape[1], depth.shape[0])
+        out: Dict[str, Payload] = {}
+        if want["depth"]:
+            out["depth"] = ImageOut(depth, "32FC1")
+        if want["depth/camera_info"]:
+            out["depth/camera_info"] = ScaledCameraInfo(frame.mapping.camera_size, size)
+        if want["points"]:
+            rgb = frame.camera_color("rgb") if settings.at_input else frame.resized_color("rgb")
+            out["points"] = PointsOut(depth, frame.mapping.camera_size, rgb)
+        return out
 
     def decode(self, spec: Any, msgs: Mapping[str, Any], mapping: FrameMapping,
                color_order: str) -> Optional[Dict[str, np.ndarray]]:

@@ -1,5 +1,6 @@
 """2-D detection: vision_msgs/Detection2DArray in camera pixels (score threshold and cap from
-the settings); COCO mAP; "no detections" as the baseline."""
+the settings) and the boxes drawn on the camera image (live node, on demand); COCO mAP; "no
+detections" as the baseline."""
 from __future__ import annotations
 
 from typing import Any, Callable, Dict, Mapping, Optional, Sequence
@@ -7,10 +8,11 @@ from typing import Any, Callable, Dict, Mapping, Optional, Sequence
 import numpy as np
 
 from mtl_perception.evaluation.metrics import DetectionMetric
-from mtl_perception.inference.postprocess import select_detections
+from mtl_perception.inference.postprocess import draw_detections, select_detections
 from mtl_perception.inference.preprocess import FrameMapping, ModelInput
 from mtl_perception.kinds.base import (
     DetectionsOut,
+    ImageOut,
     Kind,
     Outputs,
     Payload,
@@ -18,7 +20,7 @@ from mtl_perception.kinds.base import (
     Topic,
 )
 from mtl_perception.messages.outputs import detections_from_msg
-from mtl_perception.messages.types import DETECTIONS
+from mtl_perception.messages.types import DETECTIONS, IMAGE
 
 #: Score above which a detection counts in the per-frame "detections@" column of bag reports.
 FRAME_COUNT_THRESHOLD = 0.3
@@ -26,7 +28,10 @@ FRAME_COUNT_THRESHOLD = 0.3
 
 class Detection(Kind):
     name = "detection"
-    topics = (Topic("detections", DETECTIONS, "small"),)
+    topics = (
+        Topic("detections", DETECTIONS, "small"),
+        Topic("detections/image", IMAGE, "image", on_demand=True, live_only=True),
+    )
     label = "boxes"
     headline = ("map50", "map50_95")
 
@@ -49,14 +54,21 @@ class Detection(Kind):
 
     def render(self, spec: Any, output: Outputs, frame: ModelInput, settings: RenderSettings,
                wanted: Callable[[str], bool]) -> Dict[str, Payload]:
-        if not wanted("detections"):
+        want_boxes, want_image = wanted("detections"), wanted("detections/image")
+        if not (want_boxes or want_image):
             return {}
         mapping = frame.mapping
         width, height = mapping.camera_size
         dets = select_detections(output["boxes"], output["scores"], output["classes"], scale_x=mapping.scale_x,
                                  scale_y=mapping.scale_y, threshold=settings.score_threshold,
                                  max_detections=settings.max_detections, width=width, height=height)
-        return {"detections": DetectionsOut(dets, spec.class_names)}
+        out: Dict[str, Payload] = {}
+        if want_boxes:
+            out["detections"] = DetectionsOut(dets, spec.class_names)
+        if want_image:
+            out["detections/image"] = ImageOut(draw_detections(frame.camera_color("bgr"), dets, spec.class_names),
+                                               "bgr8")
+        return out
 
     def decode(self, spec: Any, msgs: Mapping[str, Any], mapping: FrameMapping,
                color_order: str) -> Optional[Dict[str, np.ndarray]]:

@@ -30,9 +30,10 @@ def kind(name: str) -> Kind:
 
 
 def topics(kinds: Optional[Iterable[str]] = None, *, per_frame: Optional[bool] = None,
-           recorded: bool = False) -> List[Topic]:
+           recorded: bool = False, live: bool = False) -> List[Topic]:
     """Output topics of `kinds` (default: every kind), in registry order; `per_frame` filters on
-    the flag, `recorded` keeps what a recorder takes (per-frame topics that are not on demand)."""
+    the flag, `recorded` keeps what a recorder takes (per-frame topics that are not on demand),
+    `live` adds the topics only the live node publishes (`Topic.live_only`)."""
     wanted = set(KINDS) if kinds is None else {kind(k).name for k in kinds}
     out = []
     for k in KINDS.values():
@@ -42,6 +43,8 @@ def topics(kinds: Optional[Iterable[str]] = None, *, per_frame: Optional[bool] =
             if per_frame is not None and t.per_frame != per_frame:
                 continue
             if recorded and (not t.per_frame or t.on_demand):
+                continue
+            if t.live_only and not live:
                 continue
             out.append(t)
     return out
@@ -118,13 +121,23 @@ def frame_scalars(tasks: Mapping[str, Any], frame_metrics: Mapping[str, Any], ou
 
 
 def render(tasks: Mapping[str, Any], outputs: Mapping[str, Mapping[str, np.ndarray]], frame: ModelInput,
-           settings: RenderSettings, wanted: Callable[[str], bool] = lambda topic: True) -> Dict[str, Payload]:
-    """Message builders' inputs, by relative topic, of one frame's outputs (tasks without outputs skipped)."""
+           settings: RenderSettings, wanted: Optional[Callable[[str], bool]] = None) -> Dict[str, Payload]:
+    """Message builders' inputs, by relative topic, of one frame's outputs (tasks without outputs
+    skipped); `wanted` defaults to every topic but the live-only ones."""
+    if wanted is None:
+        wanted = _not_live_only
     out: Dict[str, Payload] = {}
     for name, task in tasks.items():
         if name in outputs:
             out.update(kind(task.kind).render(task, outputs[name], frame, settings, wanted))
     return out
+
+
+def _not_live_only(topic: str) -> bool:
+    return topic not in _LIVE_ONLY
+
+
+_LIVE_ONLY = frozenset(t.name for k in KINDS.values() for t in k.topics if t.live_only)
 
 
 def latched(tasks: Mapping[str, Any], settings: RenderSettings) -> Dict[str, Payload]:

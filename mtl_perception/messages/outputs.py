@@ -1,5 +1,5 @@
 """Model outputs <-> ROS messages: detections (vision_msgs 4.x) both ways, LabelInfo and the
-scaled CameraInfo of an output image.
+scaled CameraInfo of an output image (depth, super-resolution).
 
 The message builders import the message packages when called, so this module imports (and is
 tested) without ROS.
@@ -13,7 +13,8 @@ import numpy as np
 from mtl_perception.inference.postprocess import Detections
 from mtl_perception.messages.image import scale_camera_info
 
-__all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "sr_camera_info"]
+__all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "scaled_camera_info",
+           "sr_camera_info"]
 
 
 def detection_array(header: Any, detections: Detections, class_names: Sequence[str]) -> Any:
@@ -99,11 +100,17 @@ def label_info(header: Any, class_names: Sequence[str], threshold: float) -> Any
     return msg
 
 
-def sr_camera_info(info: Any, header: Any, image_width: int, image_height: int,
-                   sr_width: int, sr_height: int) -> Any:
-    """The camera's CameraInfo scaled from the input image size to the super-resolution image
-    size (image_proc's resize convention), carrying `header`."""
-    out = scale_camera_info(info, sr_width / float(image_width), sr_height / float(image_height),
-                            width=sr_width, height=sr_height)
+def scaled_camera_info(info: Any, header: Any, image_width: int, image_height: int,
+                       out_width: int, out_height: int) -> Any:
+    """The camera's CameraInfo (for the input image's size) scaled to an output image of another
+    size (image_proc's resize convention, `scale_camera_info`), carrying `header`: what
+    `depth/camera_info` and `super_resolution/camera_info` publish, so that depth_image_proc,
+    RViz and the node's own `points` read the intrinsics of the image they go with."""
+    out = scale_camera_info(info, out_width / float(image_width), out_height / float(image_height),
+                            width=out_width, height=out_height)
     out.header = header
     return out
+
+
+#: The super-resolution image's CameraInfo (the same scaling; the historical name).
+sr_camera_info = scaled_camera_info

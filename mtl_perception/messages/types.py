@@ -4,9 +4,11 @@ reads and writes; the ROS layer maps them to rclpy classes, the bag layer to ros
 IMAGE = "sensor_msgs/msg/Image"
 COMPRESSED_IMAGE = "sensor_msgs/msg/CompressedImage"
 CAMERA_INFO = "sensor_msgs/msg/CameraInfo"
+POINTCLOUD2 = "sensor_msgs/msg/PointCloud2"
 DETECTIONS = "vision_msgs/msg/Detection2DArray"
 LABEL_INFO = "vision_msgs/msg/LabelInfo"
 DIAGNOSTICS = "diagnostic_msgs/msg/DiagnosticArray"
 CLOCK = "rosgraph_msgs/msg/Clock"
 
-__all__ = ["IMAGE", "COMPRESSED_IMAGE", "CAMERA_INFO", "DETECTIONS", "LABEL_INFO", "DIAGNOSTICS", "CLOCK"]
+__all__ = ["IMAGE", "COMPRESSED_IMAGE", "CAMERA_INFO", "POINTCLOUD2", "DETECTIONS", "LABEL_INFO", "DIAGNOSTICS",
+           "CLOCK"]

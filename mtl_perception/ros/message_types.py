@@ -8,7 +8,7 @@ from typing import Dict
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock
-from sensor_msgs.msg import CameraInfo, CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from vision_msgs.msg import Detection2DArray, LabelInfo
 
 from mtl_perception.messages.types import (
@@ -19,10 +19,12 @@ from mtl_perception.messages.types import (
     DIAGNOSTICS,
     IMAGE,
     LABEL_INFO,
+    POINTCLOUD2,
 )
 
 MESSAGE_CLASSES: Dict[str, type] = {
-    IMAGE: Image, COMPRESSED_IMAGE: CompressedImage, CAMERA_INFO: CameraInfo, DETECTIONS: Detection2DArray,
+    IMAGE: Image, COMPRESSED_IMAGE: CompressedImage, CAMERA_INFO: CameraInfo, POINTCLOUD2: PointCloud2,
+    DETECTIONS: Detection2DArray,
     LABEL_INFO: LabelInfo, DIAGNOSTICS: DiagnosticArray, CLOCK: Clock,
 }
 

@@ -6,6 +6,13 @@ reverse. With `autostart` (default true) it configures and activates itself, so 
 `ros2 run mtl_perception perception_node --ros-args -p model_path:=model.onnx` works without a
 lifecycle manager.
 
+Input: sensor_msgs/Image on `image`, or with `input_transport: compressed` CompressedImage on the
+image topic's resolved name + `/compressed` (image_transport's naming: remapping `image` moves
+both). The subscription's reliability follows `image_qos` (`ros.qos`: `auto` matches the
+publishers on the topic and is re-decided when they change), KEEP_LAST 1; an incompatible-QoS
+event is logged and counted. Bad frames are logged once per kind of problem per period
+(`ros.throttle`), and "no frames" counts from when a publisher appeared (`ros.watchdog`).
+
 Data flow, never a backlog: the `image` callback only checks the message cheaply and stores it in
 a single newest-wins slot (`LatestFrame`); a frame arriving while one is pending replaces it and
 is counted as dropped. A worker thread takes the newest frame, resizes it to the model input,
@@ -37,7 +44,7 @@ from rclpy.lifecycle import Node as LifecycleNode
 from rclpy.lifecycle import State, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
 from mtl_perception.inference.latest_frame import LatestFrame
@@ -50,15 +57,18 @@ from mtl_perception.kinds.base import (
     ImageOut,
     LabelsOut,
     Payload,
+    PointsOut,
     ScaledCameraInfo,
 )
+from mtl_perception.messages.compressed import check_compressed, compressed_to_array
 from mtl_perception.messages.image import (
     ImageConversionError,
     array_to_image,
     encoding_info,
     image_to_array,
 )
-from mtl_perception.messages.outputs import detection_array, label_info, sr_camera_info
+from mtl_perception.messages.outputs import detection_array, label_info, scaled_camera_info
+from mtl_perception.messages.pointcloud import depth_points, pointcloud2
 from mtl_perception.ros.message_types import message_class, publisher_qos
 from mtl_perception.ros.parameters import (
     BY_NAME,
@@ -68,9 +78,13 @@ from mtl_perception.ros.parameters import (
     runtime_options,
     validate,
 )
+from mtl_perception.ros.qos import ImageQoS, decide_image_qos, incompatible_qos_callbacks, publishers_signature
+from mtl_perception.ros.throttle import ProblemThrottle
+from mtl_perception.ros.watchdog import InputWatch
 
 NODE_NAME = "perception_node"
 WARN_PERIOD_S = 5.0  # throttle for repeated warnings of the same kind
+PUBLISHER_POLL_S = 1.0  # how often the image topic's publishers are read (image_qos auto, no-frames warning)
 
 
 def _describe(param: Param) -> ParameterDescriptor:
@@ -85,25 +99,6 @@ def _describe(param: Param) -> ParameterDescriptor:
     return descriptor
 
 
-class _Throttle:
-    """At most one message per key per period (distinct problems are each reported)."""
-
-    def __init__(self, period: float = WARN_PERIOD_S) -> None:
-        self.period = period
-        self._last: Dict[str, float] = {}
-        self._lock = threading.Lock()
-
-    def ready(self, key: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            if now - self._last.get(key, -math.inf) < self.period:
-                return False
-            if len(self._last) > 256:
-                self._last.clear()
-            self._last[key] = now
-            return True
-
-
 class _Stats:
     """Counters and recent timings shared by the worker and the diagnostics timer."""
 
@@ -114,9 +109,10 @@ class _Stats:
         self.processed = 0
         self.rejected = 0
         self.failed = 0
+        self.incompatible_qos = 0
         # (monotonic time, stamp -> outputs published ms or NaN, model.run ms, frame taken -> published ms)
         self.samples: deque = deque(maxlen=5000)
-        self.last_frame_monotonic: Optional[float] = None
+        self.watch = InputWatch(Settings.input_timeout)  # frame times under `lock`
 
     def recent(self, now: float) -> np.ndarray:
         """[N, 3] latency, inference, processing (ms) of the frames of the last WINDOW_S."""
@@ -139,16 +135,21 @@ class PerceptionNode(LifecycleNode):
         self._model: Optional[PerceptionModel] = None
         self._slot: LatestFrame = LatestFrame()
         self._stats = _Stats()
-        self._throttle = _Throttle()
+        self._throttle = ProblemThrottle(WARN_PERIOD_S)
         self._worker: Optional[threading.Thread] = None
         self._pubs: Dict[str, Any] = {}
         self._image_sub = None
         self._info_sub = None
         self._diag_timer = None
+        self._poll_timer = None
         self._camera_info: Optional[CameraInfo] = None
         self._last_diag: Optional[Tuple[float, int, int]] = None
         self._color_order = "rgb"
-        self._activation_time = time.monotonic()
+        self._compressed = False
+        self._image_topic = ""
+        self._image_qos: Optional[ImageQoS] = None
+        self._camera_publishers: Tuple[Any, ...] = ()
+        self._pending_incompatible: Optional[str] = None
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -203,16 +204,17 @@ class PerceptionNode(LifecycleNode):
 
     def on_activate(self, state: State) -> TransitionCallbackReturn:
         result = super().on_activate(state)  # activates the lifecycle publishers
-        reliability = (ReliabilityPolicy.BEST_EFFORT if self.get_parameter("image_qos").value == "best_effort"
-                       else ReliabilityPolicy.RELIABLE)
-        image_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
         # Best effort matches both reliable and best-effort camera_info publishers.
         info_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         self._slot = LatestFrame()
         self._stats = _Stats()
+        self._throttle = ProblemThrottle(WARN_PERIOD_S)  # problem counts since activation, like the stats
         self._last_diag = None
-        self._activation_time = time.monotonic()
-        self._image_sub = self.create_subscription(Image, "image", self._on_image, image_qos)
+        self._compressed = self.get_parameter("input_transport").value == "compressed"
+        # image_transport's naming: the compressed topic is the (remapped) image topic + /compressed.
+        self._image_topic = self.resolve_topic_name("image") + ("/compressed" if self._compressed else "")
+        self._resubscribe_if_needed()
+        self._poll_timer = self.create_timer(PUBLISHER_POLL_S, self._poll_publishers)
         if any(registry.kind(t.kind).needs_camera_info for t in self._model.metadata.tasks.values()):
             self._info_sub = self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, info_qos)
         self._active = True
@@ -221,9 +223,6 @@ class PerceptionNode(LifecycleNode):
         self._diag_timer = self.create_timer(float(self.get_parameter("diagnostics_period").value),
                                              self._publish_diagnostics)
         self._publish_label_info(self._settings.score_threshold)
-        self.get_logger().info(
-            f"active: subscribed to {self._image_sub.topic_name} ({self.get_parameter('image_qos').value}, "
-            "KEEP_LAST 1)")
         return result
 
     def on_deactivate(self, state: State) -> TransitionCallbackReturn:
@@ -250,9 +249,11 @@ class PerceptionNode(LifecycleNode):
 
     def _stop_processing(self) -> None:
         self._active = False
-        if self._diag_timer is not None:
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = None
+        for timer in (self._diag_timer, self._poll_timer):
+            if timer is not None:
+                self.destroy_timer(timer)
+        self._diag_timer = self._poll_timer = None
+        self._image_qos, self._camera_publishers = None, ()
         for sub in (self._image_sub, self._info_sub):
             if sub is not None:
                 self.destroy_subscription(sub)
@@ -273,25 +274,89 @@ class PerceptionNode(LifecycleNode):
 
     def _create_publishers(self) -> None:
         """One lifecycle publisher per output topic of the model's task kinds, and /diagnostics."""
-        for topic in registry.topics_for(self._model.metadata.tasks):
+        for topic in registry.topics_for(self._model.metadata.tasks, live=True):
             self._pubs[topic.name] = self.create_lifecycle_publisher(
                 message_class(topic.msgtype), topic.name, publisher_qos(topic.qos))
         self._pubs["/diagnostics"] = self.create_lifecycle_publisher(DiagnosticArray, "/diagnostics",
                                                                      publisher_qos("small"))
 
+    # ------------------------------------------------------------------------ image subscription
+    def _poll_publishers(self) -> None:
+        """Timer: re-decides the image QoS when the publishers change and tells the no-frames
+        watch how many there are (it counts silence from when one appeared)."""
+        resubscribed = self._resubscribe_if_needed()
+        pending, self._pending_incompatible = self._pending_incompatible, None
+        if pending is not None and not resubscribed:
+            self._report_incompatible_qos(pending)  # auto could not resolve it: a real mismatch
+        with self._stats.lock:
+            self._stats.watch.poll(len(self._camera_publishers), time.monotonic())
+
+    def _resubscribe_if_needed(self) -> bool:
+        """(Re)creates the image subscription when there is none or the QoS decision changed;
+        True when it did."""
+        infos = self.get_publishers_info_by_topic(self._image_topic)
+        signature = publishers_signature(infos)
+        if self._image_sub is not None and signature == self._camera_publishers:
+            return False
+        self._camera_publishers = signature
+        choice = decide_image_qos(str(self.get_parameter("image_qos").value), infos)
+        if self._image_sub is not None and choice.reliability == self._image_qos.reliability:
+            self._image_qos = choice  # same profile, new publisher counts in the description
+            return False
+        if self._image_sub is not None:
+            self.destroy_subscription(self._image_sub)
+        self._image_qos = choice
+        msg_type, callback = (CompressedImage, self._on_compressed) if self._compressed else (Image, self._on_image)
+        requested = "best effort" if choice.best_effort else "reliable"
+        self._image_sub = self.create_subscription(
+            msg_type, self._image_topic, callback, choice.profile(),
+            event_callbacks=incompatible_qos_callbacks(self._image_topic, requested, self._on_incompatible_qos))
+        self.get_logger().info(f"subscribed to {self._image_topic} ({msg_type.__name__}): {choice.description}, "
+                               "KEEP_LAST 1")
+        return True
+
+    def _on_incompatible_qos(self, text: str) -> None:
+        """Under `auto` a best-effort camera appearing meets the reliable subscription first: the
+        next poll re-decides, and only an event that survives it is reported."""
+        if self.get_parameter("image_qos").value == "auto":
+            self._pending_incompatible = text
+        else:
+            self._report_incompatible_qos(text)
+
+    def _report_incompatible_qos(self, text: str) -> None:
+        with self._stats.lock:
+            self._stats.incompatible_qos += 1
+        line = self._throttle.report("qos", text)
+        if line is not None:
+            self.get_logger().warning(line)
+
     # ------------------------------------------------------------------------------- callbacks
     def _on_image(self, msg: Image) -> None:
+        self._accept(msg, image_problem(msg))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
         try:
-            check_image(msg)
+            check_compressed(msg)  # decoding happens in the worker, for the newest frame only
         except ImageConversionError as exc:
-            with self._stats.lock:
-                self._stats.rejected += 1
-            if self._throttle.ready(str(exc)):
-                self.get_logger().warning(f"frame skipped: {exc}")
+            self._accept(msg, ("decode", str(exc)))
+            return
+        self._accept(msg, None)
+
+    def _accept(self, msg: Any, problem: Optional[Tuple[str, str]]) -> None:
+        """Stores a usable frame in the slot; counts and reports (throttled per kind) a bad one."""
+        if problem is not None:
+            self._reject(*problem)
             return
         with self._stats.lock:
-            self._stats.last_frame_monotonic = time.monotonic()
+            self._stats.watch.frame(time.monotonic())
         self._slot.put(msg)
+
+    def _reject(self, kind: str, text: str) -> None:
+        with self._stats.lock:
+            self._stats.rejected += 1
+        line = self._throttle.report(kind, text)
+        if line is not None:
+            self.get_logger().warning(f"frame skipped ({kind}): {line}")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self._camera_info = msg
@@ -306,16 +371,16 @@ class PerceptionNode(LifecycleNode):
                 continue
             try:
                 self._process(msg)
-            except ImageConversionError as exc:  # checked in the callback; belt and braces
-                if self._throttle.ready(str(exc)):
-                    self.get_logger().warning(f"frame skipped: {exc}")
+            except ImageConversionError as exc:  # compressed data that does not decode
+                self._reject("decode", str(exc))
             except Exception as exc:  # keep serving: one bad frame must not stop the node
                 if not self.context.ok():
                     return  # shutting down (Ctrl-C): publishers are gone, nothing to report
                 with self._stats.lock:
                     self._stats.failed += 1
-                if self._throttle.ready(f"{type(exc).__name__}: {exc}"):
-                    self.get_logger().error(f"frame failed: {type(exc).__name__}: {exc}")
+                line = self._throttle.report("failed", f"{type(exc).__name__}: {exc}")
+                if line is not None:
+                    self.get_logger().error(f"frame failed: {line}")
 
     # -------------------------------------------------------------------------------- the work
     def _process(self, msg: Image) -> None:
@@ -323,8 +388,11 @@ class PerceptionNode(LifecycleNode):
         if model is None:
             return
         start = time.perf_counter()
-        # image_to_array: a view of msg.data, row padding skipped
-        frame = model_input(image_to_array(msg), msg.encoding, model.input_size, self._color_order)
+        if self._compressed:
+            pixels, encoding = compressed_to_array(msg)
+        else:  # a view of msg.data, row padding skipped
+            pixels, encoding = image_to_array(msg), msg.encoding
+        frame = model_input(pixels, encoding, model.input_size, self._color_order)
         before = time.perf_counter()
         outputs = model.run(frame.image)
         inference_s = time.perf_counter() - before
@@ -350,7 +418,14 @@ class PerceptionNode(LifecycleNode):
             return detection_array(header, payload.detections, payload.class_names)
         if isinstance(payload, ScaledCameraInfo):
             info = self._camera_info
-            return None if info is None else sr_camera_info(info, header, *payload.camera_size, *payload.size)
+            return None if info is None else scaled_camera_info(info, header, *payload.camera_size, *payload.size)
+        if isinstance(payload, PointsOut):
+            info = self._camera_info
+            if info is None:
+                return None
+            height, width = payload.depth.shape[:2]
+            k = scaled_camera_info(info, header, *payload.camera_size, width, height).k
+            return pointcloud2(header, depth_points(payload.depth, k), rgb=payload.rgb)
         if isinstance(payload, LabelsOut):
             return label_info(header, payload.class_names, payload.threshold)
         raise TypeError(f"unknown output payload {type(payload).__name__}")
@@ -372,16 +447,42 @@ class PerceptionNode(LifecycleNode):
             self._stats.samples.append((time.monotonic(), latency_ms, inference_s * 1e3, processing_s * 1e3))
 
     # ----------------------------------------------------------------------------- diagnostics
+    def _input_status(self, state: Any, counts: Any) -> Tuple[int, str]:
+        """Level and message of the diagnostics: waiting / silent input (warned, throttled), drops,
+        and outputs that wait for the camera's CameraInfo (never guessed)."""
+        level, message, topic = DiagnosticStatus.OK, "ok", self._image_topic
+        if state.status == "waiting":
+            message = f"waiting for a publisher on {topic}"
+        elif state.status == "silent":
+            level = DiagnosticStatus.WARN
+            qos = self._image_qos.description if self._image_qos is not None else ""
+            message = (f"no frame for {state.silent_for:.1f} s although {state.publishers} publisher(s) on {topic}: "
+                       f"check QoS (image_qos {qos}), encoding and input_transport")
+            line = self._throttle.report("no-input", message)
+            if line is not None:
+                self.get_logger().warning(line)
+        elif counts.dropped and counts.received:
+            message = f"ok; dropping {100.0 * counts.drop_rate:.0f} % of frames (camera faster than the model)"
+        if self._info_sub is not None and self._camera_info is None:
+            waiting = [t for t in ("depth/camera_info", "points", "super_resolution/camera_info") if t in self._pubs]
+            message += (f"; no CameraInfo on {self._info_sub.topic_name} yet: {', '.join(waiting)} not published "
+                        "(intrinsics are not guessed)")
+        return level, message
+
     def _publish_diagnostics(self) -> None:
         if self._model is None or self._image_sub is None:
             return
         counts = self._slot.counts()
         now = time.monotonic()
         stats = self._stats
+        topic = self._image_topic
+        publishers = self.count_publishers(topic)
         with stats.lock:
             processed, rejected, failed = stats.processed, stats.rejected, stats.failed
             recent = stats.recent(now)
-            last_frame = stats.last_frame_monotonic
+            stats.watch.timeout = self._settings.input_timeout
+            state = stats.watch.poll(publishers, now)
+            incompatible = stats.incompatible_qos
         latencies = recent[:, 0][np.isfinite(recent[:, 0])]
         inference, processing = recent[:, 1], recent[:, 2]
         received = counts.received + rejected
@@ -393,20 +494,7 @@ class PerceptionNode(LifecycleNode):
             in_rate, out_rate = (received - received0) / dt, (processed - processed0) / dt
         self._last_diag = (now, received, processed)
 
-        level, message = DiagnosticStatus.OK, "ok"
-        topic = self._image_sub.topic_name
-        publishers = self.count_publishers(topic)
-        silent_for = now - (last_frame if last_frame is not None else self._activation_time)
-        if publishers == 0:
-            message = f"waiting for a publisher on {topic}"
-        elif silent_for >= self._settings.input_timeout:
-            level = DiagnosticStatus.WARN
-            message = (f"no frame for {silent_for:.1f} s although {publishers} publisher(s) on {topic}: check "
-                       f"QoS (image_qos is {self.get_parameter('image_qos').value}) and encoding")
-            if self._throttle.ready("no-input"):
-                self.get_logger().warning(message)
-        elif counts.dropped and counts.received:
-            message = f"ok; dropping {100.0 * counts.drop_rate:.0f} % of frames (camera faster than the model)"
+        level, message = self._input_status(state, counts)
 
         def pct(values: np.ndarray, q: float) -> str:
             return f"{np.percentile(values, q):.2f}" if values.size else "nan"
@@ -429,7 +517,15 @@ class PerceptionNode(LifecycleNode):
             "model_path": str(self._model.path),
             "input_topic": topic,
             "input_publishers": str(publishers),
+            "input_transport": "compressed" if self._compressed else "raw",
+            "image_qos": self._image_qos.description if self._image_qos is not None else "",
+            "incompatible_qos_events": str(incompatible),
+            "problems": ", ".join(f"{k}={v}" for k, v in sorted(self._throttle.counts().items())
+                                  if k not in ("no-input", "qos")) or "none",  # bad frames by kind
         }
+        if self._info_sub is not None:
+            values["camera_info"] = ("received" if self._camera_info is not None
+                                     else f"none received on {self._info_sub.topic_name}")
         status = DiagnosticStatus()
         status.level = level
         status.name = self.get_fully_qualified_name().lstrip("/")
@@ -442,15 +538,28 @@ class PerceptionNode(LifecycleNode):
         self._pubs["/diagnostics"].publish(array)
 
 
-def check_image(msg: Any) -> None:
-    """Raises ImageConversionError unless the message is an image the node can use: a colour
-    or mono encoding, non-zero size, enough data for height x step."""
-    info = encoding_info(msg.encoding)
+def image_problem(msg: Any) -> Optional[Tuple[str, str]]:
+    """None if the message is an image the node can use (a colour or mono encoding, non-zero
+    size, enough data for height x step), else (kind, one line): kind 'encoding' or 'size'."""
+    try:
+        info = encoding_info(msg.encoding)
+    except ImageConversionError as exc:
+        return "encoding", str(exc)
     if info.order is None:
-        raise ImageConversionError(
-            f"unsupported image encoding {msg.encoding!r} (supported: mono8, rgb8, bgr8, rgba8, bgra8 and their "
-            "16-bit forms)")
-    image_to_array(msg)  # size, step and data length checks; a view, no copy
+        return "encoding", (f"unsupported image encoding {msg.encoding!r} (supported: mono8, rgb8, bgr8, rgba8, "
+                            "bgra8 and their 16-bit forms)")
+    try:
+        image_to_array(msg)  # size, step and data length checks; a view, no copy
+    except ImageConversionError as exc:
+        return "size", str(exc)
+    return None
+
+
+def check_image(msg: Any) -> None:
+    """Raises ImageConversionError naming the problem unless the node can use the image."""
+    problem = image_problem(msg)
+    if problem is not None:
+        raise ImageConversionError(problem[1])
 
 
 def main(args: Optional[List[str]] = None) -> int:

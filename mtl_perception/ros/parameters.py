@@ -21,7 +21,7 @@ from mtl_perception.inference.model import (
 from mtl_perception.kinds.base import RenderSettings
 
 __all__ = ["Param", "PARAMETERS", "BY_NAME", "ROS_PARAMETERS", "Settings", "validate", "defaults",
-           "node_arguments", "format_value", "runtime_options"]
+           "node_arguments", "format_value", "runtime_options", "IMAGE_QOS_MODES"]
 
 
 @dataclass(frozen=True)
@@ -42,6 +42,8 @@ class Settings:
 
 
 _RUNTIME = {f.name: f.default for f in fields(Settings)}
+#: image_qos values (`ros.qos.decide_image_qos` turns them into a subscription profile).
+IMAGE_QOS_MODES = ("auto", "reliable", "best_effort")
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,13 @@ PARAMETERS: Tuple[Param, ...] = (
     Param("intra_op_threads", 0, "onnxruntime intra-op threads (0: its default)", int_range=(0, 256)),
     Param("thread_spinning", False, "let onnxruntime's intra-op threads busy-wait between inferences (they then "
           "burn CPU that publishing and other processes need; off measured faster end to end on a 2-core CPU)"),
-    Param("image_qos", "reliable", "reliability of the image subscription, KEEP_LAST 1: 'reliable' (default, loses "
-          "no large frames across processes) or 'best_effort' (matches sensor-data publishers)",
-          choices=("reliable", "best_effort")),
+    Param("image_qos", "auto", "reliability of the image subscription, KEEP_LAST 1: 'auto' (default: best effort "
+          "while any publisher on the topic is best effort, else reliable; re-decided when publishers come and go), "
+          "'reliable' (loses no large frames across processes; does not match best-effort cameras) or 'best_effort'",
+          choices=IMAGE_QOS_MODES),
+    Param("input_transport", "raw", "'raw': sensor_msgs/Image on image; 'compressed': sensor_msgs/CompressedImage "
+          "(jpeg/png) on image/compressed, i.e. the image topic's name + /compressed as image_transport names it",
+          choices=("raw", "compressed")),
     _runtime("score_threshold", "minimum detection score published (run-time adjustable)", float_range=(0.0, 1.0)),
     _runtime("max_detections", "most detections published per frame (run-time adjustable)", int_range=(1, 10000)),
     _runtime("output_resolution", "size of segmentation and depth outputs: 'model' (network size) or 'input' "

@@ -33,7 +33,7 @@ from rcl_interfaces.msg import Parameter as ParameterMsg  # noqa: E402
 from rcl_interfaces.msg import ParameterType, ParameterValue  # noqa: E402
 from rcl_interfaces.srv import SetParameters  # noqa: E402
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
-from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
 from mtl_perception.messages.image import array_to_image, image_to_array  # noqa: E402
@@ -55,6 +55,10 @@ RECT = (200, 90, 400, 270)  # x1, y1, x2, y2 of the red rectangle; maps to model
 SX, SY = IMAGE_W / MODEL_W, IMAGE_H / MODEL_H
 IMAGE_OUTPUTS = ("segmentation", "segmentation/color", "depth", "super_resolution")
 ALL_OUTPUTS = IMAGE_OUTPUTS + ("detections", "super_resolution/camera_info")
+#: Live-node-only outputs (also subscribed by the probe, so the node renders them).
+LIVE_OUTPUTS = ("depth/camera_info", "points", "detections/image")
+OUTPUT_TYPES = {"detections": Detection2DArray, "super_resolution/camera_info": CameraInfo,
+                "depth/camera_info": CameraInfo, "points": PointCloud2}
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -131,23 +135,25 @@ class Probe:
     """Camera publisher, output subscribers and parameter/lifecycle clients in this process."""
 
     def __init__(self, namespace: str, image_topic: str = "image", info_topic: str = "camera_info",
-                 best_effort: bool = False) -> None:
+                 best_effort: bool = False, compressed: bool = False) -> None:
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=[])
         self.node = rclpy.create_node("probe", namespace=namespace, context=self.context)
         self.namespace = namespace
         reliability = ReliabilityPolicy.BEST_EFFORT if best_effort else ReliabilityPolicy.RELIABLE
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability)
-        self.image_pub = self.node.create_publisher(Image, image_topic, qos)
+        if compressed:  # image_transport's naming: <image topic>/compressed
+            self.image_pub = self.node.create_publisher(CompressedImage, f"{image_topic}/compressed", qos)
+        else:
+            self.image_pub = self.node.create_publisher(Image, image_topic, qos)
         self.info_pub = self.node.create_publisher(CameraInfo, info_topic, qos)
         self.lock = threading.Lock()
         self.got: Dict[str, Dict[int, object]] = defaultdict(dict)
         self.labels: List[LabelInfo] = []
         self.diagnostics: List[DiagnosticStatus] = []
         out_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=10, reliability=ReliabilityPolicy.RELIABLE)
-        types = {"detections": Detection2DArray, "super_resolution/camera_info": CameraInfo}
-        for topic in ALL_OUTPUTS:
-            self.node.create_subscription(types.get(topic, Image), topic, self._store(topic), out_qos)
+        for topic in ALL_OUTPUTS + LIVE_OUTPUTS:
+            self.node.create_subscription(OUTPUT_TYPES.get(topic, Image), topic, self._store(topic), out_qos)
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.node.create_subscription(LabelInfo, "label_info", self._on_labels, latched)
@@ -172,7 +178,7 @@ class Probe:
         with self.lock:
             self.diagnostics.extend(s for s in msg.status if s.name == f"{self.namespace.strip('/')}/perception_node")
 
-    def publish(self, msg: Image, with_info: bool = True) -> int:
+    def publish(self, msg, with_info: bool = True) -> int:
         msg.header.stamp = self.node.get_clock().now().to_msg()
         if with_info:
             info = camera_info()
@@ -181,18 +187,20 @@ class Probe:
         self.image_pub.publish(msg)
         return key(msg.header)
 
-    def outputs_for(self, frame: Image, topics=ALL_OUTPUTS, timeout: float = 30.0,
-                    period: float = 0.3) -> Dict[str, object]:
-        """Publishes `frame` (a fresh stamp each time) until one stamp has every topic's output."""
+    def outputs_for(self, frame, topics=ALL_OUTPUTS, timeout: float = 30.0, period: float = 0.3,
+                    with_info: bool = True) -> Dict[str, object]:
+        """Publishes `frame` (a fresh stamp each time) until one stamp has every topic's output;
+        `frame.header.stamp` is then that stamp's (a slow node may answer an earlier copy)."""
         deadline = time.monotonic() + timeout
         stamps: List[int] = []
         while time.monotonic() < deadline:
-            stamps.append(self.publish(frame))
+            stamps.append(self.publish(frame, with_info))
             end = time.monotonic() + period
             while time.monotonic() < end:
                 with self.lock:
                     for stamp in stamps:
                         if all(stamp in self.got[t] for t in topics):
+                            frame.header.stamp.sec, frame.header.stamp.nanosec = divmod(stamp, 1_000_000_000)
                             return {t: self.got[t][stamp] for t in topics}
                 time.sleep(0.02)
         with self.lock:
@@ -328,13 +336,14 @@ def test_the_node_publishes_exactly_the_registry_topics_of_its_model(running, mo
     node, probe = running
     probe.outputs_for(scene("bgr8"))  # the node is up and publishing
     tasks = load_model(model_path).metadata.tasks
-    expected = {f"/node_test/{t.name}": t.msgtype for t in registry.topics_for(tasks)}
+    expected = {f"/node_test/{t.name}": t.msgtype for t in registry.topics_for(tasks, live=True)}
     expected["/diagnostics"] = "diagnostic_msgs/msg/DiagnosticArray"
     ros_own = ("/parameter_events", "/rosout")
     published = {name: kinds[0] for name, kinds in probe.node.get_publisher_names_and_types_by_node(
         "perception_node", "/node_test") if name not in ros_own and not name.endswith("/transition_event")}
     assert published == expected
-    assert len(expected) == 8  # the bright-box model has all four kinds: seven outputs and diagnostics
+    assert len(expected) == 11  # all four kinds: ten outputs (three of them live-only) and diagnostics
+    assert {"/node_test/depth/camera_info", "/node_test/points", "/node_test/detections/image"} <= set(expected)
 
 
 def test_detection_boxes_land_on_the_object_in_input_image_pixels(running):
@@ -413,7 +422,10 @@ def test_supported_encodings_and_row_padding(running, encoding, padding):
     assert image_to_array(out["segmentation"]).sum() == 20 * 24
 
 
-def test_bad_frames_are_skipped_with_a_warning_and_the_node_keeps_running(running):
+def test_bad_frames_are_skipped_with_one_warning_per_kind_of_problem(running):
+    """Five bad frames of two kinds, three times, then 100 short frames whose texts all differ:
+    one line per kind (not per text) in the throttle period, then one line carrying how many
+    were suppressed; every bad frame is counted in the diagnostics."""
     node, probe = running
     bad = []
     yuv = scene("bgr8")
@@ -431,18 +443,114 @@ def test_bad_frames_are_skipped_with_a_warning_and_the_node_keeps_running(runnin
     narrow = scene("bgr8")
     narrow.step = 10  # smaller than width * 3
     bad.append(narrow)
+    first = time.monotonic()
     for _ in range(3):
         for frame in bad:
             probe.publish(frame, with_info=False)
             time.sleep(0.05)
+    rng = np.random.default_rng(0)
+    for _ in range(100):  # random lengths: 100 different messages of one kind
+        short.data = array.array("B", bytes(int(rng.integers(1, IMAGE_W * 3 * 100))))
+        probe.publish(short, with_info=False)
+        time.sleep(0.01)
     time.sleep(1.0)
     assert node.alive()
     log = node.log()
-    assert "yuv422" in log and "8UC3" in log and "height*step" in log and "zero-size" in log
-    assert log.count("'yuv422'") == 1  # throttled: one warning for three such frames
+    assert log.count("frame skipped (encoding)") == 1 and "'yuv422'" in log
+    assert log.count("frame skipped (size)") == 1 and "height*step" in log
+    time.sleep(max(0.0, first + 5.5 - time.monotonic()))  # past the throttle period
+    probe.publish(yuv, with_info=False)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and node.log().count("frame skipped (encoding)") < 2:
+        time.sleep(0.1)
+    log = node.log()
+    assert log.count("frame skipped (encoding)") == 2
+    assert "(5 more 'encoding' problem(s) suppressed" in log  # 6 before, 1 logged
     assert "Traceback" not in log
     out = probe.outputs_for(scene("bgr8"), topics=("detections",))  # still serving
     assert len(out["detections"].detections) == 2
+    values = latest_diagnostics(probe, lambda v: "encoding=7" in v["problems"])
+    problems = dict(item.split("=") for item in values["problems"].split(", "))
+    assert int(problems["size"]) > 50 and int(values["frames_rejected"]) >= int(problems["size"]) + 7
+
+
+def latest_diagnostics(probe, accept, timeout: float = 15.0) -> Dict[str, str]:
+    """The values of the newest diagnostics status (of the probe's node) that `accept` takes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with probe.lock:
+            statuses = list(probe.diagnostics)
+        for status in reversed(statuses):
+            values = {v.key: v.value for v in status.values}
+            values["message"] = status.message
+            if accept(values):
+                return values
+        time.sleep(0.1)
+    raise AssertionError(f"no accepted diagnostics within {timeout} s (last: {statuses[-1:] if statuses else None})")
+
+
+def uniform_frame(red: int) -> Image:
+    """A bgr8 frame of one colour (R = red): the bright-box model's depth is red / 32 everywhere."""
+    pixels = np.zeros((IMAGE_H, IMAGE_W, 3), np.uint8)
+    pixels[..., 2] = red
+    msg = array_to_image(pixels, "bgr8")
+    msg.header.frame_id = "test_camera"
+    return msg
+
+
+def cloud_array(msg) -> np.ndarray:
+    """The PointCloud2's points through a dtype read from its own fields."""
+    formats = {7: "<f4", 6: "<u4"}
+    dtype = np.dtype({"names": [f.name for f in msg.fields], "formats": [formats[f.datatype] for f in msg.fields],
+                      "offsets": [f.offset for f in msg.fields], "itemsize": msg.point_step})
+    return np.frombuffer(bytes(msg.data), dtype).reshape(msg.height, msg.width)
+
+
+def test_depth_camera_info_and_points_on_a_fronto_parallel_plane(running):
+    _, probe = running
+    frame = uniform_frame(128)  # depth 128 / 32 = 4 m everywhere
+    out = probe.outputs_for(frame, topics=("depth", "depth/camera_info", "points"))
+    info, cloud_msg = out["depth/camera_info"], out["points"]
+    assert header_ok(info, frame) and header_ok(cloud_msg, frame)
+    sx, sy = MODEL_W / IMAGE_W, MODEL_H / IMAGE_H  # camera image -> depth image (image_proc's rule)
+    assert (info.width, info.height) == (MODEL_W, MODEL_H)
+    np.testing.assert_allclose(np.asarray(info.k).reshape(3, 3),
+                               [[500 * sx, 0, 319.5 * sx], [0, 510 * sy, 179.5 * sy], [0, 0, 1]])
+    np.testing.assert_allclose(np.asarray(info.p)[[0, 2, 5, 6]], [500 * sx, 319.5 * sx, 510 * sy, 179.5 * sy])
+    assert (cloud_msg.height, cloud_msg.width) == (MODEL_H, MODEL_W)
+    cloud = cloud_array(cloud_msg)
+    v, u = np.mgrid[0:MODEL_H, 0:MODEL_W]
+    np.testing.assert_allclose(cloud["z"], 4.0)
+    np.testing.assert_allclose(cloud["x"], (u - 319.5 * sx) * 4.0 / (500 * sx), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(cloud["y"], (v - 179.5 * sy) * 4.0 / (510 * sy), rtol=1e-5, atol=1e-5)
+    assert (cloud["rgb"].view(np.uint32) == (128 << 16)).all()  # packed 0x00RRGGBB: R = 128
+    # The scene: the red rectangle's patch at 255/32 m, NaN (invalid depth) around it.
+    assert cloud_msg.is_dense  # no invalid point
+    cloud_msg = probe.outputs_for(scene("bgr8"), topics=("points",))["points"]
+    cloud = cloud_array(cloud_msg)
+    inside = np.zeros((MODEL_H, MODEL_W), bool)
+    inside[int(RECT[1] / SY):int(RECT[3] / SY), int(RECT[0] / SX):int(RECT[2] / SX)] = True
+    np.testing.assert_allclose(cloud["z"][inside], 255 / 32.0)
+    assert np.isnan(cloud["z"][~inside]).all() and not cloud_msg.is_dense
+
+
+def test_detection_overlay_image(running):
+    from mtl_perception.inference.postprocess import PALETTE_BGR
+
+    _, probe = running
+    frame = scene("bgr8")
+    image = probe.outputs_for(frame, topics=("detections/image",))["detections/image"]
+    assert header_ok(image, frame)
+    assert (image.encoding, image.width, image.height) == ("bgr8", IMAGE_W, IMAGE_H)
+    pixels = image_to_array(image)
+    x1, y1, x2, y2 = RECT  # the bright box, class 0, drawn in input-image pixels
+    for y, x in [(180, x1), (180, x2 - 1), (y2 - 1, 300), (y1 + 1, 300)]:
+        np.testing.assert_array_equal(pixels[y, x], PALETTE_BGR[0], err_msg=str((y, x)))
+    np.testing.assert_array_equal(pixels[180, 300], [0, 0, 255])  # inside: the red input
+    inner = (slice(y1 + 10, y2 - 10), slice(x1 + 10, x2 - 10))
+    np.testing.assert_array_equal(pixels[inner], image_to_array(frame)[inner])
+    np.testing.assert_array_equal(pixels[350, 630], [0, 0, 0])  # away from both boxes
+    np.testing.assert_array_equal(pixels[50, 79], PALETTE_BGR[1])  # the fixed box (class 1): right edge
 
 
 def test_diagnostics_report_rates_latency_drops_provider_and_model(running):
@@ -521,6 +629,121 @@ def test_lifecycle_transitions_and_best_effort_input(model_path):
         probe.close()
         rc = node.stop()
     assert rc == 0
+
+
+def compressed(frame: Image, fmt: str, wire_format: str) -> CompressedImage:
+    """`frame` (bgr8) encoded by OpenCV as jpeg (quality 95) or png, as a driver publishes it."""
+    import cv2
+
+    ext, params = (".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]) if fmt == "jpeg" else (".png", [])
+    ok, data = cv2.imencode(ext, image_to_array(frame), params)
+    assert ok
+    msg = CompressedImage(format=wire_format)
+    msg.header.frame_id = "test_camera"
+    msg.data = array.array("B", data.tobytes())
+    return msg
+
+
+def test_compressed_jpeg_and_png_input(model_path):
+    """input_transport compressed: CompressedImage on <image topic>/compressed (the remapped one),
+    decoded like a raw frame; undecodable data is skipped and counted; without any CameraInfo
+    the diagnostics say the intrinsics-based outputs wait for it."""
+    ns = "/node_compressed"
+    node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={model_path}", "-p", "input_transport:=compressed",
+                       "-p", "diagnostics_period:=0.5", "-r", "image:=camera/image_raw")
+    probe = Probe(ns, image_topic="camera/image_raw", compressed=True)
+    try:
+        png = compressed(scene("bgr8"), "png", "bgr8; png compressed bgr8")
+        out = probe.outputs_for(png, topics=("detections", "segmentation"), with_info=False)
+        assert header_ok(out["segmentation"], png)
+        assert image_to_array(out["segmentation"]).sum() == 20 * 24  # lossless: exactly the raw result
+        box = out["detections"].detections[0].bbox
+        assert (box.center.position.x, box.center.position.y, box.size_x, box.size_y) == (
+            pytest.approx(300.0), pytest.approx(180.0), pytest.approx(200.0), pytest.approx(180.0))
+
+        jpeg = compressed(scene("bgr8"), "jpeg", "jpeg")
+        out = probe.outputs_for(jpeg, topics=("detections", "depth"), with_info=False)
+        box = out["detections"].detections[0].bbox  # within one model pixel of the raw result
+        assert abs(box.center.position.x - 300.0) <= SX and abs(box.size_x - 200.0) <= 2 * SX
+        assert abs(box.center.position.y - 180.0) <= SY and abs(box.size_y - 180.0) <= 2 * SY
+
+        broken = CompressedImage(format="jpeg")
+        broken.data = array.array("B", bytes(range(256)) * 4)
+        for _ in range(3):
+            probe.publish(broken, with_info=False)
+            time.sleep(0.1)
+        values = latest_diagnostics(probe, lambda v: "decode=" in v["problems"])
+        assert values["input_transport"] == "compressed"
+        assert values["input_topic"] == f"{ns}/camera/image_raw/compressed"
+        assert "no CameraInfo" in values["message"] and "depth/camera_info" in values["message"]
+        assert values["camera_info"].startswith("none received")
+        with probe.lock:
+            assert not probe.got["depth/camera_info"] and not probe.got["points"]  # never guessed
+        assert node.alive()
+        log = node.log()
+        assert "frame skipped (decode)" in log and "cannot be decoded" in log and "Traceback" not in log
+    finally:
+        probe.close()
+        node.stop()
+
+
+def test_auto_qos_receives_a_reliable_and_a_best_effort_camera(model_path):
+    """image_qos auto (the default): reliable while the only publisher is reliable; a
+    best-effort publisher appearing switches the subscription to best effort, which receives
+    both; the choice is in the diagnostics."""
+    ns = "/node_auto"
+    node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={model_path}", "-p", "diagnostics_period:=0.5",
+                       "-p", "input_timeout:=1.5")
+    listener = Probe(ns, image_topic="not_the_camera")  # diagnostics only
+    reliable = best_effort = None
+    try:
+        # A camera that starts 2.5 s late (longer than input_timeout): no "no frame" warning at
+        # start-up; silence counts from when its publisher appears.
+        values = latest_diagnostics(listener, lambda v: v["message"].startswith("waiting for a publisher"))
+        time.sleep(2.5)
+        reliable = Probe(ns)
+        appeared = time.monotonic()
+        latest_diagnostics(listener, lambda v: v["input_publishers"] == "1")
+        time.sleep(max(0.0, appeared + 1.0 - time.monotonic()))
+        with listener.lock:
+            levels = [(st.level, st.message) for st in listener.diagnostics]
+        assert all(level == DiagnosticStatus.OK for level, _ in levels), levels
+        out = reliable.outputs_for(scene("bgr8"), topics=("detections",))
+        assert len(out["detections"].detections) == 2
+        values = latest_diagnostics(reliable, lambda v: v["image_qos"].startswith("auto: reliable (1 reliable"))
+        best_effort = Probe(ns, best_effort=True)
+        out = best_effort.outputs_for(scene("bgr8"), topics=("detections",))
+        assert len(out["detections"].detections) == 2
+        values = latest_diagnostics(best_effort, lambda v: v["image_qos"].startswith("auto: best effort"))
+        assert "1 reliable, 1 best-effort" in values["image_qos"]
+        out = reliable.outputs_for(scene("bgr8"), topics=("detections",))  # the reliable camera still arrives
+        assert len(out["detections"].detections) == 2
+        log = node.log()
+        assert "subscribed to /node_auto/image (Image): auto: reliable" in log
+        assert "subscribed to /node_auto/image (Image): auto: best effort" in log
+        assert "incompatible QoS" not in log  # the switch to best effort resolved the first mismatch
+        assert values["incompatible_qos_events"] == "0"
+    finally:
+        for probe in (best_effort, reliable, listener):
+            if probe is not None:
+                probe.close()
+        node.stop()
+
+
+def test_reliable_subscription_reports_an_incompatible_best_effort_camera(model_path):
+    ns = "/node_incompatible"
+    node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={model_path}", "-p", "image_qos:=reliable",
+                       "-p", "diagnostics_period:=0.5")
+    probe = Probe(ns, best_effort=True)
+    try:
+        assert probe.count_outputs(scene("bgr8"), 2.0, topics=("detections",)) == 0
+        values = latest_diagnostics(probe, lambda v: int(v["incompatible_qos_events"]) > 0)
+        assert values["image_qos"] == "reliable (set by image_qos)"
+        log = node.log()
+        assert f"incompatible QoS on {ns}/image" in log and "RELIABILITY" in log
+    finally:
+        probe.close()
+        node.stop()
 
 
 def _run_node(*ros_args: str, timeout: float = 60) -> subprocess.CompletedProcess:
