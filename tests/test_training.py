@@ -176,7 +176,10 @@ def test_checkpoint_errors_name_the_file(tmp_path):
 
 def test_export_matches_torch_on_real_frames_and_refuses_a_drifting_graph(tiny_data, tmp_path, monkeypatch):
     Trainer(tiny_recipe(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 8}), progress=False).fit()
+    before = {p.name for p in tmp_path.iterdir()}
     worst = export_checkpoint(tmp_path / LAST, tmp_path / "good.onnx")
+    # only the model is new: no `.good.onnx.*.tmp.data` (external weights) or temporary folder
+    assert {p.name for p in tmp_path.iterdir()} - before == {"good.onnx"}
     assert worst["depth.max_rel"] < 1e-4 and worst["super_resolution.max_levels"] <= 1
     assert worst["segmentation.mismatch_fraction"] < 1e-3 and worst["detection.max_box_px"] < 0.05
     meta = load_model(tmp_path / "good.onnx").metadata
@@ -196,7 +199,21 @@ def test_export_matches_torch_on_real_frames_and_refuses_a_drifting_graph(tiny_d
     with pytest.raises(ExportError, match="onnxruntime differs from torch"):
         export_checkpoint(tmp_path / LAST, tmp_path / "bad.onnx")
     assert not (tmp_path / "bad.onnx").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+    assert {p.name for p in tmp_path.iterdir()} - before == {"good.onnx"}
+
+
+def test_export_accepts_a_saturated_heatmap_whose_ties_onnxruntime_orders_differently(tiny_data, tmp_path):
+    """A heatmap bias of +100: every score is exactly 1.0, far more than top-K, and torch and
+    onnxruntime keep different subsets of the tied peaks (their boxes differ by pixels). That is
+    tie order, not a broken export: the export passes and says how many boxes it concerned."""
+    Trainer(tiny_recipe(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 8}), progress=False).fit()
+    state = load_checkpoint(tmp_path / LAST)
+    (key,) = [k for k in state["model"] if k.endswith("heatmap.bias")]
+    state["model"][key].fill_(100.0)
+    save_checkpoint(tmp_path / "saturated.pt", state)
+    worst = export_checkpoint(tmp_path / "saturated.pt", tmp_path / "saturated.onnx")
+    assert worst["detection.max_score"] == 0.0 and worst["detection.tie_order_boxes"] > 0
+    assert worst["detection.max_box_px"] < 0.05
 
 
 def test_cli_trains_exports_and_evaluates(tiny_data, tmp_path):
