@@ -116,7 +116,8 @@ def test_a_transient_non_finite_gradient_skips_one_step(tiny_data, tmp_path, mon
     monkeypatch.setattr(DepthTask, "loss", loss)
     trainer = Trainer(tiny_recipe(tiny_data, tmp_path, optim={"epochs": 1, "batch_size": 8, "max_nonfinite_steps": 2}),
                       progress=False)
-    with pytest.warns(RuntimeWarning, match=r"non-finite gradient in the depth head \(heads.depth.*step 2: step skipped"):
+    with pytest.warns(RuntimeWarning, match=r"non-finite gradient in the depth head \(heads.depth.*step 2: "
+                                            r"step skipped"):
         trainer.fit()
     assert trainer.step == trainer.steps_per_epoch - 1
     assert all(bool(torch.isfinite(p).all()) for p in trainer.model.parameters())

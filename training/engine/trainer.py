@@ -419,6 +419,15 @@ class Trainer:
                 return f"non-finite gradient in {where} ({name})"
         return None
 
+    def _reduced_and_checked(self, manual_sync: bool) -> Optional[str]:
+        """Averages the step's gradients over the ranks, then why the step must be skipped
+        (`_non_finite_state`), or None: the same answer on every rank (BN statistics are per rank)."""
+        self._reduce_gradients(manual_sync)
+        skip = self._non_finite_state()
+        if self._on_any_rank(skip is not None) and skip is None:
+            skip = "non-finite BatchNorm statistics on another rank"
+        return skip
+
     def _skip_step(self, reason: str) -> None:
         """Drops the step's gradients and puts back the BatchNorm statistics its forward passes
         moved (`self._saved_buffers`); after `optim.max_nonfinite_steps` skipped steps in a row
@@ -462,8 +471,7 @@ class Trainer:
                 for batch in window:
                     skip = skip or self._backward(batch, manual_sync)[2]
             if skip is None:
-                self._reduce_gradients(manual_sync)
-                skip = self._non_finite_state()
+                skip = self._reduced_and_checked(manual_sync)
             if skip is not None:  # diverged at the perturbed point: back to w, no step
                 self.sam.restore()
                 self._skip_step(f"{skip} (SAM's second pass)")
@@ -514,8 +522,7 @@ class Trainer:
             if (i + 1) % opt.accumulate:
                 continue
             if skip is None:
-                self._reduce_gradients(manual_sync)
-                skip = self._non_finite_state()
+                skip = self._reduced_and_checked(manual_sync)
             if skip is not None:
                 self._skip_step(skip)
                 skip, window = None, []
