@@ -441,8 +441,10 @@ class Trainer:
         where = f"epoch {self.epoch + 1}, step {self.step + self.skipped_in_a_row}"
         limit = self.recipe.optim.max_nonfinite_steps
         if self.skipped_in_a_row >= limit:
+            last = self.out_dir / LAST
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
             raise TrainingError(f"training diverged: {reason} at {where}, {self.skipped_in_a_row} steps in a row "
-                                f"(optim.max_nonfinite_steps = {limit}); the last good checkpoint is {self.out_dir / LAST}")
+                                f"(optim.max_nonfinite_steps = {limit}); {kept}")
         if dist_utils.is_main():
             warnings.warn(f"{reason} at {where}: step skipped ({self.skipped_in_a_row} of at most {limit} in a row)",
                           RuntimeWarning, stacklevel=2)
