@@ -92,7 +92,7 @@ def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_data,
     trainer.fit(stop_after_epoch=1)
     before = (tmp_path / LAST).read_bytes()
     monkeypatch.setattr(DepthTask, "loss", lambda self, pred, batch: pred.sum() * float("nan"))
-    with pytest.warns(RuntimeWarning, match="non-finite depth loss nan at epoch 2, step 4: step skipped"):
+    with pytest.warns(RuntimeWarning, match="non-finite depth loss nan at epoch 2, step [45]: step skipped"):
         with pytest.raises(TrainingError, match=r"training diverged: non-finite depth loss nan at epoch 2, step 6, "
                                                 r"3 steps in a row \(optim.max_nonfinite_steps = 3\)") as error:
             Trainer(tiny_recipe(tiny_data, tmp_path), progress=False).fit()
@@ -212,7 +212,9 @@ def test_export_accepts_a_saturated_heatmap_whose_ties_onnxruntime_orders_differ
     (key,) = [k for k in state["model"] if k.endswith("heatmap.bias")]
     state["model"][key].fill_(100.0)
     save_checkpoint(tmp_path / "saturated.pt", state)
-    worst = export_checkpoint(tmp_path / "saturated.pt", tmp_path / "saturated.onnx")
+    with pytest.warns(UserWarning, match="saturated.onnx: up to .* detection boxes per frame differ .* only in which "
+                                         "of the peaks tied at the top-K cut-off"):
+        worst = export_checkpoint(tmp_path / "saturated.pt", tmp_path / "saturated.onnx")
     assert worst["detection.max_score"] == 0.0 and worst["detection.tie_order_boxes"] > 0
     assert worst["detection.max_box_px"] < 0.05
 
