@@ -14,8 +14,9 @@ Rules every balancer keeps, so that it works with gradient accumulation, AMP and
 
 - gradients are *added* to `.grad` (never overwritten): with `optim.accumulate = k` the trainer
   calls `backward` k times (losses already divided by k) before one optimizer step;
-- every backward goes through `ctx.scale_loss` (GradScaler under fp16 AMP); all gradient
-  methods here are invariant to one common scale factor, so scaled gradients need no unscaling;
+- every backward goes through `ctx.scale_loss` (GradScaler under fp16 AMP); the gradient
+  methods' weights are invariant to one common scale factor, so scaled gradients need no
+  unscaling, except Nash-MTL's (its update has norm √T), which divides the loss scale out;
 - a balancer that writes gradients without a backward through the model sets
   `manual_gradients = True`; under DDP the trainer then runs the step in `no_sync()` and
   averages the gradients across ranks itself. Statistics that must agree across ranks are

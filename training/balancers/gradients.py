@@ -5,8 +5,9 @@ it from ONE graph: `torch.autograd.grad` once per task, keeping the graph only u
 task, each row copied into a flat float32 buffer as soon as it is computed, so the extra memory
 is T x P floats, not T graphs. The same call returns the task's own (head) parameter gradients,
 so no further backward pass is needed for the heads. Results are *added* to `.grad`
-(gradient accumulation), and everything goes through `ctx.scale_loss` (AMP); every solver here
-is invariant to one common scale factor, so loss-scaled gradients are used as they are.
+(gradient accumulation), and everything goes through `ctx.scale_loss` (AMP); the solvers'
+weights are invariant to one common scale factor (Nash-MTL divides the loss scale out), so
+loss-scaled gradients are used as they are.
 """
 from __future__ import annotations
 

@@ -3,7 +3,7 @@
 - `imtl`      IMTL (Liu et al. 2021): IMTL-G's closed-form weights, which give the update equal
               projections on every task's unit gradient, plus (variant "hybrid", the paper's
               full method) IMTL-L's learned loss scales e^{s_t} with regulariser −s_t;
-- `nash_mtl`  Nash-MTL (Navon et al. 2022): the Nash bargaining solution Gᵀ G α = 1/α.
+- `nash_mtl`  Nash-MTL (Navon et al. 2022): the Nash bargaining solution G Gᵀ α = 1/α.
 """
 from __future__ import annotations
 
@@ -67,10 +67,14 @@ class NashMTLOptions(BalancerOptions):
 
 @register_balancer
 class NashMTL(SharedGradientBalancer):
-    """α solves M̂ α = 1/α for the Gram matrix normalised to unit Frobenius norm (the reference
-    implementation's scaling); the update is Σ α_t g_t for every parameter, as training on
-    Σ α_t L_t. The reference solves it by a sequence of convex programs (cvxpy); here it is
-    solved exactly by Newton's method on its convex potential (`solvers.nash_weights`)."""
+    """α solves G Gᵀ α = 1/α on the raw Gram matrix of the task gradients, as in the paper and
+    the reference implementations (the authors' and LibMTL's): the update Σ α_t g_t then has
+    norm √T (before clipping) whatever the losses' scale, and α_t ∝ 1/‖g_t‖ for orthogonal
+    gradients. Every parameter gets Σ α_t g_t, as training on Σ α_t L_t. The reference solves
+    the equations by a sequence of convex programs (cvxpy); here they are solved exactly by
+    Newton's method on their convex potential (`solvers.nash_weights`). Under fp16 AMP the
+    gradients arrive multiplied by the loss scale s: α is solved for M / s² (the true
+    gradients), so the unscaled update is the same as without AMP."""
 
     name = "nash_mtl"
     Options = NashMTLOptions
@@ -80,11 +84,8 @@ class NashMTL(SharedGradientBalancer):
         self.register_buffer("alpha", torch.ones(self.num_tasks, dtype=torch.float64))
 
     def solve(self, M, losses, ctx):
-        norm = np.linalg.norm(M)
-        if norm <= 0:
-            alpha = np.ones(self.num_tasks)
-        else:
-            alpha = nash_weights(M / norm, self.alpha.cpu().numpy(), self.options.max_iter)
+        scale = float(ctx.scale_loss(torch.ones((), device=self.alpha.device)))  # AMP loss scale (1 without)
+        alpha = nash_weights(M / scale ** 2, self.alpha.cpu().numpy(), self.options.max_iter)
         self.alpha.copy_(torch.from_numpy(alpha))
         return alpha, alpha
 

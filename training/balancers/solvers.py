@@ -7,6 +7,7 @@ brute force in tests/test_balancers.py.
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import numpy as np
@@ -107,16 +108,27 @@ def cagrad_weights(M: np.ndarray, c: float, max_iter: int = 500, tol: float = 1e
 
 def nash_weights(M: np.ndarray, alpha0: Optional[np.ndarray] = None, max_iter: int = 100,
                  tol: float = 1e-10) -> np.ndarray:
-    """Nash-MTL's bargaining solution (Navon et al. 2022): α > 0 with M α = 1/α.
+    """Nash-MTL's bargaining solution (Navon et al. 2022): α > 0 with M α = 1/α, for the raw
+    Gram matrix M = G Gᵀ (the paper's and the reference implementations' equations, so the
+    update Σ α_i g_i has squared norm αᵀ M α = T whatever the losses' scale).
 
     That is the stationarity condition of the strictly convex f(α) = ½ αᵀ M α − Σ log α_i, so
-    it is solved exactly by damped Newton steps (Hessian M + diag(1/α²)) that keep α > 0.
-    `M` should be scaled to unit norm by the caller (as the reference implementation does); a
-    tiny ridge keeps f bounded below when the gradients are linearly dependent.
+    it is solved exactly by damped Newton steps (Hessian M + diag(1/α²)) that keep α > 0. For
+    conditioning the steps run on M̂ = M / ‖M‖_F, whose solution is α̂ = √‖M‖_F α; a tiny ridge
+    keeps f bounded below when the gradients are linearly dependent. `alpha0`: a start (e.g.
+    the previous step's α), in the units of M.
     """
     T = M.shape[0]
+    norm = float(np.linalg.norm(M))
+    if not norm > 0:  # all gradients zero: any weights give the same (zero) update
+        return np.ones(T)
+    root = math.sqrt(norm)
+    M = M / norm
     M = M + 1e-9 * max(float(np.trace(M)) / T, 1e-30) * np.eye(T)
-    alpha = np.array(alpha0, dtype=np.float64) if alpha0 is not None else 1.0 / np.sqrt(np.maximum(np.diag(M), 1e-30))
+    if alpha0 is not None:
+        alpha = np.array(alpha0, dtype=np.float64) * root
+    else:
+        alpha = 1.0 / np.sqrt(np.maximum(np.diag(M), 1e-30))
     alpha = np.maximum(alpha, 1e-12)
 
     def f(a):
@@ -136,7 +148,7 @@ def nash_weights(M: np.ndarray, alpha0: Optional[np.ndarray] = None, max_iter: i
         while f(alpha + t * d) > f0 + 1e-4 * t * slope and t > 1e-12:
             t *= 0.5
         alpha = alpha + t * d
-    return alpha
+    return alpha / root
 
 
 def imtl_weights(M: np.ndarray) -> np.ndarray:

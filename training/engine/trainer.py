@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional
 
@@ -135,6 +136,8 @@ class Trainer:
         self.epoch = 0  # completed epochs
         self.step = 0  # optimizer steps
         self.history: list = []
+        self.skipped_in_a_row = 0  # optimizer steps skipped for a non-finite loss or gradient
+        self._saved_buffers: List[torch.Tensor] = []  # BN statistics at the current step's start
         #: called as hook(trainer, batch) with each training micro-batch (on the device) before its
         #: forward pass; e.g. task grouping's lookahead affinities read the model here
         self.batch_hooks: List[Callable[["Trainer", dict], None]] = []
@@ -331,7 +334,8 @@ class Trainer:
 
     def _backward(self, batch: dict, manual_sync: bool):
         """Forward, task losses (+ distillation terms) and the balancer's backward for one
-        micro-batch; returns the task losses as floats and the balancer's logged values."""
+        micro-batch; returns the task losses as floats, the balancer's logged values and None, or
+        (None, {}, why) without a backward when a loss is not finite (on any rank)."""
         opt = self.recipe.optim
         image01 = batch["image"].float() / 255.0
         with self.train_model.no_sync() if manual_sync else contextlib.nullcontext():
@@ -347,9 +351,9 @@ class Trainer:
                 for t, term in self.distiller.losses(batch, image01, preds, features).items():
                     losses[t] = losses[t] + term
             bad = [t for t, v in losses.items() if not torch.isfinite(v)]
-            if bad:
-                raise TrainingError(f"non-finite {', '.join(bad)} loss at epoch {self.epoch + 1}, step {self.step}; "
-                                    f"the last good checkpoint is {self.out_dir / LAST}")
+            if self._on_any_rank(bool(bad)):  # no backward: every rank skips the step (DDP stays in step)
+                values = ", ".join(f"{t} loss {float(losses[t].detach()):g}" for t in bad)
+                return None, {}, f"non-finite {values}" if bad else "non-finite loss on another rank"
             ctx = BalanceContext(
                 shared_params=self.shared_params,
                 last_shared_params=self.last_shared_params,
@@ -360,7 +364,68 @@ class Trainer:
             )
             scaled = {t: v / opt.accumulate for t, v in losses.items()}
             logged = self.balancer.backward(scaled, ctx)
-        return {t: float(v.detach()) for t, v in losses.items()}, logged
+        return {t: float(v.detach()) for t, v in losses.items()}, logged, None
+
+    def _on_any_rank(self, flag: bool) -> bool:
+        """`flag` or'ed over the DDP ranks (itself when not distributed)."""
+        if not dist_utils.is_distributed():
+            return flag
+        return float(all_reduce_mean(torch.tensor([float(flag)], device=self.device))) > 0
+
+    def _float_buffers(self) -> List[torch.Tensor]:
+        """The model's floating-point buffers (BatchNorm statistics): a forward pass updates them,
+        so a skipped step puts them back (`_skip_step`)."""
+        return [b for b in self.model.buffers() if b.is_floating_point()]
+
+    def _non_finite_state(self) -> Optional[str]:
+        """What went non-finite in this step: a gradient (a task's head or the shared part, and
+        the parameter), or a BatchNorm statistic (the training forward normalises with the
+        batch's own statistics, so the loss can stay finite while the running ones overflow);
+        None when all is finite. Under fp16 AMP a gradient overflow is GradScaler's to handle
+        (it skips the step and lowers the scale), so gradients are not checked then."""
+        for name, b in self.model.named_buffers():
+            if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+                return f"non-finite BatchNorm statistics ({name})"
+        if self.scaler.is_enabled():
+            return None
+        owner = {id(p): t for t, params in self.task_params.items() for p in params}
+        named = list(self.model.named_parameters()) + [(f"balancer.{n}", p) for n, p in self.balancer.named_parameters()]
+        # the heads first: a task's non-finite gradient reaches the trunk too, the task is the news
+        for name, p in sorted(named, key=lambda item: id(item[1]) not in owner):
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+                where = f"the {owner[id(p)]} head" if id(p) in owner else "the shared parameters"
+                return f"non-finite gradient in {where} ({name})"
+        return None
+
+    def _reduced_and_checked(self, manual_sync: bool) -> Optional[str]:
+        """Averages the step's gradients over the ranks, then why the step must be skipped
+        (`_non_finite_state`), or None: the same answer on every rank (BN statistics are per rank)."""
+        self._reduce_gradients(manual_sync)
+        skip = self._non_finite_state()
+        if self._on_any_rank(skip is not None) and skip is None:
+            skip = "non-finite BatchNorm statistics on another rank"
+        return skip
+
+    def _skip_step(self, reason: str) -> None:
+        """Drops the step's gradients and puts back the BatchNorm statistics its forward passes
+        moved (`self._saved_buffers`); after `optim.max_nonfinite_steps` skipped steps in a row
+        the run stops with a one-line error (checkpoints are written at epoch ends only, so the
+        last one is from before the divergence)."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for buffer, saved in zip(self._float_buffers(), self._saved_buffers):
+                buffer.copy_(saved)
+        self.skipped_in_a_row += 1
+        where = f"epoch {self.epoch + 1}, step {self.step + self.skipped_in_a_row}"
+        limit = self.recipe.optim.max_nonfinite_steps
+        if self.skipped_in_a_row >= limit:
+            last = self.out_dir / LAST
+            kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written"
+            raise TrainingError(f"training diverged: {reason} at {where}, {self.skipped_in_a_row} steps in a row "
+                                f"(optim.max_nonfinite_steps = {limit}); {kept}")
+        if dist_utils.is_main():
+            warnings.warn(f"{reason} at {where}: step skipped ({self.skipped_in_a_row} of at most {limit} in a row)",
+                          RuntimeWarning, stacklevel=2)
 
     def _reduce_gradients(self, manual_sync: bool) -> None:
         if manual_sync:
@@ -373,21 +438,29 @@ class Trainer:
             self.scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.recipe.optim.grad_clip)
 
-    def _sam_second_pass(self, window: list, manual_sync: bool) -> None:
+    def _sam_second_pass(self, window: list, manual_sync: bool) -> bool:
         """SAM: climb to w + rho g/|g| along the (balanced, accumulated) gradient, recompute the
         gradient there on the same micro-batches without moving BN statistics or balancer state,
         then step from w with it. (The loss scale of AMP does not change the perturbation, so
-        the gradient is unscaled once, for the second pass, as GradScaler allows.)"""
+        the gradient is unscaled once, for the second pass, as GradScaler allows.) False when
+        the step was skipped (a non-finite loss or gradient at the perturbed point)."""
         if self.sam.first_step():
             self.optimizer.zero_grad(set_to_none=True)
+            skip = None
             with frozen_bn_stats(self.model), frozen_buffers(self.balancer):
                 for batch in window:
-                    self._backward(batch, manual_sync)
-            self._reduce_gradients(manual_sync)
+                    skip = skip or self._backward(batch, manual_sync)[2]
+            if skip is None:
+                skip = self._reduced_and_checked(manual_sync)
+            if skip is not None:  # diverged at the perturbed point: back to w, no step
+                self.sam.restore()
+                self._skip_step(f"{skip} (SAM's second pass)")
+                return False
         self._clip_gradients()
         self.sam.restore()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        return True
 
     def _after_step(self) -> None:
         """Per-optimizer-step work of the optional stages (SWA collection per step)."""
@@ -411,25 +484,38 @@ class Trainer:
         # run it without DDP's sync and average the gradients here instead
         manual_sync = dist_utils.is_distributed() and self.balancer.manual_gradients
         window = []  # the micro-batches of the current optimizer step (SAM's second pass re-runs them)
+        skip = None  # why the current optimizer step is skipped (a non-finite loss or gradient)
         for i, batch in enumerate(batches):
             batch = to_device(batch, self.device)
             for hook in self.batch_hooks:
                 hook(self, batch)
-            values, logged = self._backward(batch, manual_sync)
+            if i % opt.accumulate == 0:  # the step's first micro-batch: what a skipped step restores
+                self._saved_buffers = [b.detach().clone() for b in self._float_buffers()]
+            if skip is None:
+                values, logged, skip = self._backward(batch, manual_sync)
             if self.sam is not None:
                 window.append(batch)
-            for t, v in values.items():
-                sums[t] += v
-            count += 1
+            if skip is None:
+                for t, v in values.items():
+                    sums[t] += v
+                count += 1
             if (i + 1) % opt.accumulate:
                 continue
-            self._reduce_gradients(manual_sync)
+            if skip is None:
+                skip = self._reduced_and_checked(manual_sync)
+            if skip is not None:
+                self._skip_step(skip)
+                skip, window = None, []
+                continue
             if self.sam is not None:
-                self._sam_second_pass(window, manual_sync)
+                if not self._sam_second_pass(window, manual_sync):
+                    window = []
+                    continue
             else:
                 self._clip_gradients()
                 self.scaler.step(self.optimizer)
                 self.scaler.update()
+            self.skipped_in_a_row = 0
             window = []
             self.optimizer.zero_grad(set_to_none=True)
             self.balancer.after_step()

@@ -20,6 +20,7 @@ So a model can train with more parameters and still export at exactly its compac
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import torch
@@ -52,9 +53,19 @@ def _check_group_widths(cin: int, cout: int, groups: int) -> None:
         raise ValueError(f"channels {cin}->{cout} are not divisible by groups={groups}")
 
 
+def _pad(x: torch.Tensor, padding: int, mode: str) -> torch.Tensor:
+    """The padding of the layer being replaced, applied to its input: any linear chain of
+    unpadded convolutions after it then equals the padded layer exactly, for every
+    `padding_mode` (zeros, reflect, replicate, circular)."""
+    if not padding:
+        return x
+    return F.pad(x, [padding] * 4, mode="constant" if mode == "zeros" else mode)
+
+
 def _plain_conv(template: nn.Conv2d, weight: torch.Tensor, bias: Optional[torch.Tensor]) -> nn.Conv2d:
     conv = nn.Conv2d(template.in_channels, template.out_channels, template.kernel_size, template.stride,
-                     template.padding, template.dilation, template.groups, bias=bias is not None)
+                     template.padding, template.dilation, template.groups, bias=bias is not None,
+                     padding_mode=template.padding_mode)
     conv.weight.data.copy_(weight)
     if bias is not None:
         conv.bias.data.copy_(bias)
@@ -65,21 +76,22 @@ class LinearExpandedConv2d(nn.Module):
     """ExpandNets' linear expansion of one k x k convolution (expansion rate `rate`)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, groups: int = 1, bias: bool = True, rate: int = 2):
+                 padding: int = 0, groups: int = 1, bias: bool = True, rate: int = 2, padding_mode: str = "zeros"):
         super().__init__()
         _check_group_widths(in_channels, out_channels, groups)
-        self.template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        self.template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias,
+                                  padding_mode=padding_mode)
         self.template.requires_grad_(False)  # shape holder only; never trained
         self.padding = padding
+        self.padding_mode = padding_mode
         self.groups = groups
         self.first = nn.Conv2d(in_channels, rate * in_channels, 1, groups=groups, bias=False)
         self.middle = nn.Conv2d(rate * in_channels, rate * out_channels, kernel_size, stride, 0, groups=groups, bias=False)
         self.last = nn.Conv2d(rate * out_channels, out_channels, 1, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding:
-            x = F.pad(x, [self.padding] * 4)  # on the first layer: zeros stay zeros (no bias)
-        return self.last(self.middle(self.first(x)))
+        # padded before the first layer (no bias in the first two): exact at the borders
+        return self.last(self.middle(self.first(_pad(x, self.padding, self.padding_mode))))
 
     def composed_weight(self) -> torch.Tensor:
         w = _pre_product(self.middle.weight, self.first.weight, self.groups)
@@ -112,17 +124,23 @@ class LinearExpandedConv2d(nn.Module):
 
 
 class KernelExpandedConv2d(nn.Module):
-    """A k x k conv (k odd, >= 5) as (k - 1) / 2 stacked 3 x 3 convs without nonlinearity."""
+    """A k x k conv (k odd, >= 5) as (k - 1) / 2 stacked 3 x 3 convs without nonlinearity.
+
+    Always starts from fresh random factors: a trained k x k kernel is in general not a
+    product of 3 x 3 kernels, so a function-preserving start does not exist (`expand`
+    refuses `preserve` for this kind)."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, groups: int = 1, bias: bool = True):
+                 padding: int = 0, groups: int = 1, bias: bool = True, padding_mode: str = "zeros"):
         super().__init__()
         if kernel_size < 5 or kernel_size % 2 == 0:
             raise ValueError("kernel expansion needs an odd kernel_size >= 5")
         _check_group_widths(in_channels, out_channels, groups)
-        self.template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        self.template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias,
+                                  padding_mode=padding_mode)
         self.template.requires_grad_(False)
         self.padding = padding
+        self.padding_mode = padding_mode
         self.groups = groups
         n = (kernel_size - 1) // 2
         widths = [in_channels] + [out_channels] * n
@@ -133,8 +151,7 @@ class KernelExpandedConv2d(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.padding:
-            x = F.pad(x, [self.padding] * 4)
+        x = _pad(x, self.padding, self.padding_mode)
         for layer in self.layers:
             x = layer(x)
         return x
@@ -196,9 +213,11 @@ class ElementwiseConv2d(nn.Module):
     """
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
-                 padding: int = 0, groups: int = 1, bias: bool = True, alpha: int = 2, normalise: bool = True):
+                 padding: int = 0, groups: int = 1, bias: bool = True, alpha: int = 2, normalise: bool = True,
+                 padding_mode: str = "zeros"):
         super().__init__()
-        self.template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias)
+        self.template = nn.Conv2d(in_channels, out_channels, kernel_size, stride, padding, groups=groups, bias=bias,
+                                  padding_mode=padding_mode)
         self.template.requires_grad_(False)
         base = self.template.weight.detach()
         self.normalise = normalise
@@ -212,17 +231,17 @@ class ElementwiseConv2d(nn.Module):
 
     @torch.no_grad()
     def init_from(self, conv: nn.Conv2d) -> None:
-        """Branches start as the layer's current weight plus 1 % noise (each branch's scale
-        the weight's norm / alpha), so the composed weight starts at the layer's, bias kept."""
+        """Starts at the layer's current weight, bias kept (see `_preserving_branches`)."""
         base = conv.weight.detach()
         alpha = self.branches.shape[0]
         self.template.weight.copy_(base)
-        self.branches.copy_(torch.stack([base + 0.01 * base.std() * torch.randn_like(base) for _ in range(alpha)]))
         if self.normalise:
-            norms = base.flatten(1).norm(dim=1).view(1, -1, 1, 1, 1)
-            self.scales.copy_(norms.expand(alpha, -1, -1, -1, -1) / alpha)
+            branches, scales = _preserving_branches(base, alpha)
+            self.branches.copy_(branches)
+            self.scales.copy_(scales)
         else:
-            self.branches /= alpha
+            noise = 0.01 * _channel_rms(base) * torch.randn((alpha,) + base.shape, dtype=base.dtype)
+            self.branches.copy_((base + noise) / alpha)
         if conv.bias is not None:
             self.bias.copy_(conv.bias)
 
@@ -234,10 +253,46 @@ class ElementwiseConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.template
+        if t.padding_mode != "zeros":
+            return F.conv2d(_pad(x, t.padding[0], t.padding_mode), self.composed_weight(), self.bias, t.stride,
+                            0, t.dilation, t.groups)
         return F.conv2d(x, self.composed_weight(), self.bias, t.stride, t.padding, t.dilation, t.groups)
 
     def collapsed(self) -> nn.Conv2d:
         return _plain_conv(self.template, self.composed_weight().detach(), None if self.bias is None else self.bias.detach())
+
+
+def _channel_rms(weight: torch.Tensor) -> torch.Tensor:
+    """Per output channel, the root mean square of its weights (shape [cout, 1, 1, 1])."""
+    return weight.flatten(1).pow(2).mean(dim=1).sqrt().view(-1, 1, 1, 1)
+
+
+def _preserving_branches(base: torch.Tensor, alpha: int):
+    """Branches and scales whose normalised sum is `base`, with every parameter trainable.
+
+    A channel with a non-zero weight w: every branch is w plus 1 % noise (relative to the
+    channel's own size, so one-weight channels work too) with scale ||w|| / alpha. A channel
+    whose weight is zero (e.g. a zero-initialised output layer): branch directions w/||w||
+    would be undefined and scales 0 would leave both factors without gradient for ever, so
+    all its branches share one random direction u, of a default initialisation's size, and the
+    scales c (1, ..., 1, -(alpha - 1)) sum to zero: the weight is exactly 0, yet every scale's
+    gradient is ±<g, u> and every branch's s_a P_u g / ||W_a||. (With alpha = 1 the one scale
+    is 0: it learns first and the branch from the next step.)"""
+    norms = base.flatten(1).norm(dim=1)
+    dead = norms == 0
+    noise = 0.01 * _channel_rms(base) * torch.randn((alpha,) + base.shape, dtype=base.dtype)
+    branches = base.unsqueeze(0) + noise
+    scales = (norms / alpha).view(1, -1, 1, 1, 1).expand(alpha, -1, -1, -1, -1).clone()
+    if dead.any():
+        # a default (kaiming-uniform, a = sqrt 5) weight has per-channel norm 1/sqrt(3)
+        size = 1.0 / math.sqrt(3.0)
+        u = torch.randn_like(base[dead])
+        u = size * u / u.flatten(1).norm(dim=1).clamp(min=1e-12).view(-1, 1, 1, 1)
+        branches[:, dead] = u.unsqueeze(0)
+        signs = torch.ones(alpha, dtype=base.dtype)
+        signs[-1] = -(alpha - 1)
+        scales[:, dead] = (size / alpha * signs).view(alpha, 1, 1, 1, 1).expand(-1, int(dead.sum()), -1, -1, -1)
+    return branches, scales
 
 
 class SharedFactorConv2d(LinearExpandedConv2d):
@@ -245,9 +300,9 @@ class SharedFactorConv2d(LinearExpandedConv2d):
     task heads: pass the same `shared` conv to every head's module."""
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size: int, shared: nn.Conv2d,
-                 stride: int = 1, padding: int = 0, bias: bool = True):
+                 stride: int = 1, padding: int = 0, bias: bool = True, padding_mode: str = "zeros"):
         rate = shared.in_channels // in_channels
-        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 1, bias, rate)
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, 1, bias, rate, padding_mode)
         if shared.kernel_size != (kernel_size, kernel_size) or shared.out_channels != rate * out_channels:
             raise ValueError("the shared factor does not fit this layer")
         self.middle = shared  # the same module object in every head: its gradient sums over tasks

@@ -92,10 +92,14 @@ class OptimConfig:
     warmup_steps: int = 50
     schedule: Literal["cosine", "constant"] = "cosine"
     grad_clip: float = 10.0  # max global gradient norm; 0 disables
+    #: a step with a non-finite loss or gradient is skipped; this many in a row stop the run
+    max_nonfinite_steps: int = 3
 
     def check(self):
         if self.lr <= 0 or self.epochs < 1 or self.batch_size < 1 or self.accumulate < 1:
             raise ValueError("lr, epochs, batch_size and accumulate must be positive")
+        if self.max_nonfinite_steps < 1:
+            raise ValueError("max_nonfinite_steps must be >= 1")
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import List
 
-from training.models.collapse import KINDS
+from training.models.collapse import KINDS, NO_KERNEL_PRESERVE
 
 
 @dataclass
@@ -37,5 +37,7 @@ class OverparamConfig:
             raise ValueError("rate must be >= 1, finetune_epochs >= 0 and finetune_lr_scale > 0")
         if self.init not in ("preserve", "random"):
             raise ValueError(f"init must be preserve or random, got {self.init!r}")
+        if self.kind == "kernel" and self.init == "preserve":
+            raise ValueError(NO_KERNEL_PRESERVE)
         if not self.layers:
             raise ValueError("layers: name at least one module prefix (e.g. trunk, heads, trunk.stages.3)")

@@ -189,8 +189,40 @@ def test_nash_solution_satisfies_the_bargaining_equations():
         alpha = solvers.nash_weights(M)
         assert (alpha > 0).all()
         assert M @ alpha == pytest.approx(1 / alpha, rel=1e-7)
-    # orthogonal gradients: α_i = 1/|g_i|
+    # orthogonal gradients: α_i = 1/|g_i|, for the raw Gram matrix at any scale
     assert solvers.nash_weights(np.diag([4.0, 0.25])) == pytest.approx([0.5, 2.0], rel=1e-8)
+    M = np.array([[4.0, 0.3], [0.3, 0.25]])
+    assert solvers.nash_weights(1e6 * M) == pytest.approx(solvers.nash_weights(M) / 1e3, rel=1e-8)
+
+
+def _nash_update(loss_scales, scale_loss=None):
+    """Nash-MTL's shared update on the toy model with each task's loss multiplied by a factor."""
+    model, (x, y) = Toy(), toy_data()
+    losses, z, h = model.losses(x, y)
+    make("nash_mtl").backward({t: s * losses[t] for s, t in zip(loss_scales, TASKS)},
+                              model.ctx(z, h, scale_loss=scale_loss))
+    return model.shared_grad().double()
+
+
+def test_nash_update_norm_is_sqrt_T_whatever_the_losses_scale():
+    """‖Σ α g‖² = αᵀ M α = Σ α_i (1/α_i) = T for the raw Gram matrix (the paper's equations):
+    one loss x100 (or all x1e-3) changes the direction's weights, never the update's norm."""
+    for scales in ((1.0, 1.0, 1.0), (100.0, 1.0, 1.0), (1e-3, 1e-3, 1e-3), (10.0, 0.1, 3.0)):
+        assert float(_nash_update(scales).norm()) == pytest.approx(math.sqrt(3), rel=1e-5)
+
+
+def test_nash_orthogonal_gradients_closed_form_and_amp_scale():
+    """g_1 = (3, 0), g_2 = (0, 0.5): α = (1/3, 2), update (1, 1) of norm √2, whatever the
+    losses' scale; under a loss scale s (AMP) the written gradient is s (1, 1), which
+    GradScaler's unscale turns back into (1, 1). (The solver's ridge, 1e-9 of the normalised
+    Gram matrix's mean diagonal, biases α_b by ~1e-4 when the norms are 600x apart.)"""
+    for k, s in ((1.0, 1.0), (100.0, 1.0), (1.0, 1024.0), (0.01, 65536.0)):
+        w = nn.Parameter(torch.zeros(2, dtype=torch.float64))
+        losses = {"a": k * 3.0 * w[0], "b": 0.5 * w[1]}
+        ctx = BalanceContext(shared_params=[w], task_params={"a": [], "b": []}, scale_loss=lambda loss: s * loss)
+        logs = make("nash_mtl", tasks=("a", "b")).backward(losses, ctx)
+        assert w.grad.numpy() == pytest.approx([s, s], rel=2e-4)
+        assert [logs["weight/a"], logs["weight/b"]] == pytest.approx([1 / (3 * k), 2.0], rel=2e-4)
 
 
 def test_imtl_update_has_equal_projections_on_every_task_direction():

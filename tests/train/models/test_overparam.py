@@ -177,3 +177,133 @@ def test_whole_network_collapses_to_the_compact_model(kind):
         after = flat_outputs(expanded(x))
     for a, b in zip(before, after):
         assert (a - b).abs().max().item() < 1e-5
+
+
+# -- starts, padding modes and refusals --------------------------------------------------------
+class _Heads(nn.Module):
+    """Two task heads with one k x k conv each (names under `heads.`, as shared_factors wants)."""
+
+    def __init__(self, k=5, zero=True, padding_mode="zeros"):
+        super().__init__()
+        self.heads = nn.ModuleDict({t: nn.Conv2d(3, 4, k, padding=k // 2, padding_mode=padding_mode)
+                                    for t in ("a", "b")})
+        if zero:  # e.g. the super-resolution head's zero-initialised output layer
+            for conv in self.heads.values():
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+
+    def forward(self, x):
+        return torch.cat([conv(x) for conv in self.heads.values()], 1)
+
+
+def _trainable(model):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+@pytest.mark.parametrize("kind, rate", [("linear", 1), ("linear", 2), ("kernel", 2), ("elementwise", 1),
+                                        ("elementwise", 2), ("elementwise", 3), ("shared_factors", 2)])
+def test_every_factor_of_a_zero_layer_learns(kind, rate):
+    """From a zero-initialised layer (preserve: the expanded layer starts at exactly zero; kernel
+    starts random, as it must), every trained parameter has a non-zero gradient by the second
+    step; element-wise branches at rate >= 2 from the first (the old start, zero branches with
+    zero scales, was a fixed point: the layer stayed exactly zero for ever)."""
+    from training.models.collapse import collapse, expand
+
+    torch.manual_seed(0)
+    model = _Heads()
+    preserve = kind != "kernel"
+    assert expand(model, kind, rate, preserve=preserve) == ["heads.a", "heads.b"]
+    g = torch.Generator().manual_seed(1)
+    x, target = torch.randn(2, 3, 9, 9, generator=g), torch.randn(2, 8, 9, 9, generator=g)
+    if preserve:
+        assert float(model(x).detach().abs().max()) == 0.0
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    for step in (1, 2):
+        optimizer.zero_grad()
+        F.mse_loss(model(x), target).backward()
+        if step == 2 or (kind == "elementwise" and rate >= 2):
+            silent = [n for n, p in _trainable(model) if p.grad is None or float(p.grad.abs().max()) == 0.0]
+            assert not silent, f"step {step}: no gradient for {silent}"
+        optimizer.step()
+    with torch.no_grad():
+        assert all(float(c.weight.abs().max()) > 0 for c in collapse(model).heads.values())
+
+
+def test_elementwise_preserve_of_a_single_weight_is_finite():
+    """A 1 -> 1, 1x1 conv: the branch noise is relative to each channel (a one-element std was NaN)."""
+    conv = nn.Conv2d(1, 1, 1)
+    with torch.no_grad():
+        conv.weight.fill_(0.7)
+    layer = ElementwiseConv2d(1, 1, 1, alpha=3)
+    layer.init_from(conv)
+    assert torch.isfinite(layer.branches).all() and torch.isfinite(layer.scales).all()
+    assert float(layer.composed_weight()) == pytest.approx(0.7, rel=1e-3)
+
+
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("kind", ["linear", "kernel", "elementwise", "shared_factors"])
+def test_padding_modes_are_kept_exactly(kind, mode):
+    """The padding of every mode is applied before the chain: a preserving start equals the
+    original layer (zero padding instead of reflect changed the output by 38-63 %), training
+    moves it, and the collapse is the same function with the same padding mode."""
+    from training.models.collapse import collapse, expand
+
+    torch.manual_seed(0)
+    model = _randomise(_Heads(zero=False, padding_mode=mode))
+    x = torch.randn(2, 3, 8, 11)
+    with torch.no_grad():
+        original = model(x)
+    expand(model, kind, 2, preserve=kind != "kernel")
+    with torch.no_grad():
+        if kind in ("linear", "elementwise"):  # shared_factors: least squares, kernel: random
+            tolerance = 1e-4 if kind == "linear" else 3e-2
+            assert float((model(x) - original).abs().max() / original.abs().max()) < tolerance
+        for _, p in _trainable(model):
+            p.add_(0.05 * torch.randn_like(p))
+        expanded = model(x)
+        collapse(model)
+        assert all(c.padding_mode == mode for c in model.heads.values())
+        assert float((model(x) - expanded).abs().max()) < 1e-5
+
+
+def test_expansion_refusals_are_one_line_errors():
+    from training.models.collapse import expand
+
+    model = _Heads()
+    expand(model, "linear", 2)
+    with pytest.raises(ValueError, match="already over-parameterised .*heads.a.*collapse it first"):
+        expand(model, "linear", 2)
+    with pytest.raises(ValueError, match="kind kernel cannot start from the compact weights"):
+        expand(_Heads(), "kernel", 2, preserve=True)
+    cases = [(dict(padding="same"), "heads.a has padding='same'"),
+             (dict(padding=(1, 2)), r"asymmetric padding \(1, 2\)"),
+             (dict(padding=1, stride=(1, 2)), r"stride \(1, 2\)")]
+    for kwargs, message in cases:
+        model = _Heads()
+        model.heads["a"] = nn.Conv2d(3, 4, 3, **kwargs)
+        for kind in ("linear", "elementwise"):
+            with pytest.raises(ValueError, match=message) as error:
+                expand(copy.deepcopy(model), kind, 2)
+            assert "\n" not in str(error.value)
+
+
+def test_fold_batchnorm_without_affine_terms_and_refusal_without_statistics():
+    """A BN without affine terms folds exactly (scale 1, shift 0); one without running
+    statistics cannot be folded (it normalises with each batch's own): a one-line error."""
+    from training.models.collapse import fold_batchnorm
+
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4, affine=False)
+    with torch.no_grad():
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1, padding_mode="reflect"), bn).eval()
+    x = torch.randn(2, 3, 6, 7)
+    with torch.no_grad():
+        before = model(x)
+        fold_batchnorm(model)
+        assert isinstance(model[1], nn.Identity) and model[0].padding_mode == "reflect"
+        assert float((model(x) - before).abs().max()) < 1e-5
+    no_stats = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4, track_running_stats=False)).eval()
+    with pytest.raises(ValueError, match="without running statistics .*cannot be folded"):
+        fold_batchnorm(no_stats)

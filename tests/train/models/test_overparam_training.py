@@ -37,9 +37,15 @@ def test_recipe_expands_the_selected_layers_only(tiny_data, tmp_path):
 def test_recipe_errors_are_one_line(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="overparam: unknown kind .quadratic."):
         tiny_recipe(tiny_data, tmp_path, overparam={"kind": "quadratic"})
-    with pytest.raises(ConfigError, match="selects no convolution"):
-        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["trunk.nothing"]}),
+    with pytest.raises(ConfigError, match="overparam.layers: 'trunk.nothing' names no convolution"):
+        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["trunk.nothing"]}), progress=False)
+    # a typo beside a prefix that does match is named too (it used to expand the heads silently)
+    with pytest.raises(ConfigError, match="overparam.layers: 'trunkk' names no convolution") as error:
+        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["heads", "trunkk"]}),
                 progress=False)
+    assert "\n" not in str(error.value)
+    with pytest.raises(ConfigError, match="kind kernel cannot start from the compact weights.*init: random"):
+        tiny_recipe(tiny_data, tmp_path, overparam={"kind": "kernel"})
 
 
 def test_fine_tuning_after_the_collapse_resumes_exactly_and_exports_compact(tiny_data, tmp_path):
