@@ -43,7 +43,7 @@ setup(
         "gpu": ["onnxruntime-gpu>=1.16"],
         "cpu": ["onnxruntime>=1.16"],
         "training": ["torch>=2.5", "torchvision", "timm>=1.0", "onnx>=1.16", "onnxscript>=0.1"],
-        "test": ["pytest>=7", "faster-coco-eval>=1.6", "ruff>=0.6", "import-linter>=2.0"],
+        "test": ["pytest>=7", "faster-coco-eval>=1.6", "ruff>=0.6", "import-linter>=2.0", "scikit-image>=0.22"],
     },
     zip_safe=True,
     entry_points={

@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Protocol
 
 import numpy as np
 
-from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.data.dataset import TASK_KINDS, MultiTaskDataset
 from mtl_perception.inference.model import PerceptionModel
 from mtl_perception.inference.preprocess import model_input, resize_sample
 
@@ -46,7 +46,9 @@ def evaluate_dataset(model: PerceptionModel, dataset: MultiTaskDataset, scoring:
 
         indices = tqdm(indices, desc="evaluate", leave=False)
     for index in indices:
-        sample = resize_sample(dataset.load(index), model.input_size, sr_scale)
+        raw = dataset.load(index)
+        sample = resize_sample(raw, model.input_size, sr_scale)
+        sample["labelled_tasks"] = getattr(raw, "labelled_tasks", TASK_KINDS)  # scoring skips the rest
         image = model_input(sample["image"], "rgb8", model.input_size, color_order).image
         start = time.perf_counter()
         out = model.run(image)

@@ -215,6 +215,7 @@ class RandomLossWeighting(Balancer):
     """w = T softmax(z), z ~ N(0, I) drawn anew for every optimizer step."""
 
     name = "rlw"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
     Options = RLWOptions
 
     def step_weights(self, step: int):

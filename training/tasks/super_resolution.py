@@ -12,7 +12,7 @@ from mtl_perception.contract import TaskSpec
 from mtl_perception.evaluation.metrics import SuperResolutionMetric
 
 from training.models.blocks import ConvBNAct
-from training.tasks.base import Task, register_task
+from training.tasks.base import Task, labelled_mask, labelled_rows, register_task
 
 
 class SuperResolutionHead(nn.Module):
@@ -53,7 +53,10 @@ class SuperResolutionTask(Task):
         return {"super_resolution_target": np.ascontiguousarray(sample["hr_image"].transpose(2, 0, 1))}
 
     def loss(self, pred, batch):
-        return (pred - batch["super_resolution_target"].float() / 255.0).abs().mean()
+        """Mean L1 over the labelled samples (zero, graph-connected, without any)."""
+        per_sample = (pred - batch["super_resolution_target"].float() / 255.0).abs().mean(dim=(1, 2, 3))
+        keep = labelled_mask(batch, self.name, per_sample).to(per_sample.dtype)
+        return (per_sample * keep).sum() / keep.sum().clamp(min=1)
 
     def decode(self, pred, image01):
         image = (pred.clamp(0, 1) * 255.0).round().to(torch.uint8)
@@ -66,6 +69,6 @@ class SuperResolutionTask(Task):
         return SuperResolutionMetric()
 
     def update_metric(self, metric, decoded, batch):
-        for i in range(decoded["image"].shape[0]):
+        for i in labelled_rows(batch, decoded["image"].shape[0], self.name):
             target = batch["super_resolution_target"][i].transpose(1, 2, 0)
             metric.update(decoded["image"][i], target, lowres=batch["image"][i].transpose(1, 2, 0))
