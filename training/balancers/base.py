@@ -26,13 +26,16 @@ trainer calls `balance(losses, present, ctx)`, which applies one rule for every 
 
 - all tasks present: `backward` as usual;
 - a `subset_safe` balancer (its weights are a function of the present tasks' losses or
-  gradients alone: fixed, rlw, mgda, mgda_ub, pcgrad, cagrad, aligned_mtl) runs `backward` on
-  the present tasks only, as if the recipe had just those tasks (MGDA's min-norm point,
-  PCGrad's projections, CAGrad's ball and RLW's softmax are over the present gradients/tasks);
-- a stateful balancer (uw, dwa, dtp, famo, gradnorm, imtl, nash_mtl) holds its weights: the
+  gradients alone: fixed, rlw, mgda, mgda_ub, pcgrad, cagrad, aligned_mtl; or its per-task
+  state is indexed by name and only the present tasks' entries take part: uw) runs `backward`
+  on the present tasks only, as if the recipe had just those tasks (MGDA's min-norm point,
+  PCGrad's projections, CAGrad's ball and RLW's softmax are over the present gradients/tasks;
+  uncertainty's absent log σ² is outside the objective, so it gets no gradient);
+- a stateful balancer (dwa, dtp, famo, gradnorm, imtl, nash_mtl) holds its weights: the
   present tasks get the weights it used in its last full step (the recipe's weights before
-  one), nothing of its state changes (no gradient reaches its parameters, e.g. uncertainty's
-  log-variances, and `after_step` is skipped for that optimizer step).
+  one), nothing of its state changes (no gradient reaches its parameters, e.g. GradNorm's
+  weights, and `after_step` is skipped for that optimizer step; DWA's loss history moves only at
+  the end of an epoch in which every task had labels).
 
 Either way each absent task's (zero, graph-connected) loss rides along as a `0 *` term, so every
 parameter is in the backward graph and DDP's reducer runs the same collectives on every rank.
