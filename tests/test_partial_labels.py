@@ -9,7 +9,6 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from mtl_perception.data.dataset import MultiTaskDataset, write_dataset
 from mtl_perception.data.synthetic import Camera, generate_dataset
