@@ -134,7 +134,8 @@ def main(argv=None) -> int:
             "synthetic_val": summary(evaluate(model, work / "synthetic_val", work / f"{name}_val.json")),
             "held_out_photos": summary(evaluate(model, work / "photos_held_out", work / f"{name}_photos.json")),
         }
-    args.out.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    text = json.dumps(results, indent=1, default=str).replace(str(work), "<work>")  # no machine paths
+    args.out.write_text(text + "\n")
     print(json.dumps({n: {"sr_gain_db_held_out": m["held_out_photos"]["super_resolution"]["metrics"].get("psnr_gain")}
                       for n, m in results["models"].items()}, indent=1))
     return 0
