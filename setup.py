@@ -45,7 +45,8 @@ setup(
         "checks": ["onnx>=1.16"],  # the loader also checks class counts against the graph (skipped without)
         "training": ["torch>=2.5", "torchvision", "timm>=1.0", "kornia>=0.7", "onnx>=1.16", "onnxscript>=0.1"],
         "nyu": ["h5py>=3", "scipy"],  # NYUv2: h5py for the labeled .mat (HDF5), scipy for the v5 mapping/split files
-        "test": ["pytest>=7", "faster-coco-eval>=1.6", "ruff>=0.6", "import-linter>=2.0", "h5py>=3"],
+        "test": ["pytest>=7", "faster-coco-eval>=1.6", "ruff>=0.6", "import-linter>=2.0", "h5py>=3",
+                 "scikit-image>=0.22"],
     },
     zip_safe=True,
     entry_points={

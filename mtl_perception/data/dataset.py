@@ -11,6 +11,12 @@ Layout (the README's "Data" section has the full description)::
       depth/000000.png      uint16, metres = value * depth_scale, 0 = invalid (optional per image;
                             a float32 .npy in metres, NaN = invalid, is accepted too)
 
+Which tasks an image is labelled for: an "images" entry may list them, ``"labelled":
+["segmentation", "depth", "detection", "super_resolution"]`` (any subset). Without the key an
+image is labelled for segmentation when it has a ``semantic_file``, for depth when it has a
+``depth_file``, and always for detection (no boxes = no objects) and super-resolution (its label
+is the image): what datasets written before the key meant.
+
 The generator of :mod:`mtl_perception.data.synthetic` writes it, and a user's own data in the same
 layout is read by the same :class:`MultiTaskDataset`. ``dataset.json`` is written last and
 atomically, so an interrupted writer never leaves a dataset that looks complete.
@@ -33,6 +39,8 @@ FORMAT_VERSION = 1
 DEFAULT_DEPTH_SCALE = 1.0 / 256.0
 """Metres per unit of a 16-bit depth PNG: range 0.0039 .. 255.996 m, rounding error <= 1.95 mm."""
 UNLABELLED = 255
+TASK_KINDS = ("segmentation", "depth", "detection", "super_resolution")
+"""The task kinds an image can be labelled for (the "labelled" key of an "images" entry)."""
 METADATA_FILE = "dataset.json"
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 3]
 
@@ -103,6 +111,9 @@ def write_frame_files(root: str | os.PathLike, index: int, frame: Any, depth_sca
     camera = getattr(frame, "camera", None)
     if camera is not None:
         entry["camera"] = _camera_entry(camera)
+    labelled = getattr(frame, "labelled_tasks", None)
+    if labelled is not None:
+        entry["labelled"] = sorted(labelled)
     boxes = np.asarray(getattr(frame, "boxes", np.zeros((0, 4))), np.float64).reshape(-1, 4)
     labels = np.asarray(getattr(frame, "labels", np.zeros(0)), np.int64).reshape(-1)
     if len(labels) != len(boxes):
@@ -251,6 +262,27 @@ class Sample:
     night: bool = False
     file_name: str = ""
     camera: dict | None = None
+    labelled_tasks: frozenset = frozenset(TASK_KINDS)  # the kinds this sample has labels for
+
+
+def labelled_tasks(entry: Mapping[str, Any], where: str = "dataset.json") -> frozenset:
+    """The task kinds an "images" entry is labelled for: its "labelled" list, else what the
+    entry's files imply (see the module docstring). A kind listed without its label file, or an
+    unknown kind, is a one-line ``DatasetError`` naming ``where``."""
+    listed = entry.get("labelled")
+    if listed is None:
+        kinds = {"detection", "super_resolution"}
+        kinds.update(k for k, key in (("segmentation", "semantic_file"), ("depth", "depth_file")) if entry.get(key))
+        return frozenset(kinds)
+    if not isinstance(listed, list) or not all(isinstance(k, str) for k in listed):
+        raise DatasetError(f"{where}: 'labelled' must be a list of task kinds, got {listed!r}")
+    unknown = sorted(set(listed) - set(TASK_KINDS))
+    if unknown:
+        raise DatasetError(f"{where}: 'labelled' has unknown task kind {unknown[0]!r} (known: {', '.join(TASK_KINDS)})")
+    for kind, key in (("segmentation", "semantic_file"), ("depth", "depth_file")):
+        if kind in listed and not entry.get(key):
+            raise DatasetError(f"{where}: 'labelled' lists {kind} but the image has no {key}")
+    return frozenset(listed)
 
 
 class DatasetError(ValueError):
@@ -427,6 +459,7 @@ class MultiTaskDataset:
             if im["id"] in ids:
                 raise DatasetError(f"{meta}: duplicate image id {im['id']!r}")
             ids[im["id"]] = j
+            labelled_tasks(im, f"{meta}: images[{j}]")
             for key in LABEL_FILE_KEYS:
                 if im.get(key) is not None:
                     p = self.root / im[key]
@@ -492,6 +525,7 @@ class MultiTaskDataset:
             night=bool(im.get("night", False)),
             file_name=str(im["file_name"]),
             camera=dict(cam) if isinstance(cam, dict) else None,
+            labelled_tasks=labelled_tasks(im),
         )
 
 
@@ -503,8 +537,10 @@ __all__ = [
     "DatasetWriter",
     "MultiTaskDataset",
     "Sample",
+    "TASK_KINDS",
     "decode_depth",
     "encode_depth",
+    "labelled_tasks",
     "write_dataset",
     "write_frame_files",
 ]

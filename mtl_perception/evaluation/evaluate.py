@@ -12,7 +12,7 @@ from typing import Any, Dict, Mapping, Optional, Protocol
 
 import numpy as np
 
-from mtl_perception.data.dataset import MultiTaskDataset
+from mtl_perception.data.dataset import TASK_KINDS, MultiTaskDataset
 from mtl_perception.inference.model import PerceptionModel
 from mtl_perception.inference.preprocess import model_input, resize_sample
 
@@ -32,16 +32,6 @@ def scalars(result: Dict) -> Dict[str, float]:
     return {k: float(v) for k, v in result.items() if isinstance(v, (int, float))}
 
 
-def without_unlabelled(target: Dict[str, Any], labelled_tasks) -> Dict[str, Any]:
-    """``target`` with the labels of task kinds outside ``labelled_tasks`` set to None, so that
-    scoring leaves them out (a dataset reader's sample without box labels is not a frame without
-    objects). ``labelled_tasks`` None (the project's own format) keeps everything."""
-    if labelled_tasks is None:
-        return target
-    keys = {"segmentation": ("semantic",), "depth": ("depth",), "detection": ("boxes", "labels")}
-    return {**target, **{k: None for kind, ks in keys.items() if kind not in labelled_tasks for k in ks}}
-
-
 def evaluate_dataset(model: PerceptionModel, dataset: MultiTaskDataset, scoring: FrameScoring,
                      limit: Optional[int] = None, progress: bool = True) -> Dict:
     """Runs the model on each sample (resized as in training) and scores it into `scoring`;
@@ -57,7 +47,8 @@ def evaluate_dataset(model: PerceptionModel, dataset: MultiTaskDataset, scoring:
         indices = tqdm(indices, desc="evaluate", leave=False)
     for index in indices:
         raw = dataset.load(index)
-        sample = without_unlabelled(resize_sample(raw, model.input_size, sr_scale), getattr(raw, "labelled_tasks", None))
+        sample = resize_sample(raw, model.input_size, sr_scale)
+        sample["labelled_tasks"] = getattr(raw, "labelled_tasks", TASK_KINDS)  # scoring skips the rest
         image = model_input(sample["image"], "rgb8", model.input_size, color_order).image
         start = time.perf_counter()
         out = model.run(image)

@@ -82,8 +82,11 @@ def score_frame(tasks: Mapping[str, Any], outputs: Mapping[str, Mapping[str, np.
     low-resolution image). A missing or None key means "no label of that kind for this frame"
     and leaves that task out; an empty box list means "labelled, no objects".
 
+    A "labelled_tasks" key (the sample's label kinds) leaves out the kinds it does not list.
+
     Returns fresh metrics holding this frame only; merge them into running totals with `merge`.
     """
+    target = without_unlabelled(target)
     frame: Dict[str, Any] = {}
     for name, task in tasks.items():
         if name not in outputs:
@@ -92,6 +95,20 @@ def score_frame(tasks: Mapping[str, Any], outputs: Mapping[str, Mapping[str, np.
         if kind(task.kind).score(m, outputs[name], target, color_order):
             frame[name] = m
     return frame
+
+
+def without_unlabelled(target: Mapping[str, Any]) -> Mapping[str, Any]:
+    """`target` with the labels of the kinds outside its "labelled_tasks" (when it has that key:
+    a sample's label kinds) set to None, so scoring and the baselines leave them out: an image
+    without box labels is not an image without objects."""
+    if target.get("labelled_tasks") is None:
+        return target
+    keep = set(target["labelled_tasks"])
+    out = dict(target)
+    for k in KINDS.values():
+        if k.name not in keep and k.label:
+            out[k.label] = None
+    return out
 
 
 def baselines(tasks: Mapping[str, Any], labels: Mapping[str, Sequence[np.ndarray]]) -> Dict[str, Dict[str, Any]]:
@@ -178,6 +195,7 @@ class Scoring:
             keep_labels: bool = True) -> Dict[str, Any]:
         """Scores one frame into the totals; returns the frame's own metrics. `keep_labels`: keep
         its labels for the baselines."""
+        target = without_unlabelled(target)
         frame = score_frame(self.tasks, outputs, target, self.color_order)
         for name, m in frame.items():
             self.metrics[name].merge(m)

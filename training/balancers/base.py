@@ -21,6 +21,25 @@ Rules every balancer keeps, so that it works with gradient accumulation, AMP and
   `manual_gradients = True`; under DDP the trainer then runs the step in `no_sync()` and
   averages the gradients across ranks itself. Statistics that must agree across ranks are
   averaged with `all_reduce_mean`.
+
+Absent tasks (partial labels: no sample of the step, on any rank, is labelled for a task). The
+trainer calls `balance(losses, present, ctx)`, which applies one rule for every method:
+
+- all tasks present: `backward` as usual;
+- a `subset_safe` balancer (its weights are a function of the present tasks' losses or
+  gradients alone: fixed, rlw, mgda, mgda_ub, pcgrad, cagrad, aligned_mtl; or its per-task
+  state is indexed by name and only the present tasks' entries take part: uw) runs `backward`
+  on the present tasks only, as if the recipe had just those tasks (MGDA's min-norm point,
+  PCGrad's projections, CAGrad's ball and RLW's softmax are over the present gradients/tasks;
+  uncertainty's absent log σ² is outside the objective, so it gets no gradient);
+- a stateful balancer (dwa, dtp, famo, gradnorm, imtl, nash_mtl) holds its weights: the
+  present tasks get the weights it used in its last full step (the recipe's weights before
+  one), nothing of its state changes (no gradient reaches its parameters, e.g. GradNorm's
+  weights, and `after_step` is skipped for that optimizer step; DWA's loss history moves only at
+  the end of an epoch in which every task had labels).
+
+Either way each absent task's (zero, graph-connected) loss rides along as a `0 *` term, so every
+parameter is in the backward graph and DDP's reducer runs the same collectives on every rank.
 """
 from __future__ import annotations
 
@@ -72,6 +91,8 @@ class Balancer(nn.Module, abc.ABC):
     needs_representation: ClassVar[bool] = False
     #: whether `backward` writes gradients without a backward pass through the model (see above)
     manual_gradients: ClassVar[bool] = False
+    #: whether `backward` may be run on the present tasks only (stateless weights; see above)
+    subset_safe: ClassVar[bool] = False
 
     def __init__(self, task_weights: Mapping[str, float], options: BalancerOptions):
         """task_weights: each task's `weight` from the recipe (fixed weights, or initial ones)."""
@@ -79,6 +100,8 @@ class Balancer(nn.Module, abc.ABC):
         self.tasks: List[str] = list(task_weights)
         self.task_weights: Dict[str, float] = dict(task_weights)
         self.options = options
+        self._held: Dict[str, float] = dict(task_weights)  # weights of the last full step
+        self._partial_step = False  # a micro-batch of this optimizer step lacked a task
 
     @property
     def num_tasks(self) -> int:
@@ -89,7 +112,52 @@ class Balancer(nn.Module, abc.ABC):
         """Backpropagates the combined objective; returns {"weight/<task>": w, ...} to log."""
 
     def after_step(self) -> None:
-        """Called after every optimizer step."""
+        """Called after every optimizer step (except steps with an absent task, see above)."""
+
+    def balance(self, losses: Mapping[str, torch.Tensor], present: Sequence[str],
+                ctx: BalanceContext) -> Dict[str, float]:
+        """`backward` with the absent-task rule of the module docstring; `present` are the tasks
+        labelled in this micro-batch on some rank (the same list on every rank)."""
+        present = [t for t in self.tasks if t in set(present)]
+        if len(present) == len(self.tasks):
+            logged = self.backward(losses, ctx)
+            self._held.update({t: float(logged[f"weight/{t}"]) for t in self.tasks if f"weight/{t}" in logged})
+            return logged
+        self._partial_step = True
+        ride = sum(0.0 * losses[t] for t in self.tasks if t not in present)
+        if not present:
+            self._plain_backward(ride, ctx)
+            return {}
+        if self.subset_safe:
+            return self._subset_backward(losses, present, ride, ctx)
+        self._plain_backward(sum(self._held[t] * losses[t] for t in present) + ride, ctx)
+        return {f"weight/{t}": self._held[t] for t in present}
+
+    def _plain_backward(self, total: torch.Tensor, ctx: BalanceContext) -> None:
+        """Backward of `total`; with `needs_representation` (heads read features cut from the
+        trunk) the features' gradients are carried on into the trunk."""
+        ctx.scale_loss(total).backward()
+        if self.needs_representation:
+            cut, trunk = list(ctx.representation or ()), list(ctx.trunk_features or ())
+            grads = [(c.grad if c.grad is not None else torch.zeros_like(c)).to(t.dtype) for c, t in zip(cut, trunk)]
+            torch.autograd.backward(trunk, grads)
+
+    def _subset_backward(self, losses, present, ride, ctx) -> Dict[str, float]:
+        """`backward` as if the recipe had the present tasks only."""
+        tasks = self.tasks
+        sub = {t: losses[t] for t in present}
+        sub[present[0]] = sub[present[0]] + ride
+        self.tasks = present
+        try:
+            return self.backward(sub, ctx)
+        finally:
+            self.tasks = tasks
+
+    def step_end(self) -> None:
+        """After an optimizer step: `after_step`, unless a micro-batch of it lacked a task."""
+        if not self._partial_step:
+            self.after_step()
+        self._partial_step = False
 
     def epoch_end(self, epoch: int, mean_losses: Mapping[str, float], metrics: Mapping[str, Mapping[str, float]]) -> None:
         """Called once per epoch with the epoch's mean training losses (averaged over all ranks)

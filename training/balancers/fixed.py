@@ -9,6 +9,7 @@ from training.balancers.base import BalanceContext, Balancer, register_balancer
 @register_balancer
 class FixedWeights(Balancer):
     name = "fixed"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
 
     def backward(self, losses, ctx: BalanceContext):
         weights = [self.task_weights[t] for t in self.tasks]

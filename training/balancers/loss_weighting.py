@@ -52,6 +52,7 @@ class UncertaintyWeighting(Balancer):
     or σ² = 2L (classification). The logged weight is c_t exp(−s_t)."""
 
     name = "uw"
+    subset_safe = True  # per-task state indexed by name: see balancers.base on absent tasks
     Options = UncertaintyOptions
 
     def __init__(self, task_weights, options: UncertaintyOptions):
@@ -59,6 +60,7 @@ class UncertaintyWeighting(Balancer):
         forms = [options.forms.get(t, DEFAULT_UW_FORMS.get(t, "regression")) for t in self.tasks]
         self.register_buffer("coef", torch.tensor([0.5 if f == "regression" else 1.0 for f in forms]))
         self.log_var = nn.Parameter(torch.full((self.num_tasks,), float(options.init_log_var)))
+        self.index = {t: i for i, t in enumerate(self.tasks)}
 
     def param_lr(self):
         return self.options.lr
@@ -67,8 +69,11 @@ class UncertaintyWeighting(Balancer):
         return self.coef * torch.exp(-self.log_var)
 
     def backward(self, losses, ctx: BalanceContext):
-        w = self.weights()
-        total = sum(w[i] * losses[t] for i, t in enumerate(self.tasks)) + 0.5 * self.log_var.sum() / ctx.accumulate
+        # indexed by name: run on the present tasks only (balancers.base), an absent task's log σ²
+        # is left out of the objective and gets no gradient
+        rows = [self.index[t] for t in self.tasks]
+        w = self.weights()[rows]
+        total = sum(w[k] * losses[t] for k, t in enumerate(self.tasks)) + 0.5 * self.log_var[rows].sum() / ctx.accumulate
         ctx.scale_loss(total).backward()
         return self.weight_logs(w.detach().cpu().tolist())
 
@@ -215,6 +220,7 @@ class RandomLossWeighting(Balancer):
     """w = T softmax(z), z ~ N(0, I) drawn anew for every optimizer step."""
 
     name = "rlw"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
     Options = RLWOptions
 
     def step_weights(self, step: int):

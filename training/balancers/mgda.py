@@ -48,6 +48,7 @@ def mgda_weights(M: np.ndarray, losses: Sequence[float], options: MGDAOptions) -
 @register_balancer
 class MGDA(SharedGradientBalancer):
     name = "mgda"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
     Options = MGDAOptions
 
     def solve(self, M, losses, ctx):
@@ -58,6 +59,7 @@ class MGDA(SharedGradientBalancer):
 @register_balancer
 class MGDAUB(Balancer):
     name = "mgda_ub"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
     Options = MGDAOptions
     needs_representation = True
     manual_gradients = True

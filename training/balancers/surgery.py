@@ -32,6 +32,7 @@ class PCGradOptions(BalancerOptions):
 @register_balancer
 class PCGrad(SharedGradientBalancer):
     name = "pcgrad"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
     Options = PCGradOptions
 
     def orders(self, step: int) -> np.ndarray:
@@ -62,6 +63,7 @@ class CAGrad(SharedGradientBalancer):
     (T: on the scale of the summed losses, as the authors' code)."""
 
     name = "cagrad"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
     Options = CAGradOptions
 
     def solve(self, M, losses, ctx):
@@ -82,6 +84,7 @@ class AlignedMTLOptions(BalancerOptions):
 @register_balancer
 class AlignedMTL(SharedGradientBalancer):
     name = "aligned_mtl"
+    subset_safe = True  # stateless: see balancers.base on absent tasks
     Options = AlignedMTLOptions
 
     def solve(self, M, losses, ctx):

@@ -10,10 +10,8 @@ from typing import Callable, Optional, Sequence
 
 from torch.utils.data import DataLoader
 
-from mtl_perception.data.dataset import MultiTaskDataset
-
 from training.engine.checkpoint import load_checkpoint
-from training.engine.data import TaskDataset
+from training.engine.data import TaskDataset, open_sources
 from training.engine.network import tasks_from_checkpoint
 from training.engine.swa import AverageResult, average_checkpoints
 from training.engine.trainer import evaluate as evaluate_model
@@ -33,11 +31,14 @@ def average_command(paths: Sequence[str], out: str, *, greedy: bool = False, dev
     prepare_data(recipe, progress=False)
     size, scale = recipe.data.input_size, recipe.data.sr_scale
     batch = batch_size or recipe.optim.batch_size
-    train_set = TaskDataset(MultiTaskDataset(recipe.data.train), tasks, size, scale, augment=False, cache=False)
+    classes = next(iter(tasks.values())).info  # a list of sources maps into the checkpoint's classes
+    sources = {key: open_sources(getattr(recipe.data, key), classes.semantic_classes, classes.detection_classes,
+                                 where=f"data.{key}") for key in ("train", "val")}
+    train_set = TaskDataset(sources["train"], tasks, size, scale, augment=False, cache=False)
     bn_loader = DataLoader(train_set, batch_size=batch, shuffle=False, num_workers=recipe.data.workers)
     evaluate_fn = None
     if greedy or evaluate:
-        val_set = TaskDataset(MultiTaskDataset(recipe.data.val), tasks, size, scale, augment=False, cache=True)
+        val_set = TaskDataset(sources["val"], tasks, size, scale, augment=False, cache=True)
         val_loader = DataLoader(val_set, batch_size=batch, shuffle=False, num_workers=recipe.data.workers)
         evaluate_fn = lambda model: evaluate_model(model, tasks, val_loader)  # noqa: E731
     return average_checkpoints(paths, out, greedy=greedy, evaluate_fn=evaluate_fn, bn_loader=bn_loader,

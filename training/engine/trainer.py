@@ -25,7 +25,7 @@ from training.balancers import BALANCERS, BalanceContext
 from training.balancers.base import all_reduce_grads, all_reduce_mean
 from training.engine import distributed as dist_utils
 from training.engine.checkpoint import load_checkpoint, parameter_fingerprint, save_checkpoint
-from training.engine.data import EpochSampler, TaskDataset, to_device
+from training.engine.data import EpochSampler, MixedSource, SourceSampler, TaskDataset, open_sources, to_device
 from training.engine.distill import Distiller
 from training.engine.logs import CsvLog, plot_curves, plot_weights
 from training.engine.network import build_tasks, data_info_dict, expanded_layers, network_from_recipe
@@ -33,7 +33,7 @@ from training.engine.sam import frozen_bn_stats, frozen_buffers, sam_from_config
 from training.engine.swa import SWACollector
 from training.models.collapse import collapse
 from training.models.multitask import MultiTaskNet
-from training.recipe.core import Recipe
+from training.recipe.core import GenerateConfig, Recipe
 from training.tasks import Task
 
 LAST = "last.pt"
@@ -43,16 +43,31 @@ class TrainingError(RuntimeError):
     """Training cannot go on (e.g. a non-finite loss); the last good checkpoint is kept."""
 
 
+def _synthetic_jobs(recipe: Recipe) -> List[tuple]:
+    """(root, frames, seed) of every synthetic set the recipe names: `data.generate`'s train/val
+    folders and the `format: synthetic` entries of source lists."""
+    data, gen = recipe.data, recipe.data.generate
+    jobs = []
+    for spec, frames, seed in ((data.train, gen and gen.train_frames, gen and gen.seed),
+                               (data.val, gen and gen.val_frames, gen and gen.seed + 1)):
+        if isinstance(spec, str):
+            if gen is not None:
+                jobs.append((spec, frames, seed))
+        else:
+            jobs.extend((s.root, s.frames, s.seed) for s in spec if s.format == "synthetic")
+    return jobs
+
+
 def prepare_data(recipe: Recipe, progress: bool = True) -> None:
-    """Generates the synthetic train/val sets named by the recipe when they do not exist yet."""
-    gen = recipe.data.generate
-    if gen is None or not dist_utils.is_main():
+    """Generates the synthetic sets named by the recipe when they do not exist yet."""
+    jobs = _synthetic_jobs(recipe)
+    if not jobs or not dist_utils.is_main():
         dist_utils.barrier()
         return
+    gen = recipe.data.generate or GenerateConfig()
     width, height = recipe.data.input_size
     camera = Camera.default(width * recipe.data.sr_scale, height * recipe.data.sr_scale)
-    for root, frames, seed in ((recipe.data.train, gen.train_frames, gen.seed),
-                               (recipe.data.val, gen.val_frames, gen.seed + 1)):
+    for root, frames, seed in jobs:
         if not (Path(root) / "dataset.json").exists():
             generate_dataset(root, frames, seed=seed, night_fraction=gen.night_fraction, camera=camera,
                              progress=progress)
@@ -91,8 +106,10 @@ class Trainer:
             torch.set_num_threads(recipe.threads)
 
         prepare_data(recipe, progress=self.progress)
-        self.train_source = MultiTaskDataset(recipe.data.train)
-        self.val_source = MultiTaskDataset(recipe.data.val)
+        data = recipe.data
+        self.train_source = open_sources(data.train, data.semantic_classes, data.detection_classes)
+        self.val_source = open_sources(data.val, self.train_source.semantic_classes,
+                                       self.train_source.detection_classes, where="data.val")
         self.tasks = build_tasks(recipe, self.train_source)
 
         torch.manual_seed(recipe.seed)
@@ -109,8 +126,12 @@ class Trainer:
         self.train_set = TaskDataset(self.train_source, self.tasks, data.input_size, data.sr_scale,
                                      augment=data.augmentation, seed=recipe.seed, cache=data.cache)
         self.val_set = TaskDataset(self.val_source, self.tasks, data.input_size, data.sr_scale, cache=data.cache)
-        self.sampler = DistributedSampler(self.train_set, num_replicas=dist_utils.world_size(),
-                                          rank=dist_utils.rank(), shuffle=True, seed=recipe.seed, drop_last=True)
+        if isinstance(self.train_source, MixedSource):  # draws by the sources' sampling weights
+            self.sampler = SourceSampler(self.train_source, seed=recipe.seed, num_replicas=dist_utils.world_size(),
+                                         rank=dist_utils.rank())
+        else:
+            self.sampler = DistributedSampler(self.train_set, num_replicas=dist_utils.world_size(),
+                                              rank=dist_utils.rank(), shuffle=True, seed=recipe.seed, drop_last=True)
         self.train_loader = DataLoader(self.train_set, batch_size=recipe.optim.batch_size, sampler=EpochSampler(self.sampler),
                                        num_workers=data.workers, drop_last=True,
                                        persistent_workers=data.workers > 0)
@@ -312,7 +333,8 @@ class Trainer:
                 if self.epoch + 1 == self.recipe.optim.epochs:
                     self._finish_swa()
             metrics = dist_utils.broadcast_object(evaluate(self.model, self.tasks, self.val_loader) if main else None)
-            self.balancer.epoch_end(self.epoch, mean_losses, metrics)
+            if all(math.isfinite(v) for v in mean_losses.values()):  # else a task was absent all epoch:
+                self.balancer.epoch_end(self.epoch, mean_losses, metrics)  # its balancer state is held
             self.epoch += 1
             row = {"epoch": self.epoch, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"],
                    "seconds": round(time.time() - t0, 2)}
@@ -347,6 +369,7 @@ class Trainer:
             if opt.amp:  # losses in float32, outside autocast
                 preds = _to_float(preds)
             losses = {t: task.loss(preds[t], batch) for t, task in self.tasks.items()}
+            losses, present = self._label_presence(losses, batch)
             if self.distiller is not None:  # each task's distillation terms join that task's loss
                 for t, term in self.distiller.losses(batch, image01, preds, features).items():
                     losses[t] = losses[t] + term
@@ -363,8 +386,8 @@ class Trainer:
                 step=self.step, epoch=self.epoch, task_params=self.task_params, accumulate=opt.accumulate,
             )
             scaled = {t: v / opt.accumulate for t, v in losses.items()}
-            logged = self.balancer.backward(scaled, ctx)
-        return {t: float(v.detach()) for t, v in losses.items()}, logged, None
+            logged = self.balancer.balance(scaled, present, ctx)
+        return {t: float(losses[t].detach()) for t in present}, logged, None
 
     def _on_any_rank(self, flag: bool) -> bool:
         """`flag` or'ed over the DDP ranks (itself when not distributed)."""
@@ -427,6 +450,24 @@ class Trainer:
             warnings.warn(f"{reason} at {where}: step skipped ({self.skipped_in_a_row} of at most {limit} in a row)",
                           RuntimeWarning, stacklevel=2)
 
+
+    def _label_presence(self, losses: Dict[str, torch.Tensor], batch: Mapping[str, torch.Tensor]):
+        """(losses, present tasks) under partial labels. One all-reduce of the per-task labelled
+        counts gives every rank the same present tasks (so all run the same collectives); each
+        rank's loss (a mean over its labelled samples) is scaled by n_rank * W / n_all, so DDP's
+        gradient mean is that of the mean over all labelled samples (exact per sample; per pixel
+        or per object when every labelled sample has as many)."""
+        size = batch["image"].shape[0]
+        counts = torch.tensor([float(batch[f"{t}_labelled"].sum()) if f"{t}_labelled" in batch else float(size)
+                               for t in self.tasks], dtype=torch.float64)
+        world = dist_utils.world_size()
+        total = all_reduce_mean(counts.clone()) * world
+        present = [t for t, n in zip(self.tasks, total.tolist()) if n > 0]
+        if world > 1:
+            factors = torch.where(total > 0, counts * world / total.clamp(min=1), torch.zeros_like(counts))
+            losses = {t: v * float(f) for (t, v), f in zip(losses.items(), factors.tolist())}
+        return losses, present
+
     def _reduce_gradients(self, manual_sync: bool) -> None:
         if manual_sync:
             all_reduce_grads(list(self.model.parameters()))
@@ -473,7 +514,7 @@ class Trainer:
         self.sampler.set_epoch(self.epoch)
         self.train_set.set_epoch(self.epoch)
         sums = {t: 0.0 for t in self.tasks}
-        count = 0
+        seen = {t: 0 for t in self.tasks}  # micro-batches in which the task was labelled
         batches = self.train_loader
         if self.progress:
             from tqdm import tqdm
@@ -498,7 +539,7 @@ class Trainer:
             if skip is None:
                 for t, v in values.items():
                     sums[t] += v
-                count += 1
+                    seen[t] += 1
             if (i + 1) % opt.accumulate:
                 continue
             if skip is None:
@@ -518,20 +559,20 @@ class Trainer:
             self.skipped_in_a_row = 0
             window = []
             self.optimizer.zero_grad(set_to_none=True)
-            self.balancer.after_step()
+            self.balancer.step_end()
             if self.swa is None or not self.swa.controls_lr(self.epoch):  # SWALR steps per epoch instead
                 self.scheduler.step()
             self.step += 1
             self._after_step()
             if step_log is not None:
                 row = {"step": self.step, "epoch": self.epoch + (i + 1) / len(self.train_loader)}
-                row.update({f"loss/{t}": v for t, v in values.items()})
+                row.update({f"loss/{t}": values.get(t, float("nan")) for t in self.tasks})
                 row.update(logged)
                 step_log.append(row)
             if self.progress:
                 batches.set_postfix({t[:5]: f"{v:.3f}" for t, v in values.items()})
-        means = all_reduce_mean(torch.tensor([sums[t] / max(1, count) for t in self.tasks], dtype=torch.float64))
-        return dict(zip(self.tasks, means.tolist()))
+        totals = all_reduce_mean(torch.tensor([[sums[t], seen[t]] for t in self.tasks], dtype=torch.float64))
+        return {t: (s / n if n > 0 else float("nan")) for t, (s, n) in zip(self.tasks, totals.tolist())}
 
 
 def _to_float(value):

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Literal, Optional, Sequence, Tuple, Union
 
 import yaml
 
@@ -45,10 +45,49 @@ class GenerateConfig:
             raise ValueError("night_fraction must be in [0, 1]")
 
 
+SOURCE_TASKS = ("segmentation", "depth", "detection", "super_resolution")
+
+
+@dataclass
+class SourceConfig:
+    """One source of a mixed `data.train` list (see training.engine.data.open_sources).
+
+    format: "mtl" (the project's format), "synthetic" (the same, generated on first use with
+    `frames` and `seed`) or any format registered with `register_source_format` (the readers).
+    tasks: the task kinds used from this source (default: all it has); weight: its share of the
+    draws (default: proportional to its size); class_map: source class name -> recipe class name
+    (null drops it; unlisted names keep their name; names that are not recipe classes are
+    ignored: 255 pixels, dropped boxes); options: keyword options of the format's reader."""
+
+    root: str
+    format: str = "mtl"
+    tasks: Optional[List[str]] = None
+    weight: Optional[float] = None
+    class_map: Dict[str, Optional[str]] = field(default_factory=dict)
+    options: Dict[str, Any] = field(default_factory=dict)
+    frames: int = 0
+    seed: int = 0
+
+    def check(self):
+        unknown = sorted(set(self.tasks or ()) - set(SOURCE_TASKS))
+        if unknown:
+            raise ValueError(f"tasks: unknown task kind {unknown[0]!r} (known: {', '.join(SOURCE_TASKS)})")
+        if self.weight is not None and not self.weight > 0:
+            raise ValueError(f"weight must be positive, got {self.weight}")
+        if self.format == "synthetic" and self.frames < 1:
+            raise ValueError("a synthetic source needs frames >= 1")
+        if self.format != "synthetic" and self.frames:
+            raise ValueError("frames is for synthetic sources only")
+
+
 @dataclass
 class DataConfig:
-    train: str = "data/synthetic/train"
-    val: str = "data/synthetic/val"
+    #: a dataset folder in the project's format, or a list of sources (partial labels, mixed)
+    train: Union[str, List[SourceConfig]] = "data/synthetic/train"
+    val: Union[str, List[SourceConfig]] = "data/synthetic/val"
+    #: the recipe's classes (default: the first train source that has any); sources map into them
+    semantic_classes: Optional[List[str]] = None
+    detection_classes: Optional[List[str]] = None
     generate: Optional[GenerateConfig] = None
     input_size: Tuple[int, int] = (192, 128)  # width, height of the network input
     sr_scale: int = 2  # the SR target is the image at input_size * sr_scale
@@ -58,6 +97,14 @@ class DataConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)  # the training set's augmentation
 
     def check(self):
+        for key in ("train", "val"):
+            value = getattr(self, key)
+            if isinstance(value, list):
+                if not value:
+                    raise ValueError(f"{key}: an empty list of sources")
+                weights = [s.weight is None for s in value]
+                if any(weights) and not all(weights):
+                    raise ValueError(f"{key}: give every source a weight or none")
         w, h = self.input_size
         if w % 32 or h % 32 or w <= 0 or h <= 0:
             raise ValueError(f"input_size {w}x{h} must be positive multiples of 32")

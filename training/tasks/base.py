@@ -1,5 +1,10 @@
 """The task registry: everything the trainer and exporter need to know about one task.
 
+Partial labels: the batch carries `<task>_labelled`, a per-sample bool (the data pipeline sets
+it from each sample's `labelled_tasks`). A loss is computed over the labelled samples only (an
+unlabelled sample contributes nothing, not "background" or "no objects"), and over a batch with
+none it is a zero that stays connected to the graph; metrics skip the unlabelled samples.
+
 A task is declared, not hard-wired: it builds its head, prepares its targets from a sample,
 computes its loss, decodes raw head outputs into the contract's outputs (inside the exported
 graph), describes those outputs for the metadata, and scores them with the shared metrics.
@@ -18,6 +23,27 @@ from torch import nn
 from mtl_perception.contract import TaskSpec
 
 TASKS: Dict[str, Type["Task"]] = {}
+
+
+def labelled_mask(batch: Mapping[str, torch.Tensor], name: str, like: torch.Tensor) -> torch.Tensor:
+    """`<name>_labelled` of the batch as a bool [B] on `like`'s device (all True without the key)."""
+    mask = batch.get(f"{name}_labelled")
+    if mask is None:
+        return torch.ones(like.shape[0], dtype=torch.bool, device=like.device)
+    return mask.to(device=like.device, dtype=torch.bool)
+
+
+def labelled_rows(batch: Mapping[str, np.ndarray], size: int, name: str) -> np.ndarray:
+    """Indices of the batch's samples labelled for task `name` (numpy side, for the metrics)."""
+    mask = batch.get(f"{name}_labelled")
+    return np.arange(size) if mask is None else np.flatnonzero(np.asarray(mask, bool))
+
+
+def zero_loss(pred: Any) -> torch.Tensor:
+    """A zero loss connected to every tensor of `pred` (so DDP and balancers see the head)."""
+    if torch.is_tensor(pred):
+        return pred.sum() * 0.0
+    return sum(zero_loss(v) for v in (pred.values() if isinstance(pred, Mapping) else pred))
 
 
 def register_task(cls: Type["Task"]) -> Type["Task"]:

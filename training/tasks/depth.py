@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -14,7 +14,7 @@ from mtl_perception.contract import TaskSpec
 from mtl_perception.evaluation.metrics import DepthMetric
 
 from training.models.blocks import ConvBNAct
-from training.tasks.base import Task, TaskOptions, register_task
+from training.tasks.base import Task, TaskOptions, labelled_mask, labelled_rows, register_task
 
 
 @dataclass
@@ -42,9 +42,13 @@ class DepthHead(nn.Module):
         return self.log_min + (self.log_max - self.log_min) * torch.sigmoid(z[:, 0])  # log metres
 
 
-def log_l1_loss(log_pred: torch.Tensor, target: torch.Tensor, min_depth: float, max_depth: float) -> torch.Tensor:
-    """Mean |log pred - log target| over pixels with a finite target inside the depth range."""
+def log_l1_loss(log_pred: torch.Tensor, target: torch.Tensor, min_depth: float, max_depth: float,
+                labelled: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Mean |log pred - log target| over pixels with a finite target inside the depth range (of
+    the `labelled` samples, a bool [B], when given)."""
     valid = torch.isfinite(target) & (target >= min_depth) & (target <= max_depth)
+    if labelled is not None:
+        valid = valid & labelled.view(-1, *([1] * (target.dim() - 1)))
     if not bool(valid.any()):
         return log_pred.sum() * 0.0  # keeps the graph (and DDP) intact on batches without depth
     return (log_pred[valid] - torch.log(target[valid])).abs().mean()
@@ -71,7 +75,9 @@ class DepthTask(Task):
         return {"depth_target": sample["depth"].astype(np.float32)}
 
     def loss(self, pred, batch):
-        return log_l1_loss(pred, batch["depth_target"], self.options.min_depth, self.options.max_depth)
+        target = batch["depth_target"]
+        return log_l1_loss(pred, target, self.options.min_depth, self.options.max_depth,
+                           labelled_mask(batch, self.name, target))
 
     def decode(self, pred, image01):
         return {"depth": torch.exp(pred)}
@@ -84,7 +90,9 @@ class DepthTask(Task):
         return DepthMetric(min_depth=self.options.min_depth, max_depth=self.options.max_depth)
 
     def update_metric(self, metric, decoded, batch):
-        metric.update(decoded["depth"], batch["depth_target"])
+        rows = labelled_rows(batch, len(decoded["depth"]), self.name)
+        if len(rows):
+            metric.update(decoded["depth"][rows], batch["depth_target"][rows])
 
     def distill_loss(self, student, teacher, config):
         return depth_kd(student, teacher, config.depth_beta)

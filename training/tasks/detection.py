@@ -6,7 +6,7 @@ fixed top-K), so the whole decode exports into the ONNX graph as plain tensor op
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 import torch
@@ -17,7 +17,7 @@ from mtl_perception.contract import TaskSpec
 from mtl_perception.evaluation.metrics import DetectionMetric
 
 from training.models.blocks import ConvBNAct
-from training.tasks.base import Task, TaskOptions, register_task
+from training.tasks.base import Task, TaskOptions, labelled_mask, labelled_rows, register_task
 
 STRIDE = 4
 PEAK_TIE = 1e-4  # heatmap values this close to their neighbourhood's maximum count as peaks
@@ -65,12 +65,15 @@ def draw_gaussian(heatmap: np.ndarray, cx: float, cy: float, sigma_x: float, sig
     np.maximum(heatmap[y0:y1, x0:x1], g, out=heatmap[y0:y1, x0:x1])
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), normalised by the object count."""
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, labelled: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss (alpha 2, beta 4), normalised by the object count.
+    `labelled` (bool [B]): only those images count; an image without box labels gives neither
+    positives nor negatives (it is not an image without objects)."""
     pred = torch.sigmoid(logits.float()).clamp(1e-4, 1 - 1e-4)
-    pos = target.eq(1).float()
+    keep = 1.0 if labelled is None else labelled.to(pred.dtype).view(-1, 1, 1, 1)
+    pos = target.eq(1).float() * keep
     pos_loss = torch.log(pred) * (1 - pred) ** 2 * pos
-    neg_loss = torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * (1 - pos)
+    neg_loss = torch.log(1 - pred) * pred**2 * (1 - target) ** 4 * (1 - target.eq(1).float()) * keep
     return -(pos_loss.sum() + neg_loss.sum()) / pos.sum().clamp(min=1)
 
 
@@ -152,8 +155,9 @@ class DetectionTask(Task):
         }
 
     def loss(self, pred, batch):
-        heat = focal_loss(pred["heatmap"], batch["detection_heatmap"])
-        mask = batch["detection_mask"].unsqueeze(-1)
+        labelled = labelled_mask(batch, self.name, pred["heatmap"])
+        heat = focal_loss(pred["heatmap"], batch["detection_heatmap"], labelled)
+        mask = (batch["detection_mask"] * labelled.unsqueeze(-1).to(batch["detection_mask"].dtype)).unsqueeze(-1)
         norm = mask.sum().clamp(min=1) * 2
         size = (gather_at(pred["size"], batch["detection_index"]) - batch["detection_size"]).abs()
         offset = (gather_at(pred["offset"], batch["detection_index"]) - batch["detection_offset"]).abs()
@@ -192,7 +196,7 @@ class DetectionTask(Task):
         return DetectionMetric(self.classes)
 
     def update_metric(self, metric, decoded, batch):
-        for i in range(decoded["boxes"].shape[0]):
+        for i in labelled_rows(batch, decoded["boxes"].shape[0], self.name):
             keep = batch["detection_gt_labels"][i] >= 0
             metric.update(decoded["boxes"][i], decoded["scores"][i], decoded["classes"][i],
                           batch["detection_gt_boxes"][i][keep], batch["detection_gt_labels"][i][keep])

@@ -12,7 +12,7 @@ from mtl_perception.contract import TaskSpec
 from mtl_perception.evaluation.metrics import SegmentationMetric
 
 from training.models.blocks import ConvBNAct
-from training.tasks.base import Task, register_task
+from training.tasks.base import Task, labelled_mask, labelled_rows, register_task, zero_loss
 
 IGNORE = 255
 
@@ -53,7 +53,13 @@ class SegmentationTask(Task):
         return {"segmentation_target": sample["semantic"].astype(np.int64)}
 
     def loss(self, pred, batch):
-        return F.cross_entropy(pred, batch["segmentation_target"], ignore_index=IGNORE)
+        """Cross-entropy over the labelled pixels of the labelled samples (zero without any)."""
+        target = batch["segmentation_target"]
+        keep = labelled_mask(batch, self.name, target).view(-1, 1, 1)
+        target = torch.where(keep, target, torch.full_like(target, IGNORE))
+        if not bool((target != IGNORE).any()):
+            return zero_loss(pred)
+        return F.cross_entropy(pred, target, ignore_index=IGNORE)
 
     def decode(self, pred, image01):
         return {"class_map": pred.argmax(dim=1).to(torch.uint8)}
@@ -65,7 +71,9 @@ class SegmentationTask(Task):
         return SegmentationMetric(len(self.classes), ignore_index=IGNORE, class_names=self.classes)
 
     def update_metric(self, metric, decoded, batch):
-        metric.update(decoded["class_map"], batch["segmentation_target"])
+        rows = labelled_rows(batch, len(decoded["class_map"]), self.name)
+        if len(rows):
+            metric.update(decoded["class_map"][rows], batch["segmentation_target"][rows])
 
     def distill_loss(self, student, teacher, config):
         return segmentation_kd(student, teacher, config.temperature)

@@ -12,7 +12,7 @@ from mtl_perception.contract import TaskSpec
 from mtl_perception.evaluation.metrics import SuperResolutionMetric
 
 from training.models.blocks import ConvBNAct
-from training.tasks.base import Task, register_task
+from training.tasks.base import Task, labelled_mask, labelled_rows, register_task
 
 
 class SuperResolutionHead(nn.Module):
@@ -61,7 +61,14 @@ class SuperResolutionTask(Task):
         return {"super_resolution_target": np.ascontiguousarray(sample["hr_image"].transpose(2, 0, 1))}
 
     def loss(self, pred, batch):
-        return (pred - batch["super_resolution_target"].float() / 255.0).abs().mean()
+        """Mean L1 over the labelled samples (zero, graph-connected, without any)."""
+        error = (pred - batch["super_resolution_target"].float() / 255.0).abs()
+        keep = labelled_mask(batch, self.name, error)
+        if bool(keep.all()):  # the plain mean (bit for bit what it was before partial labels)
+            return error.mean()
+        per_sample = error.mean(dim=(1, 2, 3))
+        keep = keep.to(per_sample.dtype)
+        return (per_sample * keep).sum() / keep.sum().clamp(min=1)
 
     def decode(self, pred, image01):
         image = (pred.clamp(0, 1) * 255.0).round().to(torch.uint8)
@@ -74,7 +81,7 @@ class SuperResolutionTask(Task):
         return SuperResolutionMetric()
 
     def update_metric(self, metric, decoded, batch):
-        for i in range(decoded["image"].shape[0]):
+        for i in labelled_rows(batch, decoded["image"].shape[0], self.name):
             target = batch["super_resolution_target"][i].transpose(1, 2, 0)
             metric.update(decoded["image"][i], target, lowres=batch["image"][i].transpose(1, 2, 0))
 

@@ -2,8 +2,8 @@
 
 Labels a sample lacks are left out of its files (no ``semantic_file`` / ``depth_file``), crowd
 regions become ``iscrowd: 1`` annotations, and each ``images`` entry records the sample's
-``labelled_tasks`` (a list of task kinds) so that "not labelled for detection" survives the
-conversion instead of turning into "no objects"."""
+``labelled_tasks`` as the format's ``"labelled"`` list (read back by ``MultiTaskDataset``), so
+that "not labelled for detection" survives the conversion instead of turning into "no objects"."""
 from __future__ import annotations
 
 import os
@@ -55,6 +55,6 @@ def convert(reader: DatasetReader, out: str | os.PathLike, limit: int | None = N
             sample = reader.load(index)
             entry, anns = write_frame_files(out, index, frame_of(sample), writer.depth_scale, writer.digits)
             entry["source_file"] = sample.file_name
-            entry["labelled_tasks"] = sorted(sample.labelled_tasks)
+            entry["labelled"] = sorted(sample.labelled_tasks)  # the format's key (dataset.labelled_tasks)
             writer.add_record(entry, anns + crowd_annotations(sample, index))
     return out

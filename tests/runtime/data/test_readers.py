@@ -516,7 +516,8 @@ def test_convert_cityscapes(cityscapes, tmp_path, capsys):
         np.testing.assert_array_equal(a.semantic, b.semantic)
         np.testing.assert_allclose(a.boxes, b.boxes)
         assert a.labels.tolist() == b.labels.tolist()
-        assert ds.image_info(i)["labelled_tasks"] == sorted(a.labelled_tasks)
+        assert ds.image_info(i)["labelled"] == sorted(a.labelled_tasks)
+        assert b.labelled_tasks == frozenset(a.labelled_tasks)  # read back: unlabelled stays unlabelled
     s = ds.load(0)
     assert s.depth[5, 7] == pytest.approx(40.0) and np.isnan(s.depth[3, 3])   # 400 m: beyond the 16-bit range
     assert s.camera["baseline"] == 0.2 and s.camera["cx"] == 20.5
