@@ -45,8 +45,8 @@ class TrunkConfig:
             raise ValueError("channels, blocks and fpn_channels must be positive")
         if self.architecture not in TRUNKS or self.architecture == "timm":
             known = ", ".join(sorted(n for n in TRUNKS if n != "timm"))
-            raise ValueError(f"architecture: unknown {self.architecture!r} (known: {known}; a timm encoder is "
-                             f"chosen with model.backbone)")
+            raise ValueError(f"architecture: unknown {self.architecture!r} (known: {known}); a timm encoder is "
+                             f"chosen with model.backbone")
         if not self.mixing_lr_scale > 0:
             raise ValueError("mixing_lr_scale must be positive")
         self._check_backbone()
