@@ -13,10 +13,11 @@ input_transport, use_sim_time), which applies to all cameras.
 import re
 from pathlib import Path
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, GroupAction, IncludeLaunchDescription, OpaqueFunction
 from launch.launch_description_sources import PythonLaunchDescriptionSource
 from launch.substitutions import LaunchConfiguration
+
+from launch import LaunchDescription
 
 #: Installed beside this file (share/mtl_perception/launch), in the source tree too.
 SINGLE = str(Path(__file__).resolve().with_name("perception.launch.py"))

@@ -16,12 +16,13 @@ here is therefore typed (ParameterValue with value_type).
 """
 from typing import List
 
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument, OpaqueFunction
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import Node
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
+
+from launch import LaunchDescription
 
 #: Parameters always set from their launch argument, with the type the node declares.
 TYPED_PARAMETERS = {"model_path": str, "use_sim_time": bool, "input_transport": str}

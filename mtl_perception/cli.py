@@ -32,8 +32,8 @@ def _generate(args) -> int:
 
 
 def _info(args) -> int:
-    from mtl_perception.inference.model import RuntimeOptions
     from mtl_perception.inference.loader import load_model
+    from mtl_perception.inference.model import RuntimeOptions
 
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
     meta = model.metadata
@@ -83,8 +83,8 @@ def _bundle(args) -> int:
 def _evaluate(args) -> int:
     from mtl_perception.data.dataset import MultiTaskDataset
     from mtl_perception.evaluation.evaluate import evaluate_dataset
-    from mtl_perception.inference.model import RuntimeOptions
     from mtl_perception.inference.loader import load_model
+    from mtl_perception.inference.model import RuntimeOptions
     from mtl_perception.kinds.registry import Scoring
 
     model = load_model(args.model, RuntimeOptions(providers=args.providers.split(",") if args.providers else None))
@@ -248,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.ros.dds_profile)")
     p.set_defaults(func=_benchmark)
 
-    from mtl_perception.bags import evaluate as eval_bag, make as make_bag
+    from mtl_perception.bags import evaluate as eval_bag
+    from mtl_perception.bags import make as make_bag
     from mtl_perception.tools import replay  # argument definitions only (no heavy imports)
 
     p = sub.add_parser("make-bag", help="write a rosbag2 bag (synthetic world with ground truth, images or a video)")

@@ -27,7 +27,6 @@ import yaml
 
 from mtl_perception.data.dataset import DatasetError
 from mtl_perception.inference.model import ModelError
-
 from training.engine import distributed
 from training.engine.average import average_command
 from training.engine.checkpoint import CheckpointError

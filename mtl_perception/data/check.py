@@ -24,9 +24,19 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from mtl_perception.data.dataset import (LABEL_FILE_KEYS, UNLABELLED, DatasetError, annotation_box,
-                                         image_entry_problem, read_categories, read_depth, read_depth_scale,
-                                         read_image, read_index, read_semantic)
+from mtl_perception.data.dataset import (
+    LABEL_FILE_KEYS,
+    UNLABELLED,
+    DatasetError,
+    annotation_box,
+    image_entry_problem,
+    read_categories,
+    read_depth,
+    read_depth_scale,
+    read_image,
+    read_index,
+    read_semantic,
+)
 
 #: A box may reach this far (pixels) past the image's border before it is reported (rounding).
 BOX_TOLERANCE_PX = 1e-3

@@ -23,8 +23,16 @@ import torch
 from torch import nn
 
 from training.balancers.base import BalanceContext, Balancer, BalancerOptions, all_reduce_mean, register_balancer
-from training.balancers.gradients import (add_to_grads, all_finite, backward_through, combine, head_params, representation, split_like,
-                        task_gradients)
+from training.balancers.gradients import (
+    add_to_grads,
+    all_finite,
+    backward_through,
+    combine,
+    head_params,
+    representation,
+    split_like,
+    task_gradients,
+)
 
 
 @dataclass

@@ -17,8 +17,17 @@ from typing import Literal, Sequence
 import numpy as np
 
 from training.balancers.base import BalanceContext, Balancer, BalancerOptions, register_balancer
-from training.balancers.gradients import (SharedGradientBalancer, add_to_grads, all_finite, backward_through, combine, gram,
-                        head_params, representation, task_gradients)
+from training.balancers.gradients import (
+    SharedGradientBalancer,
+    add_to_grads,
+    all_finite,
+    backward_through,
+    combine,
+    gram,
+    head_params,
+    representation,
+    task_gradients,
+)
 from training.balancers.solvers import min_norm_weights
 
 

@@ -25,18 +25,21 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass, field
-from typing import Dict, Literal, Mapping, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, Mapping, Optional, Tuple
 
 import numpy as np
 import torch
 from kornia.color import hsv_to_rgb, rgb_to_hsv
-from kornia.enhance import (adjust_brightness, adjust_contrast_with_mean_subtraction, adjust_hue_raw,
-                            adjust_saturation_raw)
+from kornia.enhance import (
+    adjust_brightness,
+    adjust_contrast_with_mean_subtraction,
+    adjust_hue_raw,
+    adjust_saturation_raw,
+)
 from kornia.geometry.transform import warp_affine
 
 from mtl_perception.inference.preprocess import resize_image
-
 from training.recipe.augment import AugmentConfig, ColorConfig
 
 __all__ = ["ColorConfig", "AugmentConfig", "AugmentParams", "flip_coin", "sample_params", "augment_sample",

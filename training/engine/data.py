@@ -22,7 +22,6 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 from mtl_perception.data.dataset import TASK_KINDS, UNLABELLED, MultiTaskDataset
 from mtl_perception.data.readers import READERS, DatasetReader, open_reader
 from mtl_perception.inference.preprocess import resize_sample
-
 from training.engine.augment import AugmentConfig, augment_sample, sample_params
 from training.engine.augment import flip_coin as _coin  # noqa: F401  (the name distillation and tests use)
 from training.recipe.config import ConfigError

@@ -26,7 +26,6 @@ from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.inference.preprocess import resize_sample
-
 from training.engine.checkpoint import load_checkpoint
 from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
 from training.models.collapse import compact_copy, parameter_count

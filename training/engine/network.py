@@ -17,10 +17,9 @@ from typing import Dict, List, Mapping, Optional
 from torch import nn
 
 from mtl_perception.data.dataset import MultiTaskDataset
-
 from training.models.collapse import apply_overparam
-from training.models.timm_trunk import BackboneError, init_backbone
 from training.models.multitask import MultiTaskNet, build_model
+from training.models.timm_trunk import BackboneError, init_backbone
 from training.recipe.config import ConfigError
 from training.recipe.core import Recipe, recipe_from_dict
 from training.tasks import TASKS, DataInfo, Task

@@ -25,7 +25,6 @@ from torch import nn
 from torch.optim.swa_utils import SWALR, AveragedModel, update_bn
 
 from mtl_perception.evaluation.metrics import delta_m
-
 from training.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.engine.network import checkpoint_recipe, network_from_checkpoint, tasks_from_checkpoint
 

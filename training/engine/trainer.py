@@ -18,9 +18,7 @@ from typing import Callable, Dict, List, Mapping, Optional
 import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
-from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.data.synthetic import Camera, generate_dataset
-
 from training.balancers import BALANCERS, BalanceContext
 from training.balancers.base import all_reduce_grads, all_reduce_mean
 from training.engine import distributed as dist_utils

@@ -30,7 +30,6 @@ from torch.utils.data import DataLoader, Subset
 
 from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.evaluation.metrics import delta_m
-
 from training.engine.checkpoint import load_checkpoint
 from training.engine.data import TaskDataset
 from training.engine.network import network_from_checkpoint, tasks_from_checkpoint

@@ -29,7 +29,6 @@ from torch.utils.data import default_collate
 
 from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.data.synthetic import Camera, generate_dataset
-
 from training.balancers import BALANCERS, BalanceContext
 from training.engine.data import TaskDataset
 from training.engine.network import build_tasks, checkpoint_data_info, data_info_dict, make_tasks, network_from_recipe

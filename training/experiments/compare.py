@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import List, Mapping, Optional, Sequence
 
 from mtl_perception.evaluation.metrics import METRIC_DIRECTIONS, delta_m
-
 from training.balancers import BALANCERS
 from training.engine.logs import draw_weights, read_csv
 from training.experiments.jobs import MAIN_METRIC, main_values, make_jobs, parse_method, prepare_splits, run_all

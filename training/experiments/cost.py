@@ -34,7 +34,6 @@ from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.data.synthetic.world import DETECTION_CLASSES, SEMANTIC_CLASSES
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
-
 from training.engine.export import DeployModule, attach_metadata, export_onnx, output_names
 from training.engine.network import make_tasks, network_from_recipe
 from training.models.collapse import KINDS, apply_overparam, collapse, compact_copy, conv_flops, parameter_count

@@ -38,7 +38,6 @@ from torch.utils.data import DataLoader
 
 from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.data.synthetic import Camera, generate_dataset
-
 from training.engine.data import TaskDataset
 from training.engine.logs import plot_weights, read_csv
 from training.engine.trainer import Trainer, evaluate, prepare_data

@@ -40,7 +40,6 @@ from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.inference.preprocess import resize_image
 from mtl_perception.kinds.registry import Scoring
-
 from training.engine.checkpoint import load_checkpoint
 from training.engine.export import export_checkpoint
 from training.engine.network import checkpoint_recipe, network_from_recipe, tasks_from_checkpoint

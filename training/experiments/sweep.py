@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence
 
 from mtl_perception.evaluation.metrics import delta_m
-
 from training.engine.trainer import prepare_data
 from training.experiments.jobs import main_values, make_jobs, run_all
 from training.recipe.config import ConfigError

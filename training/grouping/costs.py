@@ -29,7 +29,6 @@ import torch
 from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
-
 from training.engine.network import build_tasks, network_from_recipe
 from training.models.collapse import conv_flops, parameter_count
 from training.recipe.core import recipe_from_dict

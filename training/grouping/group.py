@@ -30,7 +30,6 @@ import torch
 
 from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.bundle import write_bundle
-
 from training.engine.checkpoint import load_checkpoint, save_checkpoint
 from training.engine.export import export_checkpoint
 from training.experiments.jobs import MAIN_METRIC, Job, hook, prepare_splits, run_all
@@ -39,8 +38,15 @@ from training.grouping.affinity import UPDATES, tag_candidates
 from training.grouping.costs import COST_MODELS, build_network, onnx_latency, torch_costs
 from training.grouping.higher_order import all_groups
 from training.grouping.search import Candidate, GroupingError, branch_and_bound, brute_force
-from training.grouping.standley import (Net, make_jobs, net_recipe, predicted_losses, standley_candidates,
-                                        standley_nets, trained_losses)
+from training.grouping.standley import (
+    Net,
+    make_jobs,
+    net_recipe,
+    predicted_losses,
+    standley_candidates,
+    standley_nets,
+    trained_losses,
+)
 from training.recipe.config import ConfigError
 from training.recipe.core import load_run_recipe
 

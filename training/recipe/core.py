@@ -20,9 +20,9 @@ import yaml
 
 from training.balancers import BALANCERS
 from training.models.registry import TRUNKS
+from training.models.timm_trunk import check_backbone_name
 from training.recipe.augment import AugmentConfig
 from training.recipe.config import ConfigError, build, to_dict
-from training.models.timm_trunk import check_backbone_name
 from training.recipe.extras import DistillConfig, SAMConfig, SWAConfig
 from training.recipe.model import TrunkConfig
 from training.recipe.overparam import OverparamConfig

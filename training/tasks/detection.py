@@ -15,7 +15,6 @@ from torch import nn
 
 from mtl_perception.contract import TaskSpec
 from mtl_perception.evaluation.metrics import DetectionMetric
-
 from training.models.blocks import ConvBNAct
 from training.tasks.base import Task, TaskOptions, labelled_mask, labelled_rows, register_task
 

@@ -10,7 +10,6 @@ from torch import nn
 
 from mtl_perception.contract import TaskSpec
 from mtl_perception.evaluation.metrics import SuperResolutionMetric
-
 from training.models.blocks import ConvBNAct
 from training.tasks.base import Task, labelled_mask, labelled_rows, register_task
 

@@ -5,6 +5,13 @@ ids, planar depth, instance ids, occlusion-aware 2-D boxes) as a pure function o
 ``generate_dataset`` writes many of them in the on-disk format of :mod:`mtl_perception.data.dataset`.
 Needs numpy and OpenCV only.
 """
+from mtl_perception.data.synthetic.render import (
+    MIN_VISIBLE_FRACTION,
+    MIN_VISIBLE_PIXELS,
+    render_frame,
+    render_scene,
+    scene_for,
+)
 from mtl_perception.data.synthetic.world import (
     DETECTION_CLASSES,
     MAX_DEPTH,
@@ -19,13 +26,6 @@ from mtl_perception.data.synthetic.world import (
     Road,
     Scene,
     sample_scene,
-)
-from mtl_perception.data.synthetic.render import (
-    MIN_VISIBLE_FRACTION,
-    MIN_VISIBLE_PIXELS,
-    render_frame,
-    render_scene,
-    scene_for,
 )
 
 

@@ -549,9 +549,8 @@ def test_evaluate_format_skips_what_a_frame_is_not_labelled_for(tmp_path, capsys
     score 0.9): a frame without a label file is left out of detection, so map50 stays 1; the same
     frame with an empty label file means "no objects" and its detection is a false positive."""
     pytest.importorskip("onnx")
-    from tests.runtime.model_factory import export_bright_box_model
-
     from mtl_perception.cli import main
+    from tests.runtime.model_factory import export_bright_box_model
 
     model = tmp_path / "bright.onnx"
     export_bright_box_model(model, (64, 48), tasks=("detection",))

@@ -12,13 +12,13 @@ import numpy as np
 import onnx
 import pytest
 
-from tests.runtime.model_factory import export_bright_box_model
 from mtl_perception.cli import main as cli_main
 from mtl_perception.contract import METADATA_KEY, ContractError, ModelMetadata
 from mtl_perception.inference import contract_check
 from mtl_perception.inference.bundle import write_bundle
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import ModelError
+from tests.runtime.model_factory import export_bright_box_model
 
 
 @pytest.fixture(scope="module")

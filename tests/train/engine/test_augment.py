@@ -6,13 +6,20 @@ import numpy as np
 import pytest
 
 from mtl_perception.data.dataset import MultiTaskDataset
-from mtl_perception.data.synthetic import Camera, generate_dataset
 from mtl_perception.inference.preprocess import resize_image
-from training.engine.augment import (AugmentConfig, AugmentParams, ColorConfig, augment_sample, flip_coin,
-                                     sample_params, transform_boxes, transform_intrinsics)
+from tests.train.tiny_mtl import tiny_recipe as shared_tiny_recipe
+from training.engine.augment import (
+    AugmentConfig,
+    AugmentParams,
+    ColorConfig,
+    augment_sample,
+    flip_coin,
+    sample_params,
+    transform_boxes,
+    transform_intrinsics,
+)
 from training.engine.data import TaskDataset
 from training.engine.trainer import Trainer, build_tasks
-from tests.train.tiny_mtl import tiny_recipe as shared_tiny_recipe
 from training.recipe.config import ConfigError
 
 pytestmark = pytest.mark.tiny_data(train=16, val=8)

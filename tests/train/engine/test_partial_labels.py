@@ -10,20 +10,19 @@ import numpy as np
 import pytest
 import torch
 
+from mtl_perception.contract import TaskSpec
 from mtl_perception.data.dataset import MultiTaskDataset, write_dataset
 from mtl_perception.data.synthetic import Camera, generate_dataset
 from mtl_perception.evaluation.metrics import DetectionMetric, SegmentationMetric
 from mtl_perception.kinds.registry import Scoring, score_frame
-from mtl_perception.contract import TaskSpec
+from tests.train.balancers.test_balancers import Toy, make, toy_data
 from training.balancers import BALANCERS
+from training.engine.checkpoint import load_checkpoint
 from training.engine.data import MixedSource, SourceSampler, TaskDataset, open_sources
 from training.engine.trainer import LAST, Trainer
-from training.engine.checkpoint import load_checkpoint
 from training.recipe.config import ConfigError, build
 from training.recipe.core import SourceConfig, recipe_from_dict
 from training.tasks import TASKS, DataInfo
-
-from tests.train.balancers.test_balancers import Toy, make, toy_data
 
 INFO = DataInfo(semantic_classes=("a", "b", "c"), detection_classes=("car", "person"), sr_scale=2,
                 input_size=(32, 16))

@@ -10,7 +10,6 @@ import torch
 from safetensors.torch import save_file
 
 from mtl_perception.data.dataset import MultiTaskDataset
-from mtl_perception.data.synthetic import Camera, generate_dataset
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.preprocess import resize_sample
 from training.engine.checkpoint import load_checkpoint
@@ -20,10 +19,10 @@ from training.engine.trainer import LAST, Trainer
 from training.models.collapse import apply_overparam, compact_copy, conv_flops
 from training.models.light_heads import SeparableConvBNAct, depthwise_heads
 from training.models.timm_trunk import BackboneError, TimmTrunk, init_backbone
-from training.recipe.model import TrunkConfig
-from training.recipe.overparam import OverparamConfig
 from training.recipe.config import ConfigError
 from training.recipe.core import recipe_from_dict
+from training.recipe.model import TrunkConfig
+from training.recipe.overparam import OverparamConfig
 from training.tasks.segmentation import SegmentationHead
 
 #: TF-ported MobileNetV3: its pretrained_cfg normalises with mean = std = 0.5, not ImageNet's,
