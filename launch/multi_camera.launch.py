@@ -52,7 +52,8 @@ def _cameras(context):
 
 def generate_launch_description():
     return LaunchDescription([
-        DeclareLaunchArgument("model_path", description="exported ONNX model file, or a model bundle manifest / folder"),
+        DeclareLaunchArgument("model_path",
+                              description="exported ONNX model file, or a model bundle manifest / folder"),
         DeclareLaunchArgument("cameras", description="camera names, e.g. \"[front, rear]\"; one node per camera"),
         DeclareLaunchArgument("namespace", default_value=TEMPLATES["namespace"],
                               description="namespace of each node and its outputs ({camera} = the camera's name)"),

@@ -55,7 +55,8 @@ def _perception_node(context):
 def generate_launch_description():
     default_params = PathJoinSubstitution([FindPackageShare("mtl_perception"), "config", "perception.yaml"])
     return LaunchDescription([
-        DeclareLaunchArgument("model_path", description="exported ONNX model file, or a model bundle manifest / folder"),
+        DeclareLaunchArgument("model_path",
+                              description="exported ONNX model file, or a model bundle manifest / folder"),
         DeclareLaunchArgument("image_topic", default_value="image", description="camera image topic"),
         DeclareLaunchArgument("camera_info_topic", default_value="camera_info",
                               description="camera info topic (for super_resolution/camera_info)"),

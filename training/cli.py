@@ -114,7 +114,8 @@ def _cost(args) -> int:
     if not architectures:
         raise ConfigError(f"--architectures: name at least one (known: {', '.join(sorted(TRUNKS))})")
     try:
-        result = cost.compare_architectures(recipe, architectures, runs=args.runs, onnx=not args.no_onnx, rounds=args.rounds)
+        result = cost.compare_architectures(recipe, architectures, runs=args.runs, onnx=not args.no_onnx,
+                                            rounds=args.rounds)
     except ValueError as exc:
         raise ConfigError(f"--architectures: {exc}") from None
     table = cost.markdown(result)
@@ -232,7 +233,8 @@ def _parser_sweep(sub) -> None:
     p = sub.add_parser("sweep", help="grid search over static task weights (fixed balancer), ranked on validation")
     p.add_argument("recipe")
     p.add_argument("--weights", default="0.25,0.5,1,2,4", help="weight values to try (default: %(default)s)")
-    p.add_argument("--tasks", help="comma-separated tasks to sweep (default: all but the first, which keeps its weight)")
+    p.add_argument("--tasks", help="comma-separated tasks to sweep "
+                   "(default: all but the first, which keeps its weight)")
     p.add_argument("--seeds", default="0", help="comma-separated seeds (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--jobs", type=int, default=2, help="runs in parallel, one thread each (default: %(default)s)")
@@ -281,12 +283,15 @@ def _parser_ablate(sub) -> None:
 
 def _parser_bench_balancers(sub) -> None:
     """The arguments of `mtl-train bench-balancers`."""
-    p = sub.add_parser("bench-balancers", help="time per step and peak memory of every balancer, relative to fixed weights")
-    p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and batch size (default: %(default)s)")
+    p = sub.add_parser("bench-balancers", help="time per step and peak memory of every balancer, relative to "
+                       "fixed weights")
+    p.add_argument("recipe", nargs="?", default="config/quick.yaml",
+                   help="model, tasks and batch size (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--methods", help="comma-separated balancer names (default: all)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per method and round (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the median is reported (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="interleaved rounds; the median is reported (default: %(default)s)")
     p.add_argument("--batch-size", type=int, help="default: the recipe's optim.batch_size")
     p.add_argument("--device", default="cpu")
     p.add_argument("--no-memory", action="store_true", help="time only")
@@ -298,7 +303,8 @@ def _parser_cost(sub) -> None:
     """The arguments of `mtl-train cost`."""
     p = sub.add_parser("cost", help="inference cost (parameters, MACs, torch and onnxruntime latency) of each "
                        "trunk architecture, relative to the shared trunk")
-    p.add_argument("recipe", nargs="?", default="config/quick.yaml", help="model, tasks and input size (default: %(default)s)")
+    p.add_argument("recipe", nargs="?", default="config/quick.yaml",
+                   help="model, tasks and input size (default: %(default)s)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--architectures", default="shared,cross_stitch,nddr,mtan",
                    help="comma-separated; each optionally over-parameterised and collapsed, e.g. "
@@ -352,7 +358,8 @@ def _parser_group(sub) -> None:
                    "estimating groups of 3+ from the pairs")
     p.add_argument("--half-scale", type=float, default=0.5, help="width factor of the half-size single-task "
                    "candidates; 1 disables them (default: %(default)s)")
-    p.add_argument("--tag-every", type=int, default=5, help="TAG: lookahead every N micro-batches (default: %(default)s)")
+    p.add_argument("--tag-every", type=int, default=5,
+                   help="TAG: lookahead every N micro-batches (default: %(default)s)")
     p.add_argument("--tag-update", choices=["sgd", "optimizer"], default="sgd",
                    help="TAG lookahead step: SGD at the current lr (Fifty et al.'s definition) or the trainer's "
                    "optimizer (default: %(default)s)")

@@ -654,7 +654,7 @@ def _report(bag: Any, reader: BagReader, run: _BagRun, options: EvalOptions) -> 
 
 
 def evaluate_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model: Any = None,
-                 options: EvalOptions = EvalOptions(), *, metadata: Any = None,
+                 options: Optional[EvalOptions] = None, *, metadata: Any = None,
                  predictions: Optional[os.PathLike | str] = None, predictions_namespace: str = "/perception",
                  extra: Optional[Dict[str, Any]] = None,
                  row_extra: Optional[Callable[[Optional[int]], Dict[str, Any]]] = None,
@@ -666,6 +666,7 @@ def evaluate_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model: Any 
     For recorded predictions, `extra` adds report sections, `row_extra(stamp)` per-frame columns
     and `latency_series` the latency histograms (name -> milliseconds).
     """
+    options = options or EvalOptions()
     if (model is None) == (predictions is None):
         raise ValueError("give either a model or recorded predictions")
     meta = model.metadata if model is not None else metadata

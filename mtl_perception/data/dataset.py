@@ -480,7 +480,8 @@ class MultiTaskDataset:
                 j = ids[a["image_id"]]
                 lab = cat_index[a["category_id"]]
             except (KeyError, TypeError) as e:
-                raise DatasetError(f"{meta}: annotation {a.get('id')!r} refers to unknown {e} or lacks a field") from None
+                raise DatasetError(f"{meta}: annotation {a.get('id')!r} refers to unknown {e} "
+                                   "or lacks a field") from None
             boxes[j].append(annotation_box(a, meta))
             labels[j].append(lab)
         self._boxes = [np.array(b, np.float32).reshape(-1, 4) for b in boxes]

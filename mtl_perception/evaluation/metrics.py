@@ -55,7 +55,8 @@ class SegmentationMetric:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
         self.num_classes = int(num_classes)
         self.ignore_index = int(ignore_index)
-        self.class_names = [str(n) for n in class_names] if class_names is not None else [str(i) for i in range(num_classes)]
+        self.class_names = ([str(n) for n in class_names] if class_names is not None
+                            else [str(i) for i in range(num_classes)])
         self.reset()
 
     def reset(self) -> None:

@@ -14,8 +14,8 @@ from mtl_perception.inference.preprocess import FrameMapping, ModelInput
 from mtl_perception.kinds import depth, detection, segmentation, super_resolution
 from mtl_perception.kinds.base import Kind, Payload, RenderSettings, Topic
 
-__all__ = ["KINDS", "kind", "topics", "topics_for", "all_detections", "metric_for", "make_metrics", "score_frame", "baselines",
-           "frame_scalars", "render", "latched", "decode", "Scoring"]
+__all__ = ["KINDS", "kind", "topics", "topics_for", "all_detections", "metric_for", "make_metrics", "score_frame",
+           "baselines", "frame_scalars", "render", "latched", "decode", "Scoring"]
 
 _MODULES = (segmentation, depth, detection, super_resolution)
 KINDS: Dict[str, Kind] = {module.KIND.name: module.KIND for module in _MODULES}

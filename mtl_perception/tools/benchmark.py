@@ -487,7 +487,8 @@ def format_table(result: Dict[str, Any]) -> str:
          f"{e['p95_ms']:.2f}", f"publish -> all {len(result['outputs'])} outputs received; node inference p50 "
          f"{e.get('node_inference_p50_ms', float('nan')):.2f} ms"),
         ("overload", f"{o['rate_hz']:.1f}", f"{o['frames_complete']}/{o['frames_published']}", f"{o['p50_ms']:.2f}",
-         f"{o['p95_ms']:.2f}", f"node dropped {o.get('node_frames_dropped', '?')} of {o.get('node_frames_received', '?')}"),
+         f"{o['p95_ms']:.2f}", f"node dropped {o.get('node_frames_dropped', '?')} of "
+         f"{o.get('node_frames_received', '?')}"),
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]

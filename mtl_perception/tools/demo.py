@@ -128,7 +128,8 @@ def mosaic(frame: Dict[str, Any], lines: Sequence[str]) -> np.ndarray:
         return f" {m.width}x{m.height}" if m is not None else ""
 
     n_det = len(frame["detections"].detections) if "detections" in frame else 0
-    top = np.hstack([_tile(image, "input" + size("image")), _tile(seg, "segmentation/color" + size("segmentation/color")),
+    top = np.hstack([_tile(image, "input" + size("image")),
+                     _tile(seg, "segmentation/color" + size("segmentation/color")),
                      _tile(depth, "depth (inverse, NaN black)" + size("depth"))])
     bottom = np.hstack([_tile(boxes, f"detections ({n_det})"), _tile(sr, "super_resolution" + size("super_resolution")),
                         _text_tile(lines)])
@@ -381,7 +382,8 @@ def format_report(report: Dict[str, Any]) -> str:
              f"camera: {c['source']} {c['width']}x{c['height']} bgr8 at {c['rate_hz']:g} Hz; recorded "
              f"{report['seconds']:.1f} s; DDS profile: {report['dds_profile'].split(':')[0]}",
              "",
-             f"{'topic':<30} {'messages':>8} {'rate Hz':>8} {'p50 ms':>8} {'p95 ms':>8}   (latency: stamp -> received here)"]
+             f"{'topic':<30} {'messages':>8} {'rate Hz':>8} {'p50 ms':>8} {'p95 ms':>8}"
+             "   (latency: stamp -> received here)"]
     for topic, t in report["topics"].items():
         p50 = f"{t['latency_p50_ms']:.1f}" if t["latency_p50_ms"] is not None else "-"
         p95 = f"{t['latency_p95_ms']:.1f}" if t["latency_p95_ms"] is not None else "-"

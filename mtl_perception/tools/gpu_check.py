@@ -243,7 +243,8 @@ def node_rate(model_path: str, width: int, height: int, frames: int,
             continue
         e2e, b2b = result["end_to_end"], result["model_only_back_to_back"]
         out[",".join(providers)] = {
-            "status": "measured", "provider": result["provider"], "on_gpu": result["provider"] != "CPUExecutionProvider",
+            "status": "measured", "provider": result["provider"],
+            "on_gpu": result["provider"] != "CPUExecutionProvider",
             "model_only_p50_ms": b2b["p50_ms"], "model_max_rate_hz": b2b["max_rate_hz"],
             "end_to_end_rate_hz": e2e["achieved_rate_hz"], "end_to_end_p50_ms": e2e["p50_ms"],
             "end_to_end_p95_ms": e2e["p95_ms"], "ros_floor_p50_ms": result["ros_floor"]["p50_ms"],
@@ -374,7 +375,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     log = lambda line: print(line, file=sys.stderr)  # noqa: E731
     presence = gpu_presence()
-    document: Dict[str, Any] = {"schema": SCHEMA, "host": _host(), **{k: v for k, v in presence.items() if k != "ready"}}
+    document: Dict[str, Any] = {"schema": SCHEMA, "host": _host(),
+                                **{k: v for k, v in presence.items() if k != "ready"}}
     if not presence["ready"]:
         document.update(status="unmeasured", passed=None)
         written = write_result(Path(args.json), document)

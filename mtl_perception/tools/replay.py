@@ -470,9 +470,10 @@ def _online(session: _Session, plan: _Plan, options: ReplayOptions) -> Tuple[Dic
 
 
 def replay_bag(bag: os.PathLike | str, out_dir: os.PathLike | str, model_path: str,
-               options: ReplayOptions = ReplayOptions(), log: Any = None) -> Dict[str, Any]:
+               options: Optional[ReplayOptions] = None, log: Any = None) -> Dict[str, Any]:
     """Plays `bag` into a perception_node, records its outputs, scores them; returns the report
     (also written to out_dir, with the recorded bag). Raises ReplayError / BagError / ModelError."""
+    options = options or ReplayOptions()
     log = log or (lambda s: None)
     if not options.rate > 0:
         raise ValueError(f"rate must be positive, got {options.rate}")

@@ -159,7 +159,8 @@ class Balancer(nn.Module, abc.ABC):
             self.after_step()
         self._partial_step = False
 
-    def epoch_end(self, epoch: int, mean_losses: Mapping[str, float], metrics: Mapping[str, Mapping[str, float]]) -> None:
+    def epoch_end(self, epoch: int, mean_losses: Mapping[str, float],
+                  metrics: Mapping[str, Mapping[str, float]]) -> None:
         """Called once per epoch with the epoch's mean training losses (averaged over all ranks)
         and the validation metrics (the same on every rank)."""
 

@@ -73,7 +73,8 @@ class UncertaintyWeighting(Balancer):
         # is left out of the objective and gets no gradient
         rows = [self.index[t] for t in self.tasks]
         w = self.weights()[rows]
-        total = sum(w[k] * losses[t] for k, t in enumerate(self.tasks)) + 0.5 * self.log_var[rows].sum() / ctx.accumulate
+        total = (sum(w[k] * losses[t] for k, t in enumerate(self.tasks))
+                 + 0.5 * self.log_var[rows].sum() / ctx.accumulate)
         ctx.scale_loss(total).backward()
         return self.weight_logs(w.detach().cpu().tolist())
 

@@ -108,7 +108,8 @@ class LabelledSource:
         sample = self.dataset.load(index)
         kinds = sample_kinds(sample) & self.keep
         h, w = sample.image.shape[:2]
-        semantic = self.semantic_lut[sample.semantic] if "segmentation" in kinds else np.full((h, w), UNLABELLED, np.uint8)
+        semantic = (self.semantic_lut[sample.semantic] if "segmentation" in kinds
+                    else np.full((h, w), UNLABELLED, np.uint8))
         depth = sample.depth if "depth" in kinds else np.full((h, w), np.nan, np.float32)
         labels = self.box_lut[sample.labels] if "detection" in kinds else np.zeros(0, np.int64)
         boxes = sample.boxes[labels >= 0] if "detection" in kinds else np.zeros((0, 4), np.float32)
@@ -197,7 +198,8 @@ class SourceSampler(Sampler):
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
         n = len(self) * self.num_replicas
         which = torch.multinomial(torch.as_tensor(self.source.weights), n, replacement=True, generator=gen).numpy()
-        within = (torch.rand(n, generator=gen, dtype=torch.float64).numpy() * self.source.lengths[which]).astype(np.int64)
+        within = (torch.rand(n, generator=gen, dtype=torch.float64).numpy()
+                  * self.source.lengths[which]).astype(np.int64)
         return self.source.offsets[which] + np.minimum(within, self.source.lengths[which] - 1)
 
     def __iter__(self) -> Iterator[int]:

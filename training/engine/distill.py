@@ -48,8 +48,8 @@ from training.engine.network import network_from_checkpoint, tasks_from_checkpoi
 from training.recipe.extras import DistillConfig
 from training.tasks import Task
 
-__all__ = ["DistillConfig", "DistillError", "Distiller", "Teachers", "FeatureAdaptors", "distillation_losses", "flip_flags",
-           "task_features"]
+__all__ = ["DistillConfig", "DistillError", "Distiller", "Teachers", "FeatureAdaptors", "distillation_losses",
+           "flip_flags", "task_features"]
 
 
 class DistillError(CheckpointError):
@@ -74,7 +74,8 @@ class FeatureAdaptors(nn.Module):
                 self.convs[f"{task}__{level}"] = conv
 
     @classmethod
-    def build(cls, student_channels: Mapping[str, int], teachers: "Teachers", levels: Sequence[str]) -> "FeatureAdaptors":
+    def build(cls, student_channels: Mapping[str, int], teachers: "Teachers",
+              levels: Sequence[str]) -> "FeatureAdaptors":
         return cls(student_channels, {t: teachers.feature_channels(t) for t in teachers.tasks}, levels)
 
     def loss(self, task: str, student_features: Mapping[str, Any],
@@ -215,7 +216,9 @@ class Teachers:
         preds, features = self._forward(teacher, image01)
         entries = []
         for i in range(image01.shape[0]):
-            pred = {task: _map(preds[task], lambda x: x[i].to(self.cache_dtype).cpu().clone()) for task in teacher.tasks}
+            # _map calls the lambda at once, in this iteration of i
+            pred = {task: _map(preds[task], lambda x: x[i].to(self.cache_dtype).cpu().clone())  # noqa: B023
+                    for task in teacher.tasks}
             feats = {task: {lvl: task_features(features, task)[lvl][i].to(self.cache_dtype).cpu().clone()
                             for lvl in self.feature_levels} for task in teacher.tasks}
             entries.append({"pred": pred, "features": feats})
@@ -227,7 +230,8 @@ class Teachers:
 
     @torch.no_grad()
     def __call__(self, batch: Mapping[str, torch.Tensor], image01: Optional[torch.Tensor] = None,
-                 dataset: str = "", flips: Optional[torch.Tensor] = None) -> Tuple[Dict[str, Any], Dict[str, Dict[str, torch.Tensor]]]:
+                 dataset: str = "", flips: Optional[torch.Tensor] = None
+                 ) -> Tuple[Dict[str, Any], Dict[str, Dict[str, torch.Tensor]]]:
         """Teacher predictions for `batch` (and features at `feature_levels`). With a cache,
         `dataset` names the data (e.g. the recipe's data.train) and `flips` says which samples
         were flipped (`flip_flags`); batch["index"] must be the dataset indices."""

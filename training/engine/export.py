@@ -106,7 +106,8 @@ def attach_metadata(path: Path, metadata: ModelMetadata) -> None:
     onnx.save(model, str(path))
 
 
-def verify(path: Path, module: DeployModule, frames: Sequence[np.ndarray], tol: Tolerances = Tolerances()) -> Dict[str, float]:
+def verify(path: Path, module: DeployModule, frames: Sequence[np.ndarray],
+           tol: Tolerances = Tolerances()) -> Dict[str, float]:
     """Compares onnxruntime (via the runtime loader) with torch; returns the worst differences."""
     runtime = load_model(path, RuntimeOptions(providers=["cpu"]))
     worst: Dict[str, float] = {}

@@ -38,7 +38,8 @@ class AveragingError(CheckpointError):
 
 
 # -- BatchNorm refresh ---------------------------------------------------------------------------
-def image_batches(loader: Iterable[Mapping[str, torch.Tensor]], device=None, max_batches: int = 0) -> Iterator[torch.Tensor]:
+def image_batches(loader: Iterable[Mapping[str, torch.Tensor]], device=None,
+                  max_batches: int = 0) -> Iterator[torch.Tensor]:
     """The network inputs of multi-task batches: batch["image"] (uint8 NCHW) -> float in [0, 1]."""
     for i, batch in enumerate(loader):
         if max_batches and i >= max_batches:
@@ -347,7 +348,8 @@ def _greedy_selection(paths: Sequence[str], scores: Mapping[str, float], metrics
         candidate = soup.combine(selected + [p])
         score, metrics = scorer(candidate)
         keep = score >= best
-        say(f"+ {p}: average of {len(selected) + 1} scores {score:+.4f} ({'kept' if keep else 'dropped'}, best {best:+.4f})")
+        say(f"+ {p}: average of {len(selected) + 1} scores {score:+.4f} "
+            f"({'kept' if keep else 'dropped'}, best {best:+.4f})")
         if keep:
             selected.append(p)
             best, best_metrics, model = score, metrics, candidate

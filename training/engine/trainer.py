@@ -130,7 +130,8 @@ class Trainer:
         else:
             self.sampler = DistributedSampler(self.train_set, num_replicas=dist_utils.world_size(),
                                               rank=dist_utils.rank(), shuffle=True, seed=recipe.seed, drop_last=True)
-        self.train_loader = DataLoader(self.train_set, batch_size=recipe.optim.batch_size, sampler=EpochSampler(self.sampler),
+        self.train_loader = DataLoader(self.train_set, batch_size=recipe.optim.batch_size,
+                                       sampler=EpochSampler(self.sampler),
                                        num_workers=data.workers, drop_last=True,
                                        persistent_workers=data.workers > 0)
         self.val_loader = DataLoader(self.val_set, batch_size=recipe.optim.batch_size, shuffle=False,
@@ -139,7 +140,8 @@ class Trainer:
         self.distiller = None  # frozen teachers' distillation terms (recipe `distill`)
         if recipe.distill is not None:
             self.distiller = Distiller(recipe.distill, self.tasks, data_info_dict(self.tasks),
-                                       self.model.trunk.feature_channels, self.train_set, recipe.data.train, self.device)
+                                       self.model.trunk.feature_channels, self.train_set, recipe.data.train,
+                                       self.device)
         self.sam = None  # SAM wrapper around self.optimizer (recipe `sam`)
         self.optimizer = self._build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
@@ -211,7 +213,8 @@ class Trainer:
 
     def _finetune_due(self) -> bool:
         over = self.recipe.overparam
-        return over.enabled and over.finetune_epochs > 0 and not self.collapsed and self.epoch >= self.recipe.optim.epochs
+        return (over.enabled and over.finetune_epochs > 0 and not self.collapsed
+                and self.epoch >= self.recipe.optim.epochs)
 
     def _finetune_lr_factor(self, step: int) -> float:
         total = max(1, self.recipe.overparam.finetune_epochs * self.steps_per_epoch)
@@ -410,7 +413,8 @@ class Trainer:
         if self.scaler.is_enabled():
             return None
         owner = {id(p): t for t, params in self.task_params.items() for p in params}
-        named = list(self.model.named_parameters()) + [(f"balancer.{n}", p) for n, p in self.balancer.named_parameters()]
+        named = (list(self.model.named_parameters())
+                 + [(f"balancer.{n}", p) for n, p in self.balancer.named_parameters()])
         # the heads first: a task's non-finite gradient reaches the trunk too, the task is the news
         for name, p in sorted(named, key=lambda item: id(item[1]) not in owner):
             if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
@@ -517,7 +521,8 @@ class Trainer:
         if self.progress:
             from tqdm import tqdm
 
-            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.recipe.total_epochs}", leave=False, dynamic_ncols=True)
+            batches = tqdm(batches, desc=f"epoch {self.epoch + 1}/{self.recipe.total_epochs}", leave=False,
+                           dynamic_ncols=True)
         self.optimizer.zero_grad(set_to_none=True)
         # a balancer that writes gradients itself does not backpropagate through DDP's hooks:
         # run it without DDP's sync and average the gradients here instead

@@ -138,7 +138,8 @@ def condition_summary(jobs: Sequence[Job], names: Sequence[str], seeds: Sequence
             deltas = [delta_m(r, single[seed][cond]) for r, seed in zip(rows, seeds)]
             out[name][cond] = {"metrics": {k: _mean_std([r[k] for r in rows]) for k in rows[0]},
                                "delta_m": _mean_std(deltas)}
-    out["single_task"] = {cond: {"metrics": {k: _mean_std([single[s][cond][k] for s in seeds]) for k in single[seeds[0]][cond]}}
+    out["single_task"] = {cond: {"metrics": {k: _mean_std([single[s][cond][k] for s in seeds])
+                                             for k in single[seeds[0]][cond]}}
                           for cond in ("day", "night")}
     return out
 
@@ -155,7 +156,8 @@ def condition_markdown(conditions: Mapping, names: Sequence[str], tasks: Sequenc
         for cond in ("day", "night"):
             c = conditions[name][cond]
             cells = [f"{c['metrics'][k]['mean']:.{2 if k.endswith('psnr') else 4}f}" for k in keys]
-            dm = "0 (reference)" if name == "single_task" else f"{c['delta_m']['mean']:+.2f} ± {c['delta_m']['std']:.2f}"
+            dm = ("0 (reference)" if name == "single_task"
+                  else f"{c['delta_m']['mean']:+.2f} ± {c['delta_m']['std']:.2f}")
             lines.append(f"| `{name}` | {cond} | " + " | ".join(cells) + f" | {dm} |")
     return "\n".join(lines) + "\n"
 
@@ -176,7 +178,8 @@ def cost_summary(jobs: Sequence[Job], names: Sequence[str]) -> Dict[str, dict]:
 
 def cost_markdown(costs: Mapping[str, dict], reference: str) -> str:
     ref = costs[reference]
-    lines = ["| variant | trained parameters | s / epoch | × time | peak memory MB | × memory |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["| variant | trained parameters | s / epoch | × time | peak memory MB | × memory |",
+             "|---|---:|---:|---:|---:|---:|"]
     for name, c in costs.items():
         lines.append(f"| `{name}` | {c['parameters'] or '–':,} | {c['seconds_per_epoch']:.1f} | "
                      f"{c['seconds_per_epoch'] / ref['seconds_per_epoch']:.2f} | {c['peak_rss_mb']:.0f} | "
@@ -229,13 +232,15 @@ def ablate(plan_path: str, overrides: Sequence[str] = (), seeds: Optional[Sequen
               "variants": {n: plan["variants"][n] for n in names}, "tasks": tasks,
               "protocol": "as mtl-train compare-balancers: test metrics at the epoch chosen on validation, "
                           "Δm vs the same seed's single-task runs",
-              "wall_seconds": round(time.time() - t0), "summary": summary, "cost": costs, "conditions": conditions, "runs": runs}
+              "wall_seconds": round(time.time() - t0), "summary": summary, "cost": costs, "conditions": conditions,
+              "runs": runs}
     results_path = Path(results) if results else plan["out"] / f"{Path(plan_path).stem}.json"
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(result, indent=1) + "\n")
     table = markdown(summary, tasks) + "\n" + cost_markdown(costs, names[0])
     if conditions:
-        table += "\nDay and night test frames, final epoch of each run:\n\n" + condition_markdown(conditions, names, tasks)
+        table += ("\nDay and night test frames, final epoch of each run:\n\n"
+                  + condition_markdown(conditions, names, tasks))
     results_path.with_suffix(".md").write_text(table)
     plot(summary, costs, names, results_path.with_suffix(".png"), f"{plan['title']} ({len(seeds)} seeds)")
     print(table)

@@ -77,7 +77,8 @@ class Stepper:
     def __init__(self, name: str, recipe, model, tasks, batch, lr: float = 1e-4):
         self.model, self.tasks, self.batch = model, tasks, batch
         cls = BALANCERS[name]
-        options = build(cls.Options, recipe.balancer.options if recipe.balancer.name == name else {}, "balancer.options")
+        options = build(cls.Options, recipe.balancer.options if recipe.balancer.name == name else {},
+                        "balancer.options")
         self.balancer = cls({t: task.options.weight for t, task in tasks.items()}, options).to(batch["image"].device)
         params = list(model.parameters()) + list(self.balancer.parameters())
         self.optimizer = torch.optim.AdamW(params, lr=lr)
@@ -189,8 +190,8 @@ def run_benchmark(recipe_path: str, overrides: Sequence[str] = (), names: Option
             batch_file = Path(tmp) / "batch.pt"
             torch.save({"batch": batch, "data_info": info}, batch_file)
             for n in names:
-                args = [sys.executable, "-m", "training.experiments.balancer_benchmark", "--memory-child", n, recipe_path,
-                        "--batch-file", str(batch_file), "--steps", str(max(1, steps - 1))]
+                args = [sys.executable, "-m", "training.experiments.balancer_benchmark", "--memory-child", n,
+                        recipe_path, "--batch-file", str(batch_file), "--steps", str(max(1, steps - 1))]
                 for item in overrides:
                     args += ["--set", item]
                 # glibc: tensors of 64 KiB and more are mmap-ed and returned on free, so the resident
@@ -205,7 +206,8 @@ def run_benchmark(recipe_path: str, overrides: Sequence[str] = (), names: Option
     methods = {}
     for n in names:
         row = {"category": category(n), "ms_per_step": round(1000 * median[n], 2),
-               "time_ratio": round(median[n] / median["fixed"], 3), "ms_per_round": [round(1000 * t, 2) for t in times[n]],
+               "time_ratio": round(median[n] / median["fixed"], 3),
+               "ms_per_round": [round(1000 * t, 2) for t in times[n]],
                "target": targets(n, T)}
         if n in peaks:
             row["peak_step_mib"] = round(peaks[n], 1)
@@ -234,11 +236,12 @@ def markdown(result: dict) -> str:
              "| method | kind | ms / step | time vs fixed | step memory (MiB) | memory vs fixed | target | met |",
              "|---|---|---:|---:|---:|---:|---|---|"]
     for name, r in result["methods"].items():
-        target = f"≤ {r['target']['time']:g}x time" + (f", ≤ {r['target']['memory']:g}x memory" if "memory" in r["target"] else "")
+        target = (f"≤ {r['target']['time']:g}x time"
+                  + (f", ≤ {r['target']['memory']:g}x memory" if "memory" in r["target"] else ""))
         mem = f"{r['peak_step_mib']:.0f}" if "peak_step_mib" in r else "–"
         mratio = f"{r['memory_ratio']:.2f}x" if r.get("memory_ratio") is not None else "–"
-        lines.append(f"| `{name}` | {r['category']} | {r['ms_per_step']:.0f} | {r['time_ratio']:.2f}x | {mem} | {mratio} | "
-                     f"{target} | {'yes' if r['meets_target'] else 'no'} |")
+        lines.append(f"| `{name}` | {r['category']} | {r['ms_per_step']:.0f} | {r['time_ratio']:.2f}x | "
+                     f"{mem} | {mratio} | {target} | {'yes' if r['meets_target'] else 'no'} |")
     return "\n".join(lines) + "\n"
 
 

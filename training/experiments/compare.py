@@ -58,7 +58,8 @@ def select_multi(epochs: Sequence[dict], single_val: Mapping[str, float]) -> dic
     return max(epochs, key=lambda e: delta_m(main_values(e["val"]), single_val))
 
 
-def summarize(runs: Mapping[str, List[dict]], methods: Sequence[str], seeds: Sequence[int], tasks: Sequence[str]) -> dict:
+def summarize(runs: Mapping[str, List[dict]], methods: Sequence[str], seeds: Sequence[int],
+              tasks: Sequence[str]) -> dict:
     """Per method: the selected epoch's test metrics and Δm per seed, then mean and std."""
     single_val, single_test = {}, {}
     for seed in seeds:
@@ -101,7 +102,8 @@ def _aggregate(per_seed: List[dict]) -> dict:
 def markdown(summary: Mapping, tasks: Sequence[str]) -> str:
     keys = [f"{t}/{MAIN_METRIC[t]}" for t in tasks]
     arrows = {1: "↑", -1: "↓"}
-    head = " | ".join(f"{k.replace('super_resolution', 'SR')} {arrows[METRIC_DIRECTIONS[k.split('/')[1]]]}" for k in keys)
+    head = " | ".join(f"{k.replace('super_resolution', 'SR')} {arrows[METRIC_DIRECTIONS[k.split('/')[1]]]}"
+                      for k in keys)
     lines = [f"| method | seeds | {head} | Δm % ↑ |", "|---|---:|" + "---:|" * (len(keys) + 1)]
     order = ["single_task"] + sorted((m for m in summary if m != "single_task"),
                                      key=lambda m: -summary[m]["delta_m"]["mean"])
@@ -118,7 +120,8 @@ def markdown(summary: Mapping, tasks: Sequence[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: Mapping, runs_dir: Path, methods: Sequence[str], seeds: Sequence[int], path: Path, title: str) -> None:
+def plot(summary: Mapping, runs_dir: Path, methods: Sequence[str], seeds: Sequence[int], path: Path,
+         title: str) -> None:
     """Left: Δm (mean ± std over seeds) per method; right: each method's task weights (first seed)."""
     import matplotlib
 

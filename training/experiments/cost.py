@@ -233,10 +233,12 @@ def markdown(result: Mapping) -> str:
              f"MACs: convolutions and linear layers. Ratios (×) are to `{result['baseline']}`.", ""]
     trained = any(r.get("training_params", r["params"]) != r["params"] for r in result["rows"])
     header = "| architecture |" + (" trained parameters |" if trained else "") + " parameters | MACs | torch ms |" + \
-        (" onnxruntime ms |" if onnx else "") + " parameters × | MACs × | torch ms × |" + (" onnxruntime ms × |" if onnx else "")
+        (" onnxruntime ms |" if onnx else "") + " parameters × | MACs × | torch ms × |" + \
+        (" onnxruntime ms × |" if onnx else "")
     lines += [header, "|---|" + "---:|" * (header.count("|") - 2)]
     for r in result["rows"]:
-        cells = [f"`{r['architecture']}`"] + ([f"{r.get('training_params', r['params']) / 1e6:.2f} M"] if trained else [])
+        cells = [f"`{r['architecture']}`"] + ([f"{r.get('training_params', r['params']) / 1e6:.2f} M"]
+                                              if trained else [])
         cells += [f"{r['params'] / 1e6:.2f} M", f"{r['flops'] / 1e9:.2f} G", f"{r['latency_ms']:.1f}"]
         if onnx:
             cells.append(f"{r['onnx_latency_ms']:.1f}")

@@ -180,7 +180,8 @@ def run_job(recipe_doc: dict, out_dir: Path, test_root: Optional[Path],
         for h in active:
             h.epoch_end(trainer, epoch, epochs[-1], test_loader)
         partial.write_text(json.dumps(epochs))
-    plot_weights(read_csv(out_dir / "steps.csv"), out_dir / "weights.png", f"{recipe.balancer.name}, seed {recipe.seed}")
+    plot_weights(read_csv(out_dir / "steps.csv"), out_dir / "weights.png",
+                 f"{recipe.balancer.name}, seed {recipe.seed}")
     result = {"epochs": epochs, "wall_seconds": round(time.time() - t0, 1),
               "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),  # Linux: KiB
               "parameters": parameter_count(trainer.model)}
@@ -189,7 +190,8 @@ def run_job(recipe_doc: dict, out_dir: Path, test_root: Optional[Path],
 
 
 # -- many runs -----------------------------------------------------------------------------------
-def run_all(jobs: Sequence[Job], test_root: Optional[Path], workers: int, threads: int = 1, log=print) -> Dict[str, List[dict]]:
+def run_all(jobs: Sequence[Job], test_root: Optional[Path], workers: int, threads: int = 1,
+            log=print) -> Dict[str, List[dict]]:
     """Runs the jobs that have not finished, `workers` processes at a time."""
     todo = [j for j in jobs if not j.done_file.exists()]
     log(f"{len(jobs) - len(todo)} of {len(jobs)} runs already finished; running {len(todo)} with {workers} at a time")

@@ -244,7 +244,8 @@ def write_report(report: Mapping, out_dir: Path) -> None:
     for stage, values in report["stages_val"].items():
         lines.append(f"| {stage} | " + " | ".join(_fmt(k, values.get(k)) for k in keys) + " |")
     lines += ["", "## Exported student vs the four teachers, test split", "",
-              "| model | frames | " + " | ".join(short) + " | Δm % vs teachers |", "|---|---|" + "---:|" * (len(keys) + 1)]
+              "| model | frames | " + " | ".join(short) + " | Δm % vs teachers |",
+              "|---|---|" + "---:|" * (len(keys) + 1)]
     for split in report["test"]["student"]:
         for name in ("teachers", "student"):
             values = report["test"][name].get(split, {})
@@ -281,7 +282,8 @@ def _plot(report: Mapping, keys: Sequence[str], path: Path) -> None:
     for ax, key in zip(axes, keys):
         values = [report["stages_val"][s].get(key, np.nan) for s in stages]
         ax.bar(range(len(stages)), values, color="tab:blue", alpha=0.75, label="validation")
-        test_values = [report["test"]["teachers"]["all"].get(key, np.nan), report["test"]["student"]["all"].get(key, np.nan)]
+        test_values = [report["test"]["teachers"]["all"].get(key, np.nan),
+                       report["test"]["student"]["all"].get(key, np.nan)]
         ax.plot([0, len(stages) - 1], test_values, "o", color="tab:red", label="test (exported)")
         ax.set_xticks(range(len(stages)), stages, rotation=30, ha="right", fontsize=7)
         ax.set_title(key.replace("super_resolution", "SR"), fontsize=8)

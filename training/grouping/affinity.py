@@ -112,7 +112,8 @@ def lookahead_affinity(compute_losses: Callable[[], Mapping[str, torch.Tensor]],
     return z, names, base
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, shared: Sequence[nn.Parameter], grads: Sequence[torch.Tensor]) -> None:
+def _optimizer_step(optimizer: torch.optim.Optimizer, shared: Sequence[nn.Parameter],
+                    grads: Sequence[torch.Tensor]) -> None:
     """One optimizer step with `grads` on `shared` only, then the optimizer's state (and every
     parameter's .grad) as it was. The parameters stay moved (the caller restores them)."""
     all_params = [p for group in optimizer.param_groups for p in group["params"]]
@@ -121,7 +122,8 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, shared: Sequence[nn.Parame
     saved_state = {}
     for p in shared:
         if p in optimizer.state:
-            saved_state[p] = {k: (v.detach().clone() if torch.is_tensor(v) else v) for k, v in optimizer.state[p].items()}
+            saved_state[p] = {k: (v.detach().clone() if torch.is_tensor(v) else v)
+                              for k, v in optimizer.state[p].items()}
     flags = {k: optimizer.__dict__[k] for k in ("_opt_called",) if k in optimizer.__dict__}
     try:
         for p in all_params:
@@ -133,7 +135,8 @@ def _optimizer_step(optimizer: torch.optim.Optimizer, shared: Sequence[nn.Parame
         for p in all_params:
             if id(p) in shared_ids:
                 if p in saved_state:
-                    optimizer.state[p] = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in saved_state[p].items()}
+                    optimizer.state[p] = {k: (v.clone() if torch.is_tensor(v) else v)
+                                          for k, v in saved_state[p].items()}
                 else:
                     optimizer.state.pop(p, None)
         for p, g in zip(all_params, saved_grads):
@@ -172,7 +175,8 @@ class TagRecorder:
             return
         model, tasks = trainer.model, trainer.tasks
         opt = trainer.recipe.optim
-        amp = (lambda: torch.autocast(trainer.device.type, dtype=trainer.amp_dtype)) if opt.amp else contextlib.nullcontext
+        amp = ((lambda: torch.autocast(trainer.device.type, dtype=trainer.amp_dtype)) if opt.amp
+               else contextlib.nullcontext)
         image01 = batch["image"].float() / 255.0
 
         def compute_losses():

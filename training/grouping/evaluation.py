@@ -45,4 +45,5 @@ class LossHook:
 
     def epoch_end(self, trainer, epoch: int, record: dict, test_loader) -> None:
         record["val_loss"] = evaluate_losses(trainer.model, trainer.tasks, trainer.val_loader)
-        record["test_loss"] = evaluate_losses(trainer.model, trainer.tasks, test_loader) if test_loader is not None else None
+        record["test_loss"] = (evaluate_losses(trainer.model, trainer.tasks, test_loader)
+                               if test_loader is not None else None)

@@ -5,8 +5,8 @@
    rerun chooses from the same numbers);
 3. search runs through the job engine (`training.experiments.jobs.run_all`: separate processes,
    `--jobs` at a time, resumable, no test split; held-out losses and TAG affinities recorded by
-   this package's job hooks `evaluation.LossHook` and `affinity.TagHook`): Standley's short runs (`standley.py`) and/or one joint TAG run with the
-   affinity recorder (`affinity.py`);
+   this package's job hooks `evaluation.LossHook` and `affinity.TagHook`): Standley's short runs
+   (`standley.py`) and/or one joint TAG run with the affinity recorder (`affinity.py`);
 4. per budget, per method, the selection (`search.py`);
 5. with `--train-final`: every network any selection (or a baseline: all tasks in one network,
    one network per task) uses is trained with the recipe's full schedule, evaluated on the test
@@ -56,7 +56,8 @@ LOSS_HOOK = hook("training.grouping.evaluation:LossHook")
 TAG_HOOK = "training.grouping.affinity:TagHook"
 
 
-def _cost_models(doc: Mapping, tasks: Sequence[str], half_scale: float, out_dir: Path, rounds: int, log) -> Dict[str, dict]:
+def _cost_models(doc: Mapping, tasks: Sequence[str], half_scale: float, out_dir: Path, rounds: int,
+                 log) -> Dict[str, dict]:
     """Measured cost of every full-width group and every half-width single, cached."""
     nets = [Net(g) for g in all_groups(list(tasks))]
     if half_scale and half_scale != 1:
@@ -93,7 +94,8 @@ def _net_dicts(networks: Sequence[Candidate], cost) -> List[dict]:
     return out
 
 
-def _predict(std_candidates: Sequence[Candidate], nets: Sequence[Net], assignment: Mapping[str, str]) -> Optional[float]:
+def _predict(std_candidates: Sequence[Candidate], nets: Sequence[Net],
+             assignment: Mapping[str, str]) -> Optional[float]:
     """Standley's predicted total loss of a grouping (each task from its assigned network)."""
     if not std_candidates:
         return None
@@ -104,7 +106,8 @@ def _predict(std_candidates: Sequence[Candidate], nets: Sequence[Net], assignmen
         return None
 
 
-def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both", budgets: Sequence[float] = (1, 2, 3, 4),
+def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
+          budgets: Sequence[float] = (1, 2, 3, 4),
           seeds: Sequence[int] = (0,), workers: int = 2, short_epochs: int = 2, out: str = "runs/group",
           results: Optional[str] = None, all_subsets: bool = False, train_final: bool = False,
           cost_model: str = "latency", half_scale: float = 0.5, tag_every: int = 5, tag_update: str = "sgd",
@@ -125,7 +128,8 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
     log(f"[1/5] data: {recipe.data.train}, {recipe.data.val} and a test split")
     test_root = prepare_splits(recipe)
 
-    log(f"[2/5] inference cost of {2 ** len(tasks) - 1 + len(tasks)} candidate architectures (cost model: {cost_model})")
+    log(f"[2/5] inference cost of {2 ** len(tasks) - 1 + len(tasks)} candidate architectures "
+        f"(cost model: {cost_model})")
     costs = _cost_models(doc, tasks, half_scale, out_dir, cost_rounds, log)
     cost = _cost_fn(costs, cost_model)
     for key in costs:
@@ -156,7 +160,7 @@ def group(recipe_path: str, overrides: Sequence[str] = (), method: str = "both",
                                              "epochs": tag_epochs or short_epochs} if tag_jobs else None,
         "main_metric": {t: MAIN_METRIC[t] for t in tasks if t in MAIN_METRIC},
         "costs": costs, "search_run_seconds": _search_seconds(tag_jobs + jobs),
-        "standley_losses": {n.key: l for n, l in trained.items()},
+        "standley_losses": {n.key: loss for n, loss in trained.items()},
         "standley_candidates": [{"key": c.name, "tasks": list(c.tasks), "cost": c.cost, "losses": dict(c.losses),
                                  "estimated": c.estimated} for c in std_candidates],
         "affinity": affinity.tolist() if affinity is not None else None,
@@ -243,7 +247,8 @@ def _select(budgets: Sequence[float], methods: Sequence[str], std_candidates: Se
                 row["tag_score"] = -sel.loss
             selections.append(row)
             log(f"  budget {budget:g}, {m}: {report.fmt_groups(row['networks'])} (cost {sel.cost:.2f}"
-                + (f", predicted total loss {row['predicted_loss']:.4f})" if row["predicted_loss"] is not None else ")"))
+                + (f", predicted total loss {row['predicted_loss']:.4f})" if row["predicted_loss"] is not None
+                   else ")"))
     return selections
 
 
@@ -251,7 +256,8 @@ def _write_results(result: Mapping, results_path: Path, title: str) -> None:
     """<results>.json, the Markdown tables (.md, also printed) and the affinity heatmaps (.png)."""
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(result, indent=1) + "\n")
-    tables = (report.search_cost(result) + "\n### Inference cost of the candidate networks\n\n" + report.cost_table(result)
+    tables = (report.search_cost(result) + "\n### Inference cost of the candidate networks\n\n"
+              + report.cost_table(result)
               + "\n### Chosen groups per budget\n\n" + report.selection_table(result))
     if result["measured"]:
         tables += "\n### Measured after full training (test split)\n\n" + report.measured_table(result)
@@ -333,7 +339,8 @@ def _final(doc: Mapping, tasks: Sequence[str], groupings: List[dict], seeds: Seq
             path = onnx_dir / f"{net.key}{suffix}.onnx"
             if (net.key, served) not in member_files:
                 log(f"  export {path.name}")
-                _export(out_dir / "final" / net.key / f"seed{seeds[0]}", served, path, f"{doc['name']}-{net.key}{suffix}")
+                _export(out_dir / "final" / net.key / f"seed{seeds[0]}", served, path,
+                        f"{doc['name']}-{net.key}{suffix}")
                 member_files[(net.key, served)] = path
     reference = (Net(tuple(tasks)).key, tuple(tasks))  # the all-in-one network, when it was trained
     log(f"  timing {len(member_files)} exported networks (onnxruntime, CPU, one thread, interleaved rounds)")

@@ -102,7 +102,8 @@ def plot(result: Mapping, path, title: str) -> None:
         panels.append(("TAG affinity Z(row → column), mean over training", np.asarray(result["affinity"]), "RdBu"))
     if result.get("pair_transfer") is not None:
         m = np.array([[np.nan if v is None else v for v in row] for row in result["pair_transfer"]], dtype=float)
-        panels.append(("Standley pairs: loss of column next to row\n/ loss alone − 1 (blue: row helps column)", m, "RdBu_r"))
+        panels.append(("Standley pairs: loss of column next to row\n"
+                       "/ loss alone − 1 (blue: row helps column)", m, "RdBu_r"))
     fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(4.6 * max(1, len(panels)), 4.2), squeeze=False)
     for ax, (name, m, cmap) in zip(axes[0], panels):
         off = m[~np.eye(len(m), dtype=bool) & np.isfinite(m)]  # colour scale from the off-diagonal:

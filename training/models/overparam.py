@@ -86,7 +86,8 @@ class LinearExpandedConv2d(nn.Module):
         self.padding_mode = padding_mode
         self.groups = groups
         self.first = nn.Conv2d(in_channels, rate * in_channels, 1, groups=groups, bias=False)
-        self.middle = nn.Conv2d(rate * in_channels, rate * out_channels, kernel_size, stride, 0, groups=groups, bias=False)
+        self.middle = nn.Conv2d(rate * in_channels, rate * out_channels, kernel_size, stride, 0, groups=groups,
+                                bias=False)
         self.last = nn.Conv2d(rate * out_channels, out_channels, 1, groups=groups, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -259,7 +260,8 @@ class ElementwiseConv2d(nn.Module):
         return F.conv2d(x, self.composed_weight(), self.bias, t.stride, t.padding, t.dilation, t.groups)
 
     def collapsed(self) -> nn.Conv2d:
-        return _plain_conv(self.template, self.composed_weight().detach(), None if self.bias is None else self.bias.detach())
+        return _plain_conv(self.template, self.composed_weight().detach(),
+                           None if self.bias is None else self.bias.detach())
 
 
 def _channel_rms(weight: torch.Tensor) -> torch.Tensor:

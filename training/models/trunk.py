@@ -30,7 +30,8 @@ class SharedTrunk(Trunk):
         d = config.fpn_channels
         self.stem = ConvBNAct(3, c[0], stride=2)
         self.stages = nn.ModuleList(
-            nn.Sequential(ConvBNAct(c[i], c[i + 1], stride=2), *[ResidualBlock(c[i + 1]) for _ in range(config.blocks[i])])
+            nn.Sequential(ConvBNAct(c[i], c[i + 1], stride=2),
+                          *[ResidualBlock(c[i + 1]) for _ in range(config.blocks[i])])
             for i in range(4)
         )
         self.lateral = nn.ModuleList(nn.Conv2d(c[i + 1], d, 1) for i in range(4))

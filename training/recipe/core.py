@@ -186,7 +186,8 @@ class Recipe:
             if name not in TASKS:
                 raise ValueError(f"tasks.{name}: unknown task (registered: {', '.join(sorted(TASKS))})")
         if self.balancer.name not in BALANCERS:
-            raise ValueError(f"balancer.name: unknown balancer {self.balancer.name!r} (known: {', '.join(sorted(BALANCERS))})")
+            raise ValueError(f"balancer.name: unknown balancer {self.balancer.name!r} "
+                             f"(known: {', '.join(sorted(BALANCERS))})")
         check_backbone_name(self.model.backbone)
         if self.swa is not None and self.model.freeze_stages:
             raise ValueError("swa: its BatchNorm refresh recomputes every BatchNorm's statistics, also those of the "
@@ -201,9 +202,11 @@ class Recipe:
                 self.distill.check_tasks(list(self.tasks))
             except ValueError as exc:
                 raise ValueError(f"distill.{exc}") from None
-        if BALANCERS[self.balancer.name].needs_representation and not TRUNKS[self.model.architecture].shared_representation:
+        if (BALANCERS[self.balancer.name].needs_representation
+                and not TRUNKS[self.model.architecture].shared_representation):
             raise ValueError(f"balancer.name: {self.balancer.name} needs the one representation all heads share, which "
-                             f"model.architecture {self.model.architecture!r} does not have (use architecture 'shared')")
+                             f"model.architecture {self.model.architecture!r} does not have "
+                             "(use architecture 'shared')")
 
     def task_options(self) -> Dict[str, Any]:
         """Each task's options, validated by that task's own Options dataclass."""

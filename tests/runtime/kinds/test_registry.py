@@ -27,7 +27,8 @@ TASKS = {
 
 
 def test_every_contract_kind_has_exactly_one_kinds_module():
-    modules = [m.name for m in pkgutil.iter_modules(mtl_perception.kinds.__path__) if m.name not in ("base", "registry")]
+    modules = [m.name for m in pkgutil.iter_modules(mtl_perception.kinds.__path__)
+               if m.name not in ("base", "registry")]
     assert sorted(modules) == sorted(TASK_KINDS)
     for name in modules:
         module = importlib.import_module(f"mtl_perception.kinds.{name}")

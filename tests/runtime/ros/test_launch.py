@@ -221,7 +221,8 @@ def _fake_modules():
         "launch.actions": {k: classes[k] for k in ("DeclareLaunchArgument", "OpaqueFunction", "GroupAction",
                                                    "IncludeLaunchDescription")},
         "launch.substitutions": {"LaunchConfiguration": _LaunchConfiguration, "PathJoinSubstitution": _PathJoin},
-        "launch.launch_description_sources": {"PythonLaunchDescriptionSource": classes["PythonLaunchDescriptionSource"]},
+        "launch.launch_description_sources": {
+            "PythonLaunchDescriptionSource": classes["PythonLaunchDescriptionSource"]},
         "launch_ros": {},
         "launch_ros.actions": {"Node": classes["Node"]},
         "launch_ros.parameter_descriptions": {"ParameterValue": _ParameterValue},

@@ -25,7 +25,8 @@ from tests import REPO as ROOT
 def model_file(tmp_path_factory):
     """A tiny exported model; needs torch, so a runtime-only run (colcon test on a robot) skips
     the tests that use it and still runs the metric and tolerance tests."""
-    factory = pytest.importorskip("tests.train.exported_models", reason="exporting a model needs torch (training extra)")
+    factory = pytest.importorskip("tests.train.exported_models",
+                                  reason="exporting a model needs torch (training extra)")
     path = tmp_path_factory.mktemp("gpu") / "tiny.onnx"
     factory.export_random_model(path)
     return path

@@ -63,7 +63,8 @@ def test_depth_and_super_resolution_losses_skip_unlabelled_samples():
     sr = task("super_resolution")
     pred = torch.rand(3, 3, 4, 4, requires_grad=True)
     hr = torch.randint(0, 256, (3, 3, 4, 4), dtype=torch.uint8)
-    loss = sr.loss(pred, {"super_resolution_target": hr, "super_resolution_labelled": torch.tensor([False, True, True])})
+    loss = sr.loss(pred, {"super_resolution_target": hr,
+                          "super_resolution_labelled": torch.tensor([False, True, True])})
     assert float(loss) == pytest.approx(float((pred[1:] - hr[1:].float() / 255).abs().mean()), rel=1e-6)
     zero = sr.loss(pred, {"super_resolution_target": hr, "super_resolution_labelled": torch.zeros(3, dtype=torch.bool)})
     assert float(zero) == 0.0 and zero.requires_grad
@@ -135,7 +136,8 @@ def test_runtime_scoring_skips_the_kinds_a_sample_is_not_labelled_for():
     scoring = Scoring(tasks)
     scoring.add(outputs, {**target, "labelled_tasks": frozenset()})
     assert scoring.label_counts()["segmentation"] == 0  # nor do the baselines collect its labels
-    assert set(score_frame(tasks, outputs, {k: v for k, v in target.items() if k != "labelled_tasks"})) == {"det", "seg"}
+    assert set(score_frame(tasks, outputs,
+                           {k: v for k, v in target.items() if k != "labelled_tasks"})) == {"det", "seg"}
 
 
 # -- balancers ------------------------------------------------------------------------------
@@ -219,7 +221,8 @@ def test_dataset_flag_says_what_an_image_is_labelled_for(tiny_sources, tmp_path)
     doc["images"][0]["labelled"] = ["segmentation"]
     (tmp_path / "images").symlink_to(tiny_sources / "photos" / "images")
     (tmp_path / "dataset.json").write_text(json.dumps(doc))
-    with pytest.raises(ValueError, match=r"images\[0\]: 'labelled' lists segmentation but the image has no semantic_file"):
+    with pytest.raises(ValueError,
+                       match=r"images\[0\]: 'labelled' lists segmentation but the image has no semantic_file"):
         MultiTaskDataset(tmp_path)
     doc["images"][0]["labelled"] = ["boxes"]
     (tmp_path / "dataset.json").write_text(json.dumps(doc))

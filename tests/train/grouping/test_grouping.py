@@ -304,7 +304,8 @@ def test_the_job_engine_knows_grouping_only_through_the_hooks_a_job_names():
     from training.grouping.evaluation import LossHook
     from training.recipe.config import ConfigError
 
-    code = "import sys, training.experiments.jobs; print(sorted(m for m in sys.modules if m.startswith('training.grouping')))"
+    code = ("import sys, training.experiments.jobs; "
+            "print(sorted(m for m in sys.modules if m.startswith('training.grouping')))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
     built = jobs._build_hooks([jobs.hook("training.grouping.affinity:TagHook", every=3, update="optimizer"),

@@ -38,7 +38,8 @@ def test_recipe_errors_are_one_line(tiny_data, tmp_path):
     with pytest.raises(ConfigError, match="overparam: unknown kind .quadratic."):
         tiny_recipe(tiny_data, tmp_path, overparam={"kind": "quadratic"})
     with pytest.raises(ConfigError, match="overparam.layers: 'trunk.nothing' names no convolution"):
-        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["trunk.nothing"]}), progress=False)
+        Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["trunk.nothing"]}),
+                progress=False)
     # a typo beside a prefix that does match is named too (it used to expand the heads silently)
     with pytest.raises(ConfigError, match="overparam.layers: 'trunkk' names no convolution") as error:
         Trainer(tiny_recipe(tiny_data, tmp_path, overparam={"kind": "linear", "layers": ["heads", "trunkk"]}),

@@ -271,7 +271,8 @@ def test_recipe_refuses_representation_balancers_with_soft_sharing(architecture,
 def test_recipe_validates_architecture_and_mixing_lr_scale():
     from training.recipe.core import recipe_from_dict
 
-    with pytest.raises(ConfigError, match="model: architecture: unknown 'sluice' \\(known: cross_stitch, mtan, nddr, shared\\)"):
+    with pytest.raises(ConfigError,
+                       match="model: architecture: unknown 'sluice' \\(known: cross_stitch, mtan, nddr, shared\\)"):
         recipe_from_dict({"model": {"architecture": "sluice"}})
     with pytest.raises(ConfigError, match="mixing_lr_scale must be positive"):
         recipe_from_dict({"model": {"mixing_lr_scale": 0}})
@@ -415,7 +416,8 @@ def test_a_registered_trunk_is_a_recipe_architecture_the_heads_and_balancers_use
         assert type(model.trunk) is TRUNKS["test_tiny"] and not model.per_task
         preds = model(image())
         assert preds["segmentation"].shape[-2:] == (32, 64) and preds["super_resolution"].shape[-2:] == (64, 128)
-        assert [p.shape for p in model.last_shared_parameters()] == [p.shape for p in model.trunk.convs["s4"].parameters()]
+        assert ([p.shape for p in model.last_shared_parameters()]
+                == [p.shape for p in model.trunk.convs["s4"].parameters()])
         assert len(model.shared_parameters()) == 4 and model.mixing_parameters() == []
     finally:
         TRUNKS.pop("test_tiny", None)
