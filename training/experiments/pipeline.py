@@ -38,7 +38,7 @@ from mtl_perception.evaluation.metrics import delta_m
 from mtl_perception.inference.bundle import write_bundle
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
-from mtl_perception.inference.preprocess import resize_image
+from mtl_perception.inference.preprocess import model_input
 from mtl_perception.kinds.registry import Scoring
 from training.engine.checkpoint import load_checkpoint
 from training.engine.export import export_checkpoint
@@ -178,8 +178,8 @@ def interleaved_latency(paths: Mapping[str, Path], test_root: Path, frames: int)
     runners = []
     for p in paths.values():
         model = load_model(p, RuntimeOptions(providers=["cpu"]))
-        resized = resize_image(image, model.input_size)
-        runners.append({"ms": lambda m=model, x=resized: m.run(x)})
+        frame = model_input(image, "rgb8", model.input_size, model.metadata.input.color_order).image
+        runners.append({"ms": lambda m=model, x=frame: m.run(x)})
     medians = [t["ms"] for t in _timed(runners, runs=frames, rounds=max(1, frames // 10))]
     return {name: {"p50_ms": ms, "ratio": ms / medians[0]} for name, ms in zip(paths, medians)}
 
