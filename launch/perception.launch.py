@@ -8,7 +8,7 @@ Arguments: model_path (required), image_topic (default: image), camera_info_topi
 camera_info), params_file (default: the installed config/perception.yaml), namespace (default:
 none; the node's output topics live in it), use_sim_time (default: false), image_qos and
 providers (default: '', i.e. whatever params_file or the node says), input_transport (raw |
-compressed, default raw; the node reads it once compressed input lands, until then it is unused).
+compressed, default raw: compressed subscribes to <image>/compressed, as image_transport does).
 
 `ros2 launch` hands a parameter an untyped `name:=value` through YAML, so `model_path:=2024`
 would reach the node as an integer and `model_path:="a #1.onnx"` as 'a'. Every value given
@@ -70,6 +70,6 @@ def generate_launch_description():
                                           "'' = params_file"),
         DeclareLaunchArgument("input_transport", default_value="raw", choices=["raw", "compressed"],
                               description="raw: sensor_msgs/Image on image; compressed: CompressedImage on "
-                                          "image/compressed (read by the node once it supports it)"),
+                                          "image/compressed (decoded with OpenCV)"),
         OpaqueFunction(function=_perception_node),
     ])
