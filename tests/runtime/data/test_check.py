@@ -150,6 +150,7 @@ def test_the_reader_raises_a_typed_one_line_error_naming_the_file(dataset):
 def test_training_on_a_corrupt_image_stops_with_one_line(dataset, tmp_path, workers):
     """`mtl-train train` (a real process) on a dataset whose fourth image is corrupt: exit 2 and
     one line naming the file, also when a DataLoader worker process hits it."""
+    pytest.importorskip("torch", reason="training needs torch (training extra)")
     shutil.copytree(dataset, tmp_path / "val")
     (dataset / "images" / "000003.png").write_bytes(b"not a png")
     recipe = tmp_path / "tiny.yaml"

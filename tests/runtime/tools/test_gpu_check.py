@@ -15,10 +15,12 @@ import textwrap
 import numpy as np
 import pytest
 
-from mtl_perception.inference.loader import load_model
-from mtl_perception.inference.model import RuntimeOptions
-from mtl_perception.tools import gpu_check
-from tests import REPO as ROOT
+pytest.importorskip("rclpy", reason="the GPU check's node benchmark needs rclpy (see scripts/setup_ros.sh)")
+
+from mtl_perception.inference.loader import load_model  # noqa: E402
+from mtl_perception.inference.model import RuntimeOptions  # noqa: E402
+from mtl_perception.tools import gpu_check  # noqa: E402
+from tests import REPO as ROOT  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,8 @@ def tiny_recipe(data_root, out_dir, **data):
 def legacy_flip(base):
     """The pipeline's flip before this module existed (copied verbatim as the reference)."""
     width = base["image"].shape[1]
-    out = {k: np.ascontiguousarray(v[:, ::-1]) for k, v in base.items() if k not in ("boxes", "labels")}
+    out = {k: np.ascontiguousarray(v[:, ::-1]) if isinstance(v, np.ndarray) else v  # (the labelled
+           for k, v in base.items() if k not in ("boxes", "labels")}            # kinds are no map)
     boxes = base["boxes"].copy()
     boxes[:, [0, 2]] = width - base["boxes"][:, [2, 0]]
     out["boxes"], out["labels"] = boxes, base["labels"]
@@ -219,8 +220,9 @@ def test_default_recipe_reproduces_the_flip_only_pipeline_bit_for_bit(tiny_data,
             if flip_coin(7, epoch, index):
                 base = legacy_flip(base)
             expected = {"image": np.ascontiguousarray(base["image"].transpose(2, 0, 1)), "index": np.int64(index)}
-            for task in tasks.values():
+            for name, task in tasks.items():
                 expected.update(task.prepare(base))
+                expected[f"{name}_labelled"] = np.bool_(task.kind in base["labelled_tasks"])
             item = dataset[(epoch, index)]
             assert item.keys() == expected.keys()
             for key in item:
