@@ -23,7 +23,6 @@ from mtl_perception.data.dataset import TASK_KINDS, UNLABELLED, MultiTaskDataset
 from mtl_perception.data.readers import READERS, DatasetReader, open_reader
 from mtl_perception.inference.preprocess import resize_sample
 from training.engine.augment import AugmentConfig, augment_sample, sample_params
-from training.engine.augment import flip_coin as _coin  # noqa: F401  (the name distillation and tests use)
 from training.recipe.config import ConfigError
 from training.recipe.core import SourceConfig
 

@@ -42,8 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from training.engine.augment import flip_coin
 from training.engine.checkpoint import CheckpointError, load_checkpoint, parameter_fingerprint
-from training.engine.data import _coin
 from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
 from training.recipe.extras import DistillConfig
 from training.tasks import Task
@@ -120,7 +120,7 @@ def flip_flags(dataset, indices: torch.Tensor) -> torch.Tensor:
     of the epoch may lag (the cache's image digest catches any disagreement)."""
     if not getattr(dataset, "augment", False):
         return torch.zeros(len(indices), dtype=torch.bool)
-    return torch.tensor([_coin(dataset.seed, dataset.epoch, int(i)) for i in indices], dtype=torch.bool)
+    return torch.tensor([flip_coin(dataset.seed, dataset.epoch, int(i)) for i in indices], dtype=torch.bool)
 
 
 @dataclass

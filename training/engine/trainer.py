@@ -407,20 +407,27 @@ class Trainer:
         batch's own statistics, so the loss can stay finite while the running ones overflow);
         None when all is finite. Under fp16 AMP a gradient overflow is GradScaler's to handle
         (it skips the step and lowers the scale), so gradients are not checked then."""
-        for name, b in self.model.named_buffers():
-            if b.is_floating_point() and not bool(torch.isfinite(b).all()):
+        buffers = [(name, b) for name, b in self.model.named_buffers() if b.is_floating_point()]
+        check_grads = not self.scaler.is_enabled()
+        grads = [(name, p) for name, p in self._named_trainable() if p.grad is not None] if check_grads else []
+        tensors = [b for _, b in buffers] + [p.grad for _, p in grads]
+        if not tensors or bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()):
+            return None  # the every-step path: one host sync, whatever the number of tensors
+        for name, b in buffers:
+            if not bool(torch.isfinite(b).all()):
                 return f"non-finite BatchNorm statistics ({name})"
-        if self.scaler.is_enabled():
-            return None
         owner = {id(p): t for t, params in self.task_params.items() for p in params}
-        named = (list(self.model.named_parameters())
-                 + [(f"balancer.{n}", p) for n, p in self.balancer.named_parameters()])
         # the heads first: a task's non-finite gradient reaches the trunk too, the task is the news
-        for name, p in sorted(named, key=lambda item: id(item[1]) not in owner):
-            if p.grad is not None and not bool(torch.isfinite(p.grad).all()):
+        for name, p in sorted(grads, key=lambda item: id(item[1]) not in owner):
+            if not bool(torch.isfinite(p.grad).all()):
                 where = f"the {owner[id(p)]} head" if id(p) in owner else "the shared parameters"
                 return f"non-finite gradient in {where} ({name})"
         return None
+
+    def _named_trainable(self):
+        """The model's and the balancer's parameters, by name (the balancer's prefixed)."""
+        yield from self.model.named_parameters()
+        yield from ((f"balancer.{n}", p) for n, p in self.balancer.named_parameters())
 
     def _reduced_and_checked(self, manual_sync: bool) -> Optional[str]:
         """Averages the step's gradients over the ranks, then why the step must be skipped

@@ -159,12 +159,12 @@ def test_cache_hits_return_identical_outputs_and_a_changed_teacher_invalidates(t
 
 
 def test_flip_flags_follow_the_dataset_coin():
-    from training.engine.data import _coin
+    from training.engine.augment import flip_coin
 
     class FakeSet:
         augment, seed, epoch = True, 3, 5
     flags = flip_flags(FakeSet(), torch.arange(16))
-    assert flags.tolist() == [_coin(3, 5, i) for i in range(16)] and 0 < int(flags.sum()) < 16
+    assert flags.tolist() == [flip_coin(3, 5, i) for i in range(16)] and 0 < int(flags.sum()) < 16
     FakeSet.augment = False
     assert not flip_flags(FakeSet(), torch.arange(4)).any()
 

@@ -252,7 +252,8 @@ def test_flips_follow_the_epoch_inside_persistent_workers(tiny_data):
     flip) must come from the sampler, or every epoch would repeat epoch 0's flips."""
     from torch.utils.data import DataLoader, DistributedSampler
 
-    from training.engine.data import EpochSampler, TaskDataset, _coin
+    from training.engine.augment import flip_coin
+    from training.engine.data import EpochSampler, TaskDataset
     from training.engine.network import build_tasks
 
     source = MultiTaskDataset(tiny_data / "train")
@@ -268,9 +269,9 @@ def test_flips_follow_the_epoch_inside_persistent_workers(tiny_data):
             for image, index in zip(batch["image"].numpy(), batch["index"].numpy()):
                 upright = plain[int(index)]["image"]
                 flipped = upright[:, :, ::-1]
-                expected = flipped if _coin(5, epoch, int(index)) else upright
+                expected = flipped if flip_coin(5, epoch, int(index)) else upright
                 assert np.array_equal(image, expected), (epoch, int(index))
-                flips_seen.append(_coin(5, epoch, int(index)))
+                flips_seen.append(flip_coin(5, epoch, int(index)))
     assert any(flips_seen) and not all(flips_seen)
 
 
