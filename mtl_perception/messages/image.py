@@ -173,7 +173,8 @@ def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
     """
     if not (scale_x > 0 and scale_y > 0):
         raise ValueError(f"scale factors must be positive, got ({scale_x}, {scale_y})")
-    out = copy.deepcopy(info)
+    out = copy.copy(info)  # shallow (a deep copy costs ~10x more per frame): K, P and the ROI are replaced below
+    out.roi = copy.copy(info.roi)
     out.width = int(width) if width is not None else int(info.width * scale_x)
     out.height = int(height) if height is not None else int(info.height * scale_y)
 

@@ -110,15 +110,21 @@ class _Stats:
         self.rejected = 0
         self.failed = 0
         self.incompatible_qos = 0
-        # (monotonic time, stamp -> outputs published ms or NaN, model.run ms, frame taken -> published ms)
+        # (monotonic time, then ms: stamp -> outputs published (or NaN), model.run, frame taken ->
+        # published, and the stages of STAGES)
         self.samples: deque = deque(maxlen=5000)
         self.watch = InputWatch(Settings.input_timeout)  # frame times under `lock`
 
+    #: Where a frame's time goes in the node (diagnostics `<stage>_p50_ms`): waiting in the slot
+    #: for the worker, message -> model input (view, resize, colour), outputs -> message inputs
+    #: (overlays, boxes to camera pixels ...), building and publishing the messages.
+    STAGES = ("wait", "preprocess", "render", "publish")
+
     def recent(self, now: float) -> np.ndarray:
-        """[N, 3] latency, inference, processing (ms) of the frames of the last WINDOW_S."""
+        """[N, 3 + len(STAGES)] latency, inference, processing, stages (ms) of the last WINDOW_S."""
         while self.samples and self.samples[0][0] < now - self.WINDOW_S:
             self.samples.popleft()
-        return np.array([s[1:] for s in self.samples], np.float64).reshape(-1, 3)
+        return np.array([s[1:] for s in self.samples], np.float64).reshape(-1, 3 + len(self.STAGES))
 
 
 class PerceptionNode(LifecycleNode):
@@ -349,7 +355,7 @@ class PerceptionNode(LifecycleNode):
             return
         with self._stats.lock:
             self._stats.watch.frame(time.monotonic())
-        self._slot.put(msg)
+        self._slot.put((msg, time.perf_counter()))
 
     def _reject(self, kind: str, text: str) -> None:
         with self._stats.lock:
@@ -364,13 +370,13 @@ class PerceptionNode(LifecycleNode):
     def _work(self) -> None:
         slot = self._slot
         while True:
-            msg = slot.take(timeout=0.5)
-            if msg is None:
+            item = slot.take(timeout=0.5)
+            if item is None:
                 if slot.closed:
                     return
                 continue
             try:
-                self._process(msg)
+                self._process(*item)
             except ImageConversionError as exc:  # compressed data that does not decode
                 self._reject("decode", str(exc))
             except Exception as exc:  # keep serving: one bad frame must not stop the node
@@ -383,7 +389,8 @@ class PerceptionNode(LifecycleNode):
                     self.get_logger().error(f"frame failed: {line}")
 
     # -------------------------------------------------------------------------------- the work
-    def _process(self, msg: Image) -> None:
+    def _process(self, msg: Image, received: float) -> None:
+        """One frame: model input, model, message inputs, messages; each stage timed (`STAGES`)."""
         model, settings = self._model, self._settings
         if model is None:
             return
@@ -393,13 +400,17 @@ class PerceptionNode(LifecycleNode):
         else:  # a view of msg.data, row padding skipped
             pixels, encoding = image_to_array(msg), msg.encoding
         frame = model_input(pixels, encoding, model.input_size, self._color_order)
-        before = time.perf_counter()
+        prepared = time.perf_counter()
         outputs = model.run(frame.image)
-        inference_s = time.perf_counter() - before
+        inferred = time.perf_counter()
         payloads = registry.render(model.metadata.tasks, outputs, frame, settings.render(self._color_order),
                                    self._subscribed)
+        rendered = time.perf_counter()
         self._publish(payloads, msg.header)
-        self._record(msg.header, inference_s, time.perf_counter() - start)
+        done = time.perf_counter()
+        self._record(msg.header, (inferred - prepared) * 1e3, (done - start) * 1e3,
+                     ((start - received) * 1e3, (prepared - start) * 1e3, (rendered - inferred) * 1e3,
+                      (done - rendered) * 1e3))
 
     def _subscribed(self, topic: str) -> bool:
         return self._pubs[topic].get_subscription_count() > 0
@@ -438,13 +449,13 @@ class PerceptionNode(LifecycleNode):
         settings = replace(self._settings, score_threshold=threshold).render(self._color_order)
         self._publish(registry.latched(self._model.metadata.tasks, settings), header)
 
-    def _record(self, header: Any, inference_s: float, processing_s: float) -> None:
+    def _record(self, header: Any, inference_ms: float, processing_ms: float, stages_ms: Tuple[float, ...]) -> None:
         now_ns = self.get_clock().now().nanoseconds
         stamp_ns = int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
         latency_ms = (now_ns - stamp_ns) * 1e-6 if stamp_ns > 0 else math.nan
         with self._stats.lock:
             self._stats.processed += 1
-            self._stats.samples.append((time.monotonic(), latency_ms, inference_s * 1e3, processing_s * 1e3))
+            self._stats.samples.append((time.monotonic(), latency_ms, inference_ms, processing_ms, *stages_ms))
 
     # ----------------------------------------------------------------------------- diagnostics
     def _input_status(self, state: Any, counts: Any) -> Tuple[int, str]:
@@ -484,7 +495,7 @@ class PerceptionNode(LifecycleNode):
             state = stats.watch.poll(publishers, now)
             incompatible = stats.incompatible_qos
         latencies = recent[:, 0][np.isfinite(recent[:, 0])]
-        inference, processing = recent[:, 1], recent[:, 2]
+        inference, processing, stages = recent[:, 1], recent[:, 2], recent[:, 3:]
         received = counts.received + rejected
         if self._last_diag is None:
             in_rate = out_rate = 0.0
@@ -506,6 +517,7 @@ class PerceptionNode(LifecycleNode):
             "latency_p95_ms": pct(latencies, 95),
             "inference_p50_ms": pct(inference, 50),
             "processing_p50_ms": pct(processing, 50),
+            **{f"{stage}_p50_ms": pct(stages[:, i], 50) for i, stage in enumerate(_Stats.STAGES)},
             "frames_received": str(received),
             "frames_processed": str(processed),
             "frames_dropped": str(counts.dropped),

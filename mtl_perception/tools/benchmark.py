@@ -52,6 +52,12 @@ from mtl_perception.ros.parameters import runtime_options
 from mtl_perception.ros.processes import start_node, stop_process
 
 TARGET_RATIO = 1.15
+#: The node's own share of a frame (end to end - model only - ROS floor, p50) it should stay within.
+NODE_SHARE_GOAL_MS = 2.0
+#: Overload: end-to-end p95 within this multiple of (model-only p95 + ROS floor p50).
+OVERLOAD_GOAL_FACTOR = 2.0
+#: Where a frame's time goes inside the node (its diagnostics `<stage>_p50_ms`, ros/node.py).
+NODE_STAGES = ("wait", "preprocess", "inference", "render", "publish", "processing")
 
 #: The ROS floor: a process that answers every image with its header on `echo`, nothing else.
 ECHO_NODE = """
@@ -284,8 +290,7 @@ def _diag_delta(before: Optional[Dict[str, str]], after: Optional[Dict[str, str]
     return {"node_frames_received": int(received), "node_frames_dropped": int(dropped),
             "node_drop_rate": dropped / received if received else 0.0,
             "node_frames_processed": int(num(after, "frames_processed") - num(before, "frames_processed")),
-            "node_inference_p50_ms": num(after, "inference_p50_ms"),
-            "node_processing_p50_ms": num(after, "processing_p50_ms"),
+            **{f"node_{stage}_p50_ms": num(after, f"{stage}_p50_ms") for stage in NODE_STAGES},
             "node_latency_p95_ms": num(after, "latency_p95_ms")}
 
 
@@ -418,8 +423,9 @@ def _result(timer: _ModelTimer, width: int, height: int, outputs: Sequence[str],
     model_paced["rate_hz"] = e2e_rate
     e2e = alternating["e2e"]
     e2e.update({k: v for k, v in _diag_delta(None, alternating["diagnostics"]).items()
-                if k in ("node_inference_p50_ms", "node_processing_p50_ms")})
+                if k in {f"node_{stage}_p50_ms" for stage in NODE_STAGES}})
     ratio = e2e["p50_ms"] / model_paced["p50_ms"]
+    floor = _percentiles(alternating["floor"])
     return {
         "schema": "mtl_perception.tools.benchmark/2",
         "model": timer.describe(),
@@ -433,8 +439,9 @@ def _result(timer: _ModelTimer, width: int, height: int, outputs: Sequence[str],
         "model_only_back_to_back": back_to_back,
         "model_only": model_paced,
         "end_to_end": e2e,
-        "ros_floor": dict(_percentiles(alternating["floor"]), rate_hz=e2e_rate,
+        "ros_floor": dict(floor, rate_hz=e2e_rate,
                           what="the same image to a do-nothing Python node and its header back"),
+        "goals": _goals(model_paced, floor, e2e, overload),
         "overhead_ms_p50": e2e["p50_ms"] - model_paced["p50_ms"],
         "overhead_ratio_p50": ratio,
         "overhead_ratio_p50_vs_back_to_back": e2e["p50_ms"] / model_p50,
@@ -446,6 +453,20 @@ def _result(timer: _ModelTimer, width: int, height: int, outputs: Sequence[str],
         "overload": dict(overload, camera_to_model_rate=overload_factor,
                          p95_over_model_p50=overload["p95_ms"] / model_p50),
     }
+
+
+def _goals(model: Dict[str, Any], floor: Dict[str, Any], e2e: Dict[str, Any], overload: Dict[str, Any]
+           ) -> Dict[str, Any]:
+    """The node's own share of a frame beyond the model and the transport, and overload latency,
+    against their goals (all from this one run)."""
+    share = e2e["p50_ms"] - model["p50_ms"] - floor["p50_ms"]
+    limit = OVERLOAD_GOAL_FACTOR * (model["p95_ms"] + floor["p50_ms"])
+    return {"node_share_ms_p50": share, "node_share_goal_ms": NODE_SHARE_GOAL_MS,
+            "node_share_met": bool(share <= NODE_SHARE_GOAL_MS),
+            "overload_p95_ms": overload["p95_ms"], "overload_p95_limit_ms": limit,
+            "overload_p95_over_limit": overload["p95_ms"] / limit, "overload_met": bool(overload["p95_ms"] <= limit),
+            "overload_frames_dropped_by_node": overload.get("node_frames_dropped"),
+            "overload_frames_without_outputs": overload.get("frames_without_outputs")}
 
 
 def _select_dds_profile(stock: bool) -> str:
@@ -504,6 +525,13 @@ def format_table(result: Dict[str, Any]) -> str:
                  f"{result['overhead_ratio_p50_vs_node_inference'] or float('nan'):.3f}")
     lines.append(f"overload: camera {o['camera_to_model_rate']:g}x the model rate, p95 = "
                  f"{o['p95_over_model_p50']:.2f}x model p50, frames without outputs {o['frames_without_outputs']}")
+    stages = ", ".join(f"{stage} {e.get(f'node_{stage}_p50_ms', float('nan')):.2f}" for stage in NODE_STAGES)
+    lines.append(f"node stages p50 ms (its diagnostics): {stages}")
+    g = result["goals"]
+    lines.append(f"goals: node's own share (end to end - model - floor, p50) {g['node_share_ms_p50']:.2f} ms "
+                 f"(<= {g['node_share_goal_ms']:g}: {'met' if g['node_share_met'] else 'missed'}); overload p95 "
+                 f"{g['overload_p95_ms']:.2f} ms <= 2 x (model p95 + floor p50) = {g['overload_p95_limit_ms']:.2f} ms: "
+                 f"{'met' if g['overload_met'] else 'missed'}")
     return "\n".join(lines)
 
 

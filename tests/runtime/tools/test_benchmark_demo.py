@@ -45,8 +45,16 @@ def test_benchmark_writes_every_measurement(model_path, tmp_path, capsys):
     ratio = result["end_to_end"]["p50_ms"] / result["model_only"]["p50_ms"]
     assert result["overhead_ratio_p50"] == pytest.approx(ratio)
     assert result["input"] == {"width": 320, "height": 240, "encoding": "bgr8"}
+    goals = result["goals"]
+    share = result["end_to_end"]["p50_ms"] - result["model_only"]["p50_ms"] - result["ros_floor"]["p50_ms"]
+    assert goals["node_share_ms_p50"] == pytest.approx(share)
+    assert goals["overload_p95_limit_ms"] == pytest.approx(
+        2 * (result["model_only"]["p95_ms"] + result["ros_floor"]["p50_ms"]))
+    e2e = result["end_to_end"]
+    for stage in ("wait", "preprocess", "inference", "render", "publish"):  # the node's own timings
+        assert 0 <= e2e[f"node_{stage}_p50_ms"] <= e2e["node_processing_p50_ms"] + e2e["node_wait_p50_ms"], stage
     table = capsys.readouterr().out
-    assert "end to end" in table and "ratio end to end / model only" in table
+    assert "end to end" in table and "ratio end to end / model only" in table and "node stages p50" in table
 
 
 def test_demo_reports_every_output_and_writes_a_mosaic(model_path, tmp_path, capsys):
