@@ -3,6 +3,7 @@
     mtl-perception generate --out data/synthetic/train --frames 2000
     mtl-perception info model.onnx
     mtl-perception check-data data/synthetic/train
+    mtl-perception check-data --format cityscapes data/cityscapes --split val
     mtl-perception bundle grouped/bundle.json seg_depth.onnx det_sr.onnx --name grouped
     mtl-perception evaluate --model model.onnx --data data/synthetic/val --json report.json
     mtl-perception convert cityscapes /data/cityscapes --split val --out data/cityscapes_val
@@ -54,9 +55,14 @@ def _info(args) -> int:
 
 
 def _check_data(args) -> int:
-    from mtl_perception.data.check import check_dataset
+    from mtl_perception.data.check import check_dataset, check_source
 
-    problems = check_dataset(args.root, progress=not args.no_progress)
+    if not args.format and (args.split is not None or args.option):
+        raise ValueError("--split and -o/--option are reader options: they need --format")
+    if args.format:
+        problems = check_source(args.format, args.root, _reader_option_values(args), progress=not args.no_progress)
+    else:
+        problems = check_dataset(args.root, progress=not args.no_progress)
     for problem in problems:
         print(problem)
     if problems:
@@ -106,11 +112,15 @@ def _reader_options(p: argparse.ArgumentParser) -> None:
 
 
 def _open_source(fmt: str, root: str, args):
-    """The reader of ``fmt`` on ``root`` with --split and the -o KEY=VALUE options (values parsed as YAML
-    scalars: true, 40; paths stay text)."""
-    import yaml
-
+    """The reader of ``fmt`` on ``root`` with --split and the -o KEY=VALUE options."""
     from mtl_perception.data.readers import open_reader
+
+    return open_reader(fmt, root, _reader_option_values(args))
+
+
+def _reader_option_values(args) -> dict:
+    """--split and the -o KEY=VALUE options (values parsed as YAML scalars: true, 40; paths stay text)."""
+    import yaml
 
     options = {}
     for text in args.option:
@@ -121,7 +131,7 @@ def _open_source(fmt: str, root: str, args):
         options[key] = parsed if isinstance(parsed, (bool, int, float)) or parsed is None else value
     if args.split is not None:
         options["split"] = args.split
-    return open_reader(fmt, root, options)
+    return options
 
 
 def _convert(args) -> int:
@@ -197,8 +207,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_info)
 
     p = sub.add_parser("check-data", help="validate every file of a dataset before a long run; one line per problem")
-    p.add_argument("root", help="dataset folder (dataset.json + images)")
+    p.add_argument("root", help="dataset folder (dataset.json + images), or with --format the root of a public "
+                                "dataset read in place")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--format", help="read ROOT with this dataset reader (see `convert --help`)")
+    _reader_options(p)
     p.set_defaults(func=_check_data)
 
     p = sub.add_parser("bundle", help="write a model bundle: a manifest naming several exported models (task grouping)")

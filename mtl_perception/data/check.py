@@ -1,4 +1,5 @@
-"""`mtl-perception check-data ROOT`: every problem of a dataset, found before a long run.
+"""`mtl-perception check-data ROOT` (and `--format FMT ROOT`): every problem of a dataset, found
+before a long run.
 
 The reader (:class:`~mtl_perception.data.dataset.MultiTaskDataset`) stops at the first problem,
 and decodes a file only when a training epoch reaches it: a corrupt image can end a run hours
@@ -12,6 +13,12 @@ problem on one line naming the file:
   semantic map single-channel 8-bit, the depth map single-channel 16-bit (or a .npy), all of the
   entry's size; semantic class ids are below the number of ``semantic_classes`` or the
   unlabelled id 255.
+
+A public dataset read in place (`check_source`, `check-data --format cityscapes ROOT --split val`)
+is checked through its reader: the layout opens, and every sample loads (each file the reader
+reads for it decodes with the expected encoding, size and values: the reader's own one-line
+errors); its labels are then checked as above (boxes finite, of positive size, inside the image;
+class ids known; valid depths finite and positive).
 """
 from __future__ import annotations
 
@@ -77,6 +84,63 @@ def check_dataset(root: str | os.PathLike, progress: bool = False) -> List[Probl
         problems += _check_files(root, entry, len(semantic_classes), depth_scale)
     problems += _check_annotations(doc.get("annotations", []), meta, entries, categories)
     return problems
+
+
+def check_source(fmt: str, root: str | os.PathLike, options: Optional[Mapping[str, Any]] = None,
+                 progress: bool = False) -> List[Problem]:
+    """Every problem of the public dataset at `root` read by format `fmt`'s reader with
+    `options` (e.g. split); an unknown format or option raises ValueError (a usage error)."""
+    from mtl_perception.data.readers import check_options, open_reader
+
+    options = dict(options or {})
+    check_options(fmt, options)
+    try:
+        reader = open_reader(fmt, root, options)
+    except (ValueError, OSError) as exc:  # the layout: a missing folder, an unreadable index file
+        return [_problem(exc, Path(root))]
+    problems: List[Problem] = []
+    bar = tqdm(range(len(reader)), desc="check-data", unit="image", leave=False,
+               disable=not progress or len(reader) < PROGRESS_MIN_IMAGES)
+    for i in bar:
+        path = _sample_path(reader, i)
+        try:
+            sample = reader.load(i)
+        except (ValueError, OSError) as exc:  # the reader's "<file>: <reason>"
+            problems.append(_problem(exc, path))
+            continue
+        problems += [Problem(path, message) for message in _sample_problems(sample, reader)]
+    if not len(reader):
+        problems.append(Problem(Path(root), f"no samples found (format {fmt}, options {options or 'none'})"))
+    return problems
+
+
+def _sample_path(reader, index: int) -> Path:
+    """The file a sample is named by (`root#i` for a sample inside one file: NYUv2, video)."""
+    name = reader.image_info(index)["file_name"]
+    return reader.root.parent / name if "#" in name else reader.root / name
+
+
+def _sample_problems(sample, reader) -> List[str]:
+    """What is wrong with one loaded sample's labels (the reader has decoded every file)."""
+    h, w = sample.image.shape[:2]
+    out = []
+    n_classes = len(reader.semantic_classes)
+    ids = [int(i) for i in np.unique(sample.semantic) if i >= n_classes and i != UNLABELLED]
+    if ids:
+        out.append(f"class ids {', '.join(map(str, ids[:8]))} are not in 0..{n_classes - 1} or {UNLABELLED}")
+    depth = sample.depth[~np.isnan(sample.depth)]
+    if depth.size and not (np.isfinite(depth).all() and (depth > 0).all()):
+        out.append("depth has infinite, zero or negative values (invalid must be NaN)")
+    tol = BOX_TOLERANCE_PX
+    for box, label in zip(np.asarray(sample.boxes, np.float64), sample.labels):
+        x1, y1, x2, y2 = box
+        if not (np.isfinite(box).all() and x2 > x1 and y2 > y1):
+            out.append(f"box {box.tolist()} is not a finite box of positive size")
+        elif x1 < -tol or y1 < -tol or x2 > w + tol or y2 > h + tol:
+            out.append(f"box {box.tolist()} (x1 y1 x2 y2) leaves the image ({w}x{h})")
+        if not 0 <= label < len(reader.detection_classes):
+            out.append(f"box label {int(label)} is not in 0..{len(reader.detection_classes) - 1}")
+    return out
 
 
 def _problem(exc: Exception, fallback: Path) -> Problem:

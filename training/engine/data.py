@@ -27,6 +27,19 @@ from training.recipe.config import ConfigError
 from training.recipe.core import SourceConfig
 
 LABELLED = "labelled_tasks"  # key of a resized sample's label kinds (not an array)
+NO_INTRINSICS = np.full(4, np.nan, np.float32)  # an item's intrinsics when its source has no camera
+
+
+def input_intrinsics(camera: Any, source_size: Tuple[int, int], input_size: Tuple[int, int]) -> Optional[np.ndarray]:
+    """A sample's camera (fx, fy, cx, cy at its own size, OpenCV convention: first pixel centre
+    at 0) at the network input, as `resize_sample` stretches the image: fx * sx and, in index
+    coordinates, cx' + 0.5 = sx (cx + 0.5). None when the sample has no usable camera."""
+    if not isinstance(camera, Mapping) or not all(k in camera for k in ("fx", "fy", "cx", "cy")):
+        return None
+    (src_w, src_h), (width, height) = source_size, input_size
+    sx, sy = width / src_w, height / src_h
+    fx, fy, cx, cy = (float(camera[k]) for k in ("fx", "fy", "cx", "cy"))
+    return np.array([fx * sx, fy * sy, sx * (cx + 0.5) - 0.5, sy * (cy + 0.5) - 0.5], np.float32)
 
 
 def sample_kinds(sample: Any) -> frozenset:
@@ -209,7 +222,9 @@ class SourceSampler(Sampler):
 
 
 class TaskDataset(Dataset):
-    """Items are dicts of numpy arrays (the default collate stacks them into tensors).
+    """Items are dicts of numpy arrays (the default collate stacks them into tensors): the input
+    `image`, `index`, `intrinsics` (fx, fy, cx, cy at the input, after augmentation; NaN where
+    the source has no camera) and every task's targets.
 
     `augment`: an `AugmentConfig`, True for its defaults (a horizontal flip), False for none."""
 
@@ -236,6 +251,10 @@ class TaskDataset(Dataset):
         sample = self.source.load(index)
         base = resize_sample(sample, self.input_size, self.sr_scale)
         base[LABELLED] = sample_kinds(sample)
+        h, w = sample.image.shape[:2]
+        intrinsics = input_intrinsics(getattr(sample, "camera", None), (w, h), self.input_size)
+        if intrinsics is not None:  # augmentation moves them with the crop (augment.transform_intrinsics)
+            base["intrinsics"] = intrinsics
         if self._cache is not None:
             self._cache[index] = base
         return base
@@ -248,7 +267,8 @@ class TaskDataset(Dataset):
         if self.augment is not None:
             params = sample_params(self.augment, self.seed, epoch, index, self.input_size)
             base = augment_sample(base, params, self.augment.min_visible)
-        item = {"image": np.ascontiguousarray(base["image"].transpose(2, 0, 1)), "index": np.int64(index)}
+        item = {"image": np.ascontiguousarray(base["image"].transpose(2, 0, 1)), "index": np.int64(index),
+                "intrinsics": base.get("intrinsics", NO_INTRINSICS)}
         for name, task in self.tasks.items():
             item.update(task.prepare(base))
             item[f"{name}_labelled"] = np.bool_(task.kind in base[LABELLED])

@@ -15,7 +15,9 @@ L1 (`super_resolution_kd`). This module adds:
 keyed by the teacher's parameter fingerprint (a changed teacher is a different cache), the
 dataset, the sample index and the flip flag, with a digest of the exact input image stored in
 each entry and checked on every hit: a cached output is only ever used for the input the student
-sees now (an entry that does not match is recomputed and replaced).
+sees now (an entry that does not match is recomputed and replaced). Under zoom, crop or colour
+augmentation no entry could ever match, so `Distiller` turns the cache off with a warning
+(`cache_bypass_reason`); flip-only augmentation keeps it (the flip is part of the key).
 
 Trainer wiring (sketch)::
 
@@ -34,7 +36,8 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
@@ -48,8 +51,8 @@ from training.engine.network import network_from_checkpoint, tasks_from_checkpoi
 from training.recipe.extras import DistillConfig
 from training.tasks import Task
 
-__all__ = ["DistillConfig", "DistillError", "Distiller", "Teachers", "FeatureAdaptors", "distillation_losses",
-           "flip_flags", "task_features"]
+__all__ = ["DistillConfig", "DistillError", "Distiller", "Teachers", "FeatureAdaptors", "cache_bypass_reason",
+           "distillation_losses", "flip_flags", "task_features"]
 
 
 class DistillError(CheckpointError):
@@ -114,6 +117,20 @@ def distillation_losses(student_preds: Mapping[str, Any], teacher_preds: Mapping
 
 
 # -- teachers ------------------------------------------------------------------------------------
+def cache_bypass_reason(dataset) -> Optional[str]:
+    """Why the teacher cache cannot serve `dataset` (a TaskDataset), or None. The cache keys an
+    entry by (sample, flip); zoom, crop or colour jitter give a sample a new input every epoch,
+    so every entry would fail its image digest: read, recomputed and rewritten each step, never
+    used (correct, but all cost and disk churn)."""
+    augment = getattr(dataset, "augment", None)
+    if augment is None or not (augment.geometric or augment.color.active):
+        return None
+    what = " and ".join(w for w, on in (("zoom/crop (data.augment.scale)", augment.geometric),
+                                        ("colour jitter (data.augment.color)", augment.color.active)) if on)
+    return (f"distill.cache is off for this run: {what} changes every sample's input from epoch to epoch, so a "
+            f"cached teacher output would never match it; the teachers run on every batch")
+
+
 def flip_flags(dataset, indices: torch.Tensor) -> torch.Tensor:
     """Whether TaskDataset flipped each sample in its current epoch (the coin of (seed, epoch,
     index)); all False without augmentation. With persistent DataLoader workers the workers' copy
@@ -320,6 +337,11 @@ class Distiller:
         if silent:
             raise DistillError(f"distill.teachers.{silent[0]}: task {silent[0]!r} declares no distillation loss "
                                f"(Task.distill_loss)")
+        reason = cache_bypass_reason(train_set) if config.cache else None
+        if reason:
+            warnings.warn(reason, stacklevel=2)
+            config = replace(config, cache=False)
+        self.config = config
         self.teachers = Teachers.from_config(config, device)
         self.teachers.check_compatible(data_info)
         self.train_set = train_set

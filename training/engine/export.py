@@ -22,13 +22,14 @@ from torch import nn
 
 from mtl_perception import __version__
 from mtl_perception.contract import METADATA_KEY, TASK_KINDS, InputSpec, ModelMetadata, graph_input_note
-from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.inference.preprocess import resize_sample
 from training.engine.checkpoint import load_checkpoint
+from training.engine.data import open_sources
 from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
 from training.models.collapse import compact_copy, parameter_count
+from training.recipe.core import recipe_from_dict
 from training.tasks import Task
 
 INPUT_NAME = "image"
@@ -255,8 +256,9 @@ def _flatten(preds) -> List[torch.Tensor]:
 
 
 def validation_frames(recipe: Mapping, input_size, sr_scale: int, count: int) -> List[np.ndarray]:
-    """Network-input frames from the recipe's validation set (the same resize as training)."""
-    source = MultiTaskDataset(recipe["data"]["val"])
+    """Network-input frames from the recipe's validation set (the same resize as training): a
+    folder, or a list of sources (public datasets read in place)."""
+    source = open_sources(recipe_from_dict(recipe, "the checkpoint's recipe").data.val, where="data.val")
     picks = np.linspace(0, len(source) - 1, num=min(count, len(source))).astype(int)
     return [resize_sample(source.load(int(i)), input_size, sr_scale)["image"] for i in picks]
 

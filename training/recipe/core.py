@@ -265,14 +265,26 @@ def _read_yaml(path: Path) -> Dict[str, Any]:
 
 
 def apply_overrides(data: Dict[str, Any], overrides: Sequence[str], source: str = "recipe") -> None:
+    """`dotted.key=value` strings into `data`; a number indexes a list (`data.train.0.root=...`:
+    the first source's root)."""
     for item in overrides:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"{source}: override {item!r} is not key=value")
-        node = data
+        node: Any = data
         parts: List[str] = key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
+            node = _list_item(node, part, key, source) if isinstance(node, list) else node.setdefault(part, {})
+            if not isinstance(node, (dict, list)):
                 raise ConfigError(f"{source}: override {key!r} goes through a non-mapping")
-        node[parts[-1]] = yaml.safe_load(value)
+        if isinstance(node, list):
+            _list_item(node, parts[-1], key, source)
+            node[int(parts[-1])] = yaml.safe_load(value)
+        else:
+            node[parts[-1]] = yaml.safe_load(value)
+
+
+def _list_item(node: List[Any], part: str, key: str, source: str) -> Any:
+    if not part.isdigit() or int(part) >= len(node):
+        raise ConfigError(f"{source}: override {key!r}: {part!r} is not an index of a list of {len(node)}")
+    return node[int(part)]

@@ -41,17 +41,23 @@ def reader_options(fmt: str) -> tuple[str, ...]:
     return tuple(name for name, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY)
 
 
-def open_reader(fmt: str, root: str | os.PathLike, options: Mapping[str, Any] | None = None,
-                **kwargs: Any) -> DatasetReader:
-    """The reader of format ``fmt`` on ``root``; an unknown format or option is a one-line error."""
+def check_options(fmt: str, options: Mapping[str, Any]) -> None:
+    """A one-line ValueError for an unknown format or option (a usage error, before any file is read)."""
     if fmt not in READERS:
         raise ValueError(f"unknown dataset format {fmt!r} (known: {', '.join(sorted(READERS))})")
-    opts = {**dict(options or {}), **kwargs}
-    unknown = sorted(set(opts) - set(reader_options(fmt)))
+    unknown = sorted(set(options) - set(reader_options(fmt)))
     if unknown:
         raise ValueError(f"format {fmt} takes no option(s) {', '.join(unknown)} "
                          f"(it takes: {', '.join(reader_options(fmt))})")
+
+
+def open_reader(fmt: str, root: str | os.PathLike, options: Mapping[str, Any] | None = None,
+                **kwargs: Any) -> DatasetReader:
+    """The reader of format ``fmt`` on ``root``; an unknown format or option is a one-line error."""
+    opts = {**dict(options or {}), **kwargs}
+    check_options(fmt, opts)
     return READERS[fmt](root, **opts)
 
 
-__all__ = ["READERS", "TASK_KINDS", "DatasetReader", "ReaderSample", "make_sample", "open_reader", "reader_options"]
+__all__ = ["READERS", "TASK_KINDS", "DatasetReader", "ReaderSample", "check_options", "make_sample", "open_reader",
+           "reader_options"]

@@ -175,3 +175,74 @@ def test_progress_bar_only_on_large_sets(pristine, monkeypatch, capsys):
     assert check_dataset(pristine, progress=True) == []
     err = capsys.readouterr().err
     assert "check-data:" in err and f"0/{N_FRAMES} [" in err
+
+
+# ------------------------------------------------------------------- public layouts: --format
+def test_check_data_format_on_clean_fixture_trees(tmp_path, capsys):
+    from tests.dataset_trees import write_bdd100k, write_cityscapes, write_image_folder
+
+    city = write_cityscapes(tmp_path / "cityscapes", split="val")
+    bdd = write_bdd100k(tmp_path / "bdd100k", split="val")
+    photos = write_image_folder(tmp_path / "photos")
+    for argv in (["--format", "cityscapes", str(city), "--split", "val"],
+                 ["--format", "bdd100k", str(bdd), "--split", "val"], ["--format", "images", str(photos)]):
+        assert cli_main(["check-data", *argv, "--no-progress"]) == 0, capsys.readouterr()
+        assert capsys.readouterr().out.strip() == f"{argv[2]}: no problems found"
+
+
+def test_check_data_format_lists_each_bad_file_once(tmp_path, capsys):
+    """Cityscapes: a corrupt image, an 8-bit instanceIds file and a camera JSON without fx; BDD100K:
+    a mask value outside the 19 train ids, a box past the image's border; each one line naming
+    its file, the other samples still checked."""
+    from tests.dataset_trees import CITY_PREFIX, H, W, png, write_bdd100k, write_cityscapes, write_rgb
+
+    city = write_cityscapes(tmp_path / "cityscapes", split="val")
+    for city_name in ("dresden", "erfurt"):  # two more frames: copies of aachen's files
+        for part, suffix in (("leftImg8bit", "leftImg8bit.png"), ("gtFine", "gtFine_labelIds.png"),
+                             ("gtFine", "gtFine_instanceIds.png"), ("disparity", "disparity.png"),
+                             ("camera", "camera.json")):
+            src = city / part / "val/aachen" / f"{CITY_PREFIX}_{suffix}"
+            dst = city / part / "val" / city_name / f"{city_name}_000000_000019_{suffix}"
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(src, dst)
+    bad_image = city / "leftImg8bit/val/bochum/bochum_000000_000313_leftImg8bit.png"
+    bad_image.write_bytes(b"not a png")
+    bad_inst = city / "gtFine/val/dresden/dresden_000000_000019_gtFine_instanceIds.png"
+    png(bad_inst, np.zeros((H, W), np.uint8))
+    bad_camera = city / "camera/val/erfurt/erfurt_000000_000019_camera.json"
+    bad_camera.write_text(json.dumps({"intrinsic": {"fy": 1.0, "u0": 1.0, "v0": 1.0}, "extrinsic": {"baseline": 0.2}}))
+    assert cli_main(["check-data", "--format", "cityscapes", str(city), "--split", "val", "--no-progress"]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.partition(": ")[0] for line in lines] == [str(bad_image), str(bad_inst), str(bad_camera)], lines
+    assert "cannot decode image" in lines[0] and "single-channel 16-bit" in lines[1] and "intrinsic.fx" in lines[2]
+    assert err.strip() == f"mtl-perception: {city}: 3 problem(s) found"
+
+    bdd = write_bdd100k(tmp_path / "bdd100k", split="val")
+    mask = bdd / "labels/sem_seg/masks/val/7d2f7975-e0c1c5a7.png"
+    png(mask, np.full((H, W), 19, np.uint8))
+    index = bdd / "labels/det_20/det_val.json"
+    det = json.loads(index.read_text())
+    det[1]["labels"] = [{"category": "car", "box2d": {"x1": 30, "y1": 4, "x2": W + 5, "y2": 9}}]
+    index.write_text(json.dumps(det))
+    write_rgb(bdd / "images/100k/val/b1c81faa-3df17267.jpg", np.zeros((H, W, 3), np.uint8))
+    problems = [str(p) for p in check.check_source("bdd100k", bdd, {"split": "val"})]
+    assert len(problems) == 2, problems
+    assert problems[0].startswith(f"{mask}: ") and "19" in problems[0]
+    assert problems[1] == (f"{bdd / 'images/100k/val/b1c81faa-3df17267.jpg'}: box [30.0, 4.0, {W + 5.0}, 9.0] "
+                           f"(x1 y1 x2 y2) leaves the image ({W}x{H})")
+
+
+def test_check_data_format_layout_and_usage_errors(tmp_path, capsys):
+    from tests.dataset_trees import write_bdd100k
+
+    [line] = [str(p) for p in check.check_source("cityscapes", tmp_path / "nothing", {"split": "val"})]
+    assert line.startswith(f"{tmp_path / 'nothing' / 'leftImg8bit' / 'val'}: not found (expected the Cityscapes layout")
+    bdd = write_bdd100k(tmp_path / "bdd100k", split="val")
+    (bdd / "labels/det_20/det_val.json").write_text("[{ not json")
+    [line] = [str(p) for p in check.check_source("bdd100k", bdd, {"split": "val"})]
+    assert line.startswith(f"{bdd / 'labels/det_20/det_val.json'}: ")
+    assert cli_main(["check-data", "--format", "pascal", str(bdd)]) == 2
+    assert "unknown dataset format 'pascal'" in capsys.readouterr().err
+    assert cli_main(["check-data", str(bdd), "--split", "val"]) == 2
+    assert "need --format" in capsys.readouterr().err

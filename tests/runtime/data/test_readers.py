@@ -22,23 +22,7 @@ from mtl_perception.data.readers.cityscapes_labels import (
     to_train_ids,
     train_id,
 )
-
-H, W = 24, 40
-
-
-def png(path: Path, array: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), array)
-    return path
-
-
-def photo(seed: int, h: int = H, w: int = W) -> np.ndarray:
-    """A random RGB image (PNG is lossless, so the reader must return exactly this)."""
-    return np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
-
-
-def write_rgb(path: Path, rgb: np.ndarray) -> Path:
-    return png(path, np.ascontiguousarray(rgb[..., ::-1]))
+from tests.dataset_trees import CITY_RGB, H, W, photo, png, write_bdd100k, write_cityscapes, write_rgb
 
 
 # ---------------------------------------------------------------------------- Cityscapes table
@@ -71,43 +55,9 @@ def test_cityscapes_table_matches_cityscapesscripts():
 
 
 # ---------------------------------------------------------------------------------- Cityscapes
-CITY_RGB = photo(1)
-
-
 @pytest.fixture()
 def cityscapes(tmp_path) -> Path:
-    root = tmp_path / "cityscapes"
-    prefix = "aachen_000000_000019"
-    write_rgb(root / "leftImg8bit/val/aachen" / f"{prefix}_leftImg8bit.png", CITY_RGB)
-    ids = np.full((H, W), 7, np.uint8)       # road
-    ids[:2] = 23                             # sky
-    ids[10:14, 4:12] = 26                    # car, instance 26000
-    ids[15:20, 20:26] = 26                   # car, instance 26001
-    ids[2:9, 30:33] = 24                     # person, instance 24000
-    ids[20:23, 0:6] = 26                     # a crowd of cars (instance id 26)
-    ids[0:2, 0:4] = 29                       # caravan 29000: no train id, no box
-    ids[22:24, 36:40] = 0                    # unlabeled
-    png(root / "gtFine/val/aachen" / f"{prefix}_gtFine_labelIds.png", ids)
-    inst = ids.astype(np.uint16)
-    inst[10:14, 4:12] = 26000
-    inst[15:20, 20:26] = 26001
-    inst[2:9, 30:33] = 24000
-    inst[0:2, 0:4] = 29000
-    png(root / "gtFine/val/aachen" / f"{prefix}_gtFine_instanceIds.png", inst)
-    disp = np.full((H, W), 257, np.uint16)   # d = 1 px
-    disp[5, 7] = 2561                        # d = (2561 - 1) / 256 = 10 px
-    disp[0, 0] = 0                           # invalid
-    disp[0, 1] = 1                           # d = 0: infinitely far, invalid
-    png(root / "disparity/val/aachen" / f"{prefix}_disparity.png", disp)
-    camera = {"extrinsic": {"baseline": 0.2, "pitch": 0.038, "roll": 0.0, "x": 1.7, "y": 0.1, "yaw": -0.02,
-                            "z": 1.3},
-              "intrinsic": {"fx": 2000.0, "fy": 2010.0, "u0": 20.5, "v0": 12.25}}
-    (root / "camera/val/aachen").mkdir(parents=True)
-    (root / "camera/val/aachen" / f"{prefix}_camera.json").write_text(json.dumps(camera))
-    other = "bochum_000000_000313"           # image and labelIds only
-    write_rgb(root / "leftImg8bit/val/bochum" / f"{other}_leftImg8bit.png", photo(2))
-    png(root / "gtFine/val/bochum" / f"{other}_gtFine_labelIds.png", np.full((H, W), 8, np.uint8))
-    return root
+    return write_cityscapes(tmp_path / "cityscapes")
 
 
 def test_cityscapes_sample(cityscapes):
@@ -365,28 +315,7 @@ def test_nyuv2_mapping_forms_and_errors(nyu, tmp_path):
 # ------------------------------------------------------------------------------------- BDD100K
 @pytest.fixture()
 def bdd(tmp_path) -> Path:
-    root = tmp_path / "bdd100k"
-    write_rgb(root / "images/100k/val/b1c66a42-6f7d68ca.jpg", photo(8))
-    write_rgb(root / "images/100k/val/b1c81faa-3df17267.jpg", photo(9))
-    det = [
-        {"name": "b1c66a42-6f7d68ca.jpg", "attributes": {"weather": "overcast", "timeofday": "daytime"},
-         "timestamp": 10000,
-         "labels": [
-             {"id": "0", "category": "car", "attributes": {"occluded": False},
-              "box2d": {"x1": 1.5, "y1": 2.25, "x2": 11.0, "y2": 9.75}},
-             {"id": "1", "category": "traffic light", "box2d": {"x1": 30, "y1": 0, "x2": 33, "y2": 6}},
-             {"id": "2", "category": "other vehicle", "box2d": {"x1": 0, "y1": 0, "x2": 5, "y2": 5}},
-         ]},
-        {"name": "b1c81faa-3df17267.jpg", "attributes": {"timeofday": "night"}, "timestamp": 10000},
-    ]
-    (root / "labels/det_20").mkdir(parents=True)
-    (root / "labels/det_20/det_val.json").write_text(json.dumps(det))
-    write_rgb(root / "images/10k/val/7d2f7975-e0c1c5a7.jpg", photo(10))
-    mask = np.full((H, W), 255, np.uint8)
-    mask[12:] = 0
-    mask[:12, :20] = 10
-    png(root / "labels/sem_seg/masks/val/7d2f7975-e0c1c5a7.png", mask)
-    return root
+    return write_bdd100k(tmp_path / "bdd100k")
 
 
 def test_bdd100k(bdd):

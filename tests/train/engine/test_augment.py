@@ -199,10 +199,13 @@ def legacy_flip(base):
     """The pipeline's flip before this module existed (copied verbatim as the reference)."""
     width = base["image"].shape[1]
     out = {k: np.ascontiguousarray(v[:, ::-1]) if isinstance(v, np.ndarray) else v  # (the labelled
-           for k, v in base.items() if k not in ("boxes", "labels")}            # kinds are no map)
+           for k, v in base.items() if k not in ("boxes", "labels", "intrinsics")}  # kinds: no map)
     boxes = base["boxes"].copy()
     boxes[:, [0, 2]] = width - base["boxes"][:, [2, 0]]
     out["boxes"], out["labels"] = boxes, base["labels"]
+    if "intrinsics" in base:  # (added since) a mirror about the width: cx -> width - 1 - cx
+        fx, fy, cx, cy = base["intrinsics"]
+        out["intrinsics"] = np.array([fx, fy, width - 1 - cx, cy], np.float32)
     return out
 
 
@@ -219,7 +222,9 @@ def test_default_recipe_reproduces_the_flip_only_pipeline_bit_for_bit(tiny_data,
             base = plain.base(index)
             if flip_coin(7, epoch, index):
                 base = legacy_flip(base)
-            expected = {"image": np.ascontiguousarray(base["image"].transpose(2, 0, 1)), "index": np.int64(index)}
+            assert "intrinsics" in base  # the synthetic camera, at the input size
+            expected = {"image": np.ascontiguousarray(base["image"].transpose(2, 0, 1)), "index": np.int64(index),
+                        "intrinsics": base["intrinsics"]}
             for name, task in tasks.items():
                 expected.update(task.prepare(base))
                 expected[f"{name}_labelled"] = np.bool_(task.kind in base["labelled_tasks"])
@@ -267,3 +272,29 @@ def test_colour_jitter_matches_closed_forms_on_flat_images(rgb, color, expected)
     out = augment_sample(sample, AugmentParams(1.0, (0.0, 0.0), False, (W, H), color))
     for key in ("hr_image", "image"):
         assert np.abs(out[key].reshape(-1, 3).astype(int) - expected).max() <= 1, key
+
+
+@pytest.mark.parametrize("mode", ["inverse", "keep"])
+def test_reader_intrinsics_follow_the_resize_then_zoom_and_crop(tmp_path, mode):
+    """Cityscapes camera JSON (fx 2000, fy 2010, u0 20.5, v0 12.25 on 40x24) -> the 80x48 input
+    (x2: fx 4000, fy 4020; index coordinates cx' + 0.5 = 2 (cx + 0.5): cx 41.5, cy 25.0) -> a
+    centred zoom by 2 (crop origin (80 - 40) ... (160 - 80) / 2 = 40, (96 - 48) / 2 = 24:
+    cx'' + 0.5 = 2 (cx' + 0.5) - 40 -> 43.5, cy'' -> 26.5; fx doubled under keep only). The
+    frame without a camera carries NaN, so a batch of both still collates."""
+    import torch
+
+    from mtl_perception.data.readers import open_reader
+    from tests.dataset_trees import write_cityscapes
+
+    source = open_reader("cityscapes", write_cityscapes(tmp_path / "cityscapes"), split="val")
+    plain = TaskDataset(source, {}, (80, 48), 2)
+    np.testing.assert_allclose(plain[0]["intrinsics"], [4000.0, 4020.0, 41.5, 25.0], rtol=1e-6)
+    zoom = AugmentConfig(scale=(2.0, 2.0), crop=False, flip=0.0, depth_scale_mode=mode)
+    zoomed = TaskDataset(source, {}, (80, 48), 2, augment=zoom)
+    focal = 2.0 if mode == "keep" else 1.0
+    np.testing.assert_allclose(zoomed[0]["intrinsics"], [4000.0 * focal, 4020.0 * focal, 43.5, 26.5], rtol=1e-6)
+    flipped = TaskDataset(source, {}, (80, 48), 2, augment=AugmentConfig(flip=1.0))
+    np.testing.assert_allclose(flipped[0]["intrinsics"], [4000.0, 4020.0, 79 - 41.5, 25.0], rtol=1e-6)
+    assert np.isnan(zoomed[1]["intrinsics"]).all()
+    batch = torch.utils.data.default_collate([zoomed[0], zoomed[1]])
+    assert batch["intrinsics"].shape == (2, 4)

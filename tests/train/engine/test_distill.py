@@ -1,5 +1,6 @@
 """Distillation: per-kind losses, frozen teachers, feature adaptors, the teacher-output cache."""
 import copy
+import warnings
 
 import pytest
 import torch
@@ -194,3 +195,51 @@ def test_the_distillation_loss_is_the_task_registrys_own():
         == pytest.approx(0.5 * plain.item())
     with pytest.raises(DistillError, match="distill.teachers.depth: task 'depth' declares no distillation loss"):
         Distiller(config, {"depth": SilentDepth(tasks["depth"].options, INFO)}, data_info_dict(), {}, None, "")
+
+
+def test_the_cache_never_hits_under_zoom_so_the_distiller_turns_it_off(tmp_path):
+    """The premise, on real augmented items (Cityscapes fixture tree through TaskDataset): under
+    zoom every epoch's input of a sample differs, so each cached entry fails its digest (stale,
+    recomputed: never a wrong output, never a hit), while a flip-only run hits from epoch 1 on
+    whenever a sample's flip repeats. The Distiller therefore runs a zoom/colour run uncached,
+    with one warning naming the reason, and keeps the cache for flip-only augmentation."""
+    from mtl_perception.data.readers import open_reader
+    from tests.dataset_trees import write_cityscapes
+    from tests.train.tiny_mtl import INFO
+    from training.engine.augment import AugmentConfig, ColorConfig, flip_coin
+    from training.engine.data import TaskDataset
+    from training.engine.distill import Distiller
+
+    paths = _teacher_checkpoints(tmp_path, ("segmentation",))
+    source = open_reader("cityscapes", write_cityscapes(tmp_path / "cityscapes"), split="val")
+    zoom = AugmentConfig(scale=(0.8, 1.25), flip=0.0)
+    train_set = TaskDataset(source, {}, INFO.input_size, INFO.sr_scale, augment=zoom)
+    teachers = Teachers(paths, cache_dir=str(tmp_path / "cache"))
+    for epoch in range(3):
+        items = [train_set[(epoch, i)] for i in range(len(source))]
+        batch = torch.utils.data.default_collate(items)
+        teachers(batch, dataset="cs", flips=torch.zeros(len(items), dtype=torch.bool))
+    assert teachers.stats["hits"] == 0 and teachers.stats["stale"] == 2 * len(source)
+    flip_set = TaskDataset(source, {}, INFO.input_size, INFO.sr_scale, augment=AugmentConfig(), seed=1)
+    flipping = Teachers(paths, cache_dir=str(tmp_path / "flip_cache"))
+    seen = set()
+    for epoch in range(4):
+        flip_set.set_epoch(epoch)
+        batch = torch.utils.data.default_collate([flip_set[i] for i in range(len(source))])
+        flipping(batch, dataset="cs", flips=flip_flags(flip_set, batch["index"]))
+        seen |= {(i, flip_coin(1, epoch, i)) for i in range(len(source))}
+    assert flipping.stats["stale"] == 0 and flipping.stats["misses"] == len(seen)
+    assert flipping.stats["hits"] == 4 * len(source) - len(seen) > 0
+
+    student, tasks = build_tiny(recipe_doc())
+    config = DistillConfig(teachers=paths, cache=True, cache_dir=str(tmp_path / "cache2"))
+    for augment, cached in ((zoom, False), (AugmentConfig(color=ColorConfig(brightness=0.1)), False),
+                            (AugmentConfig(), True), (None, True)):
+        train_set = TaskDataset(source, {}, INFO.input_size, INFO.sr_scale, augment=augment)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            distiller = Distiller(config, tasks, data_info_dict(), student.trunk.feature_channels, train_set, "cs")
+        assert (distiller.teachers.cache_dir is not None) == cached
+        messages = [str(w.message) for w in caught]
+        assert messages == ([] if cached else [m for m in messages if m.startswith("distill.cache is off")]) and \
+            len(messages) == (0 if cached else 1), messages

@@ -10,7 +10,7 @@ QUICK = REPO / "config" / "quick.yaml"
 
 
 def test_shipped_recipes_load():
-    for path in sorted((REPO / "config").glob("*.yaml")):
+    for path in sorted((REPO / "config").glob("*.yaml")) + sorted((REPO / "config" / "real").glob("*.yaml")):
         if path.name.startswith("perception"):
             continue  # node parameters, not a recipe
         recipe = load_recipe(path)
@@ -42,6 +42,27 @@ def test_overrides_are_parsed_as_yaml():
     recipe = load_recipe(QUICK, ["optim.epochs=3", "data.input_size=[64, 32]", "tasks={depth: {max_depth: 50}}"])
     assert recipe.optim.epochs == 3 and recipe.data.input_size == (64, 32)
     assert list(recipe.tasks) == ["depth"] and recipe.task_options()["depth"].max_depth == 50.0
+
+
+def test_real_recipes_and_list_index_overrides():
+    """config/real: Cityscapes' 19 train classes and 8 instance classes, a pretrained ResNet-18,
+    scale augmentation; `--set data.train.1.root=...` reaches the second source."""
+    from mtl_perception.data.readers.cityscapes_labels import INSTANCE_CLASSES, TRAIN_CLASSES
+
+    single = load_recipe(REPO / "config/real/cityscapes_resnet18.yaml")
+    mixed = load_recipe(REPO / "config/real/cityscapes_bdd_images.yaml", ["data.train.1.root=/elsewhere/bdd",
+                                                                          "data.train.2.weight=0.4"])
+    for recipe in (single, mixed):
+        assert tuple(recipe.data.semantic_classes) == TRAIN_CLASSES
+        assert tuple(recipe.data.detection_classes) == INSTANCE_CLASSES
+        assert recipe.model.backbone == "resnet18" and recipe.model.pretrained is True
+        assert recipe.data.augment.geometric and recipe.data.input_size == (512, 256)
+    assert [(s.format, s.root, s.weight, s.tasks) for s in mixed.data.train] == [
+        ("cityscapes", "data/cityscapes", 0.5, ["segmentation", "depth", "detection", "super_resolution"]),
+        ("bdd100k", "/elsewhere/bdd", 0.3, ["detection"]), ("images", "data/photos", 0.4, ["super_resolution"])]
+    assert mixed.data.train[1].class_map == {"pedestrian": "person"}
+    with pytest.raises(ConfigError, match="'7' is not an index of a list of 3"):
+        load_recipe(REPO / "config/real/cityscapes_bdd_images.yaml", ["data.train.7.root=x"])
 
 
 def test_missing_and_malformed_files(tmp_path):
