@@ -214,11 +214,13 @@ class TaskDataset(Dataset):
     `augment`: an `AugmentConfig`, True for its defaults (a horizontal flip), False for none."""
 
     def __init__(self, source: MultiTaskDataset, tasks: Mapping[str, object], input_size, sr_scale: int,
-                 augment: Union[bool, AugmentConfig, None] = False, seed: int = 0, cache: bool = True):
+                 augment: Union[bool, AugmentConfig, None] = False, seed: int = 0, cache: bool = True,
+                 resize: str = "stretch"):
         self.source = source
         self.tasks = tasks
         self.input_size = tuple(input_size)
         self.sr_scale = sr_scale
+        self.resize = resize  # the recipe's data.resize: the same geometry as the node's
         self.augment: Optional[AugmentConfig] = AugmentConfig() if augment is True else (augment or None)
         self.seed = seed
         self.epoch = 0
@@ -234,7 +236,7 @@ class TaskDataset(Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         sample = self.source.load(index)
-        base = resize_sample(sample, self.input_size, self.sr_scale)
+        base = resize_sample(sample, self.input_size, self.sr_scale, self.resize)
         base[LABELLED] = sample_kinds(sample)
         if self._cache is not None:
             self._cache[index] = base
