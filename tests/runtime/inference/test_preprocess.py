@@ -215,3 +215,22 @@ def test_metadata_with_an_unknown_resize_is_one_line():
     with pytest.raises(ContractError) as info:
         ModelMetadata.from_json(json.dumps(doc))
     assert str(info.value) == ("metadata field input.resize is 'fit', not one of ('stretch', 'letterbox', 'crop')")
+
+
+def test_a_model_file_from_before_the_field_loads_as_stretch(tmp_path):
+    """An ONNX file whose metadata document has no input.resize (as exported before it existed)."""
+    onnx = pytest.importorskip("onnx")
+    from mtl_perception.contract import METADATA_KEY
+    from mtl_perception.inference.loader import load_model
+    from tests.runtime.model_factory import export_bright_box_model
+
+    path = tmp_path / "old.onnx"
+    export_bright_box_model(path, (64, 48), resize="letterbox")
+    model = onnx.load(str(path))
+    entry = next(e for e in model.metadata_props if e.key == METADATA_KEY)
+    doc = json.loads(entry.value)
+    assert doc["input"].pop("resize") == "letterbox"
+    doc["input"].pop("dense_outputs")
+    entry.value = json.dumps(doc)
+    onnx.save(model, str(path))
+    assert load_model(path).metadata.input.resize == "stretch"
