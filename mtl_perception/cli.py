@@ -40,7 +40,7 @@ def _info(args) -> int:
     meta = model.metadata
     print(f"model: {model.path}\nname: {meta.name}\nproviders: {', '.join(model.providers)}")
     spec = meta.input
-    print(f"input: {spec.width}x{spec.height} {spec.color_order} {spec.dtype} {spec.layout}")
+    print(f"input: {spec.width}x{spec.height} {spec.color_order} {spec.dtype} {spec.layout}, resize {spec.resize}")
     for member in getattr(model, "describe_members", lambda: [])():  # a bundle: one line per member
         tasks = ", ".join(f"{n} ({k})" for n, k in member["tasks"].items())
         providers = ", ".join(member["providers"])

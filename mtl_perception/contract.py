@@ -33,6 +33,22 @@ TASK_KINDS: Dict[str, Dict[str, str]] = {
 
 COLOR_ORDERS = ("rgb", "bgr")
 
+#: How a camera frame of another aspect ratio becomes the model's fixed input (`input.resize`;
+#: `mtl_perception.inference.preprocess.FrameMapping` implements it), with what that means for
+#: the dense outputs (class map, depth, SR image), which always cover the model input pixel for
+#: pixel (at `scale` times its size for SR). Metadata without the field reads as "stretch".
+RESIZE_MODES: Dict[str, str] = {
+    "stretch": "the whole camera frame scaled to the input, each axis on its own (the aspect ratio is not "
+               "kept); dense outputs cover the whole frame",
+    "letterbox": "the whole camera frame scaled by one factor to fit inside the input, centred, the rest "
+                 "padded with grey 114; dense outputs cover the input, their padded border is not image",
+    "crop": "the camera frame scaled by one factor to fill the input, centred, the overhang cut off; dense "
+            "outputs cover only that centre crop of the camera frame",
+}
+
+#: The segmentation id of "no label / not image" (ground truth, and the class map outside the image).
+IGNORE_ID = 255
+
 
 class ContractError(ValueError):
     """The metadata does not follow the contract; the message says what is wrong."""
@@ -46,6 +62,9 @@ class InputSpec:
     color_order: str = "rgb"
     layout: str = "NHWC"
     dtype: str = "uint8"
+    resize: str = "stretch"  # a key of RESIZE_MODES
+    #: what the dense outputs cover (RESIZE_MODES[resize], written by the exporter; for people)
+    dense_outputs: str = ""
 
 
 @dataclass(frozen=True)
@@ -55,7 +74,7 @@ class TaskSpec:
     kind: str
     outputs: Dict[str, str]
     class_names: Tuple[str, ...] = ()
-    ignore_index: int = 255  # segmentation
+    ignore_index: int = IGNORE_ID  # segmentation
     min_depth: float = 0.0  # depth, metres
     max_depth: float = 0.0  # depth, metres
     top_k: int = 0  # detection
@@ -159,6 +178,8 @@ def _validate_input(spec: InputSpec) -> None:
                             f"{INPUT_LAYOUTS[0]}")
     if spec.dtype not in INPUT_DTYPES:
         raise ContractError(f"metadata field input.dtype is {spec.dtype!r}; the contract's input is {INPUT_DTYPES[0]}")
+    if spec.resize not in RESIZE_MODES:
+        raise ContractError(f"metadata field input.resize is {spec.resize!r}, not one of {tuple(RESIZE_MODES)}")
     for key in ("height", "width"):
         if getattr(spec, key) <= 0:
             raise ContractError(f"metadata field input.{key} is {getattr(spec, key)}, not positive")

@@ -56,7 +56,6 @@ from mtl_perception.inference.preprocess import (
     FrameMapping,
     ModelInput,
     model_input,
-    resize_image,
 )
 from mtl_perception.kinds import registry
 from mtl_perception.kinds.base import (
@@ -67,7 +66,7 @@ from mtl_perception.kinds.base import (
     ScaledCameraInfo,
 )
 from mtl_perception.messages.image import ImageConversionError, image_to_array
-from mtl_perception.messages.outputs import class_ids, sr_camera_info
+from mtl_perception.messages.outputs import class_ids, mapped_camera_info
 
 SCHEMA = "mtl_perception.bag_report/1"
 GT_TYPES = {"segmentation": IMAGE, "depth": IMAGE, "detections": DETECTIONS}
@@ -196,7 +195,7 @@ def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Opt
             if bad.size:
                 raise ImageConversionError(
                     f"segmentation ids {bad[:5].tolist()} outside the model's {len(task.class_names)} classes")
-            target["semantic"] = mapping.dense_to_model(labels)
+            target["semantic"] = mapping.dense_to_model(labels, task.ignore_index)
         except (ImageConversionError, MessageError) as exc:
             problems("segmentation", str(exc))
     dep = entries.get("depth")
@@ -211,7 +210,7 @@ def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Opt
                 depth[arr == 0] = np.nan
             else:
                 raise ImageConversionError(f"depth encoding {msg.encoding!r} (expected 32FC1 metres or 16UC1 mm)")
-            target["depth"] = mapping.dense_to_model(depth)
+            target["depth"] = mapping.dense_to_model(depth, np.nan)
         except (ImageConversionError, MessageError) as exc:
             problems("depth", str(exc))
     det = entries.get("detections")
@@ -221,8 +220,7 @@ def _label_target(store_deser: Callable[[Entry], Any], entries: Mapping[str, Opt
             boxes, _, labels, unknown = detections_from_msg(msg, kinds["detection"].class_names)
             for name in unknown:
                 unknown_classes[name] = unknown_classes.get(name, 0) + 1
-            target["boxes"] = mapping.boxes_to_model(boxes)
-            target["labels"] = labels
+            target["boxes"], target["labels"] = mapping.labelled_boxes_to_model(boxes, labels)
         except (MessageError, AttributeError, TypeError) as exc:
             problems("detections", f"malformed Detection2DArray: {exc}")
     return target
@@ -325,7 +323,7 @@ class OutputBag:
         if isinstance(payload, ScaledCameraInfo):
             if self.camera_info is None:
                 return None
-            return sr_camera_info(self.camera_info, header, *payload.camera_size, *payload.size)
+            return mapped_camera_info(self.camera_info, header, payload.mapping)
         raise TypeError(f"unknown output payload {type(payload).__name__}")
 
     def close(self) -> None:
@@ -428,6 +426,7 @@ class _BagRun:
         self.tasks = meta.tasks
         self.color_order = meta.input.color_order
         self.model_size = (meta.input.width, meta.input.height)
+        self.resize = meta.input.resize
         self.sr_task = next((t for t in self.tasks.values() if t.kind == "super_resolution"), None)
         self.scoring = registry.Scoring(self.tasks, self.color_order)
         self.skips, self.gt_skips = _Skips(), _Skips()
@@ -492,7 +491,7 @@ class _BagRun:
             return
         cam_h, cam_w = rgb.shape[:2]
         self.camera_sizes[f"{cam_w}x{cam_h}"] = self.camera_sizes.get(f"{cam_w}x{cam_h}", 0) + 1
-        prepared = model_input(rgb, "rgb8", self.model_size, self.color_order)
+        prepared = model_input(rgb, "rgb8", self.model_size, self.color_order, self.resize)
         outputs = self._outputs(frame, prepared, start)
         if outputs is None:
             return
@@ -545,9 +544,7 @@ class _BagRun:
                                self.unknown_classes)
         target["image"] = prepared.resized
         if self.sr_task is not None:
-            scale = self.sr_task.scale
-            target["hr_image"] = resize_image(prepared.camera, (self.model_size[0] * scale,
-                                                                self.model_size[1] * scale))
+            target["hr_image"] = prepared.mapping.scaled(self.sr_task.scale).image_to_model(prepared.camera)
         for kind, key in (("segmentation", "semantic"), ("depth", "depth"), ("detections", "boxes")):
             if key in target:
                 self.gt_frames[kind] = self.gt_frames.get(kind, 0) + 1
@@ -627,13 +624,14 @@ def _report(bag: Any, reader: BagReader, run: _BagRun, options: EvalOptions) -> 
         "mode": "offline" if recorded is None else "recorded",
         "bag": _bag_section(bag, reader, run),
         "model": {"name": meta.name, "path": str(model.path) if model is not None else None,
-                  "input_size": list(model_size), "color_order": run.color_order,
+                  "input_size": list(model_size), "color_order": run.color_order, "resize": run.resize,
                   "tasks": {n: t.kind for n, t in run.tasks.items()},
                   "providers": list(model.providers) if model is not None else None},
         "scoring": {
             "resolution": f"model input {model_size[0]}x{model_size[1]}: label images resized nearest-neighbour, "
-                          "boxes scaled to input pixels (as `mtl-perception evaluate`)",
-            "model_input": "camera image resized to the model input as perception_node does (area when shrinking)",
+                          "boxes mapped to input pixels by the model's resize mode (as `mtl-perception evaluate`)",
+            "model_input": f"camera image resized to the model input as perception_node does ({run.resize}; area "
+                           "when shrinking)",
             "detection": ("every top-K output, no score threshold" if recorded is None
                           else "the detections the node published (its score_threshold and max_detections)"),
             "matching": "ground truth matched to camera frames by header stamp "

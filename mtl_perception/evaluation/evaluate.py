@@ -34,7 +34,7 @@ def scalars(result: Dict) -> Dict[str, float]:
 
 def evaluate_dataset(model: PerceptionModel, dataset: MultiTaskDataset, scoring: FrameScoring,
                      limit: Optional[int] = None, progress: bool = True) -> Dict:
-    """Runs the model on each sample (resized as in training) and scores it into `scoring`;
+    """Runs the model on each sample (resized as in training, by the model's resize mode) and scores it into `scoring`;
     returns the report: per-task scalars, baselines and model latency."""
     tasks = model.metadata.tasks
     color_order = model.metadata.input.color_order
@@ -47,9 +47,9 @@ def evaluate_dataset(model: PerceptionModel, dataset: MultiTaskDataset, scoring:
         indices = tqdm(indices, desc="evaluate", leave=False)
     for index in indices:
         raw = dataset.load(index)
-        sample = resize_sample(raw, model.input_size, sr_scale)
+        sample = resize_sample(raw, model.input_size, sr_scale, model.metadata.input.resize)
         sample["labelled_tasks"] = getattr(raw, "labelled_tasks", TASK_KINDS)  # scoring skips the rest
-        image = model_input(sample["image"], "rgb8", model.input_size, color_order).image
+        image = model_input(sample["image"], "rgb8", model.input_size, color_order).image  # colour order only
         start = time.perf_counter()
         out = model.run(image)
         latencies.append((time.perf_counter() - start) * 1e3)

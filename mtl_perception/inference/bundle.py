@@ -131,6 +131,9 @@ def merge_metadata(members: Sequence[Tuple[str, ModelMetadata]], name: str,
                 f"{where}: member {label} takes {spec.width}x{spec.height} {spec.color_order} input but "
                 f"{first_label} takes {ref.width}x{ref.height} {ref.color_order}; all members of a bundle "
                 f"must take the same input size and colour order")
+        if spec.resize != ref.resize:
+            raise ModelError(f"{where}: member {label} resizes frames by {spec.resize!r} but {first_label} by "
+                             f"{ref.resize!r}; all members of a bundle must take the same input")
         for task_name, task in meta.tasks.items():
             if task_name in owner:
                 raise ModelError(f"{where}: members {owner[task_name]} and {label} both serve task {task_name!r}")

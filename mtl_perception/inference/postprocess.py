@@ -12,6 +12,8 @@ from typing import NamedTuple, Sequence, Tuple
 import cv2
 import numpy as np
 
+from mtl_perception.inference.preprocess import FrameMapping
+
 __all__ = ["PALETTE_BGR", "Detections", "overlay_segmentation", "valid_depth", "select_detections",
            "draw_detections"]
 
@@ -75,16 +77,13 @@ class Detections(NamedTuple):
 
 
 def select_detections(boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray, *,
-                      scale_x: float, scale_y: float, threshold: float, max_detections: int,
-                      width: int, height: int) -> Detections:
+                      mapping: FrameMapping, threshold: float, max_detections: int) -> Detections:
     """Keeps scores >= threshold (finite), best first, at most `max_detections`, and maps boxes
-    from model-input pixels to the input image (x * scale_x, y * scale_y, clipped to it)."""
+    from model-input pixels to the camera image through `mapping` (clipped to what the model saw)."""
     scores = np.asarray(scores, np.float32).reshape(-1)
     keep = np.flatnonzero(np.isfinite(scores) & (scores >= threshold))
     keep = keep[np.argsort(-scores[keep], kind="stable")][: max(0, int(max_detections))]
-    out = np.asarray(boxes, np.float64).reshape(-1, 4)[keep] * np.array([scale_x, scale_y, scale_x, scale_y])
-    np.clip(out[:, 0::2], 0.0, float(width), out=out[:, 0::2])
-    np.clip(out[:, 1::2], 0.0, float(height), out=out[:, 1::2])
+    out = mapping.boxes_to_camera(np.asarray(boxes, np.float64).reshape(-1, 4)[keep])
     return Detections(out, scores[keep].astype(np.float64),
                       np.asarray(classes).reshape(-1)[keep].astype(np.int64))
 

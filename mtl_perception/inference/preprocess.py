@@ -1,22 +1,32 @@
 """Resizing between camera/dataset images and the model's fixed input: one implementation
 for training, evaluation, bag tools, the benchmark and the node (OpenCV, no torch).
 
-`model_input(frame, encoding, size, color_order)` is the one "camera frame -> model input"
-step; it returns the input together with the `FrameMapping` that takes model-input pixels back
-to camera pixels (and camera labels to the model's resolution). A new resize mode (letterbox,
-crop) is added there and in `FrameMapping` only: every consumer maps through it.
+`model_input(frame, encoding, size, color_order, resize)` is the one "camera frame -> model
+input" step; it returns the input together with the `FrameMapping` that takes model-input
+pixels back to camera pixels (and camera labels to the model's resolution). The resize modes
+(`contract.RESIZE_MODES`: stretch, letterbox, crop) are defined once, by the two rectangles of
+`FrameMapping.windows`; every consumer maps through it.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Dict, Tuple
 
 import cv2
 import numpy as np
 
+from mtl_perception.contract import IGNORE_ID, RESIZE_MODES
 from mtl_perception.inference.pixels import array_to_color
 
-__all__ = ["resize_image", "resize_sample", "FrameMapping", "ModelInput", "model_input"]
+__all__ = ["PAD_VALUE", "resize_image", "resize_sample", "FrameMapping", "ModelInput", "model_input"]
+
+#: Letterbox padding, per 8-bit channel (16-bit frames: PAD_VALUE * 257, the same grey after
+#: conversion): mid grey, close to the ImageNet mean, so the padded border normalises to about 0.
+PAD_VALUE = 114
+
+Window = Tuple[int, int, int, int]  # x, y, width, height in pixels
 
 
 def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
@@ -42,36 +52,181 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_AREA)
 
 
+def _round(value: float) -> int:
+    return int(math.floor(value + 0.5))
+
+
+def _nearest(array: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
+    if (array.shape[1], array.shape[0]) == tuple(size):
+        return array
+    return cv2.resize(np.ascontiguousarray(array), tuple(size), interpolation=cv2.INTER_NEAREST)
+
+
+def _place(content: np.ndarray, window: Window, size: Tuple[int, int], fill) -> np.ndarray:
+    """`content` at `window` of an array of `size` (w, h) filled with `fill` elsewhere."""
+    x, y, w, h = window
+    if (x, y, w, h) == (0, 0, *size):
+        return content
+    out = np.full((size[1], size[0]) + content.shape[2:], fill, content.dtype)
+    out[y:y + h, x:x + w] = content
+    return out
+
+
 @dataclass(frozen=True)
 class FrameMapping:
-    """How the model input was cut from the camera frame (today: stretched to fit), so outputs
-    can be mapped back: boxes and dense maps to camera pixels, camera labels to model pixels."""
+    """How the model input was made from the camera frame (`mode`, see `contract.RESIZE_MODES`),
+    so outputs can be mapped back: boxes and dense maps to camera pixels, camera labels and
+    boxes to model pixels. `factor` > 1 is the same geometry for an output `factor` times the
+    model input's size (the SR image); `model_size` stays the input's.
+
+    Model pixel = camera pixel * scale + offset (pixel-edge coordinates, per axis), exact for
+    the arrays `image_to_model` makes."""
 
     camera_size: Tuple[int, int]  # (w, h)
     model_size: Tuple[int, int]  # (w, h)
+    mode: str = "stretch"
+    factor: int = 1
+
+    def __post_init__(self):
+        if self.mode not in RESIZE_MODES:
+            raise ValueError(f"resize must be one of {', '.join(RESIZE_MODES)}, got {self.mode!r}")
+
+    @cached_property
+    def windows(self) -> Tuple[Window, Window]:
+        """(camera window, model window): the camera pixels the model sees, and where they are
+        in the model input (at factor 1). Everything else here follows from these two."""
+        (wc, hc), (wm, hm) = self.camera_size, self.model_size
+        camera, model = (0, 0, wc, hc), (0, 0, wm, hm)
+        if self.mode == "letterbox":
+            s = min(wm / wc, hm / hc)
+            w, h = min(wm, max(1, _round(wc * s))), min(hm, max(1, _round(hc * s)))
+            model = ((wm - w) // 2, (hm - h) // 2, w, h)
+        elif self.mode == "crop":
+            s = max(wm / wc, hm / hc)
+            w, h = min(wc, max(1, _round(wm / s))), min(hc, max(1, _round(hm / s)))
+            camera = ((wc - w) // 2, (hc - h) // 2, w, h)
+        return camera, model
+
+    @property
+    def camera_window(self) -> Window:
+        """The camera pixels the model sees (x, y, w, h): the whole frame but for crop."""
+        return self.windows[0]
+
+    @property
+    def valid_region(self) -> Window:
+        """The output pixels (x, y, w, h, at `factor`) that show the image: all but letterbox padding."""
+        x, y, w, h = self.windows[1]
+        f = self.factor
+        return x * f, y * f, w * f, h * f
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        """(w, h) of the model-side array: the model input times `factor`."""
+        return self.model_size[0] * self.factor, self.model_size[1] * self.factor
+
+    @property
+    def scale(self) -> Tuple[float, float]:
+        """Model-side pixels per camera pixel (x, y)."""
+        cam, valid = self.camera_window, self.valid_region
+        return valid[2] / cam[2], valid[3] / cam[3]
+
+    @property
+    def offset(self) -> Tuple[float, float]:
+        """Where the camera's origin lands in model-side pixels (x, y)."""
+        cam, valid = self.camera_window, self.valid_region
+        sx, sy = self.scale
+        return valid[0] - cam[0] * sx, valid[1] - cam[1] * sy
 
     @property
     def scale_x(self) -> float:
         """Camera pixels per model pixel along x."""
-        return self.camera_size[0] / self.model_size[0]
+        return 1.0 / self.scale[0]
 
     @property
     def scale_y(self) -> float:
-        return self.camera_size[1] / self.model_size[1]
+        return 1.0 / self.scale[1]
+
+    def at_camera(self) -> "FrameMapping":
+        """The identity: for outputs brought back to the camera's size (their intrinsics are the camera's)."""
+        return FrameMapping(self.camera_size, self.camera_size)
+
+    def scaled(self, factor: int) -> "FrameMapping":
+        """The same geometry for an output `factor` times larger (the SR image)."""
+        return replace(self, factor=self.factor * int(factor))
+
+    # ------------------------------------------------------------------------------- boxes
+    def boxes_to_camera(self, boxes: np.ndarray) -> np.ndarray:
+        """xyxy model pixels -> camera pixels (float64), clipped to the camera pixels the model saw."""
+        (sx, sy), (ox, oy) = self.scale, self.offset
+        out = (np.asarray(boxes, np.float64).reshape(-1, 4) - [ox, oy, ox, oy]) / [sx, sy, sx, sy]
+        x, y, w, h = self.camera_window
+        np.clip(out[:, 0::2], x, x + w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], y, y + h, out=out[:, 1::2])
+        return out
 
     def boxes_to_model(self, boxes: np.ndarray) -> np.ndarray:
-        """xyxy camera pixels -> model-input pixels (float32)."""
-        scale = np.array([self.model_size[0] / self.camera_size[0], self.model_size[1] / self.camera_size[1]] * 2,
-                         np.float32)
-        return np.asarray(boxes, np.float32).reshape(-1, 4) * scale
+        """xyxy camera pixels -> model pixels (float32), clipped to the region that shows the image."""
+        (sx, sy), (ox, oy) = self.scale, self.offset
+        out = np.asarray(boxes, np.float64).reshape(-1, 4) * [sx, sy, sx, sy] + [ox, oy, ox, oy]
+        x, y, w, h = self.valid_region
+        np.clip(out[:, 0::2], x, x + w, out=out[:, 0::2])
+        np.clip(out[:, 1::2], y, y + h, out=out[:, 1::2])
+        return out.astype(np.float32)
 
-    def dense_to_camera(self, array: np.ndarray) -> np.ndarray:
-        """A per-pixel output (class ids, depth) at the camera size, nearest-neighbour."""
-        return cv2.resize(array, self.camera_size, interpolation=cv2.INTER_NEAREST)
+    def labelled_boxes_to_model(self, boxes: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Ground-truth boxes and their labels at the model: `boxes_to_model`, less the boxes
+        that had an area and have none left (outside the crop)."""
+        boxes = np.asarray(boxes, np.float64).reshape(-1, 4)
+        out = self.boxes_to_model(boxes)
+        had = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        has = (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+        keep = has | ~had
+        return out[keep], np.asarray(labels).reshape(-1)[keep]
 
-    def dense_to_model(self, array: np.ndarray) -> np.ndarray:
-        """A per-pixel camera label (class ids, depth) at the model size, nearest-neighbour."""
-        return cv2.resize(np.ascontiguousarray(array), self.model_size, interpolation=cv2.INTER_NEAREST)
+    # ------------------------------------------------------------------------------ arrays
+    def image_to_model(self, image: np.ndarray, pad=PAD_VALUE) -> np.ndarray:
+        """The camera image as the model-side array: its window cut out, resized (area when
+        shrinking, bicubic when enlarging), placed in the valid region, `pad` around it."""
+        x, y, w, h = self.camera_window
+        valid = self.valid_region
+        content = resize_image(image[y:y + h, x:x + w], valid[2:])
+        return _place(content, valid, self.size, pad)
+
+    def dense_to_camera(self, array: np.ndarray, fill=0) -> np.ndarray:
+        """A per-pixel output (class ids, depth) at the camera size, nearest-neighbour; camera
+        pixels the model did not see (outside the crop) get `fill` (the caller's invalid value)."""
+        x, y, w, h = self.valid_region
+        content = _nearest(array[y:y + h, x:x + w], self.camera_window[2:])
+        return _place(content, self.camera_window, self.camera_size, fill)
+
+    def dense_to_model(self, array: np.ndarray, fill=0) -> np.ndarray:
+        """A per-pixel camera label (class ids, depth) at the model side, nearest-neighbour;
+        letterbox padding gets `fill` (ignore id, invalid depth) so losses and metrics skip it."""
+        x, y, w, h = self.camera_window
+        valid = self.valid_region
+        content = _nearest(np.asarray(array)[y:y + h, x:x + w], valid[2:])
+        return _place(content, valid, self.size, fill)
+
+    def output_to_model(self, array: np.ndarray, fill=0) -> np.ndarray:
+        """A dense output read back from its message (the node's `output_resolution`): at the
+        model side's size as is, at the camera's size through `dense_to_model` (stretch: any
+        size, resized nearest-neighbour)."""
+        if (array.shape[1], array.shape[0]) == self.size:
+            return array
+        if self.mode == "stretch":
+            return _nearest(array, self.size)
+        if (array.shape[1], array.shape[0]) != tuple(self.camera_size):
+            raise ValueError(f"a {array.shape[1]}x{array.shape[0]} output is neither at the model's size "
+                             f"{self.size[0]}x{self.size[1]} nor at the camera's {self.camera_size[0]}x"
+                             f"{self.camera_size[1]}")
+        return self.dense_to_model(array, fill)
+
+    def mask_padding(self, array: np.ndarray, fill) -> np.ndarray:
+        """A model-side output with the letterbox padding set to `fill` (a copy; as is without padding)."""
+        x, y, w, h = self.valid_region
+        if (x, y, w, h) == (0, 0, *self.size):
+            return array
+        return _place(np.ascontiguousarray(array[y:y + h, x:x + w]), (x, y, w, h), self.size, fill)
 
 
 @dataclass(frozen=True)
@@ -95,32 +250,40 @@ class ModelInput:
         return array_to_color(self.resized, self.encoding, order)
 
 
-def model_input(frame: np.ndarray, encoding: str, size: Tuple[int, int], color_order: str) -> ModelInput:
+def _pad_value(dtype: np.dtype):
+    """PAD_VALUE in the frame's own element type (the same grey once converted to 8 bits)."""
+    return PAD_VALUE * 257 if np.dtype(dtype).itemsize == 2 and np.dtype(dtype).kind == "u" else PAD_VALUE
+
+
+def model_input(frame: np.ndarray, encoding: str, size: Tuple[int, int], color_order: str,
+                resize: str = "stretch") -> ModelInput:
     """The camera frame (an array in `encoding`, e.g. a view of a sensor_msgs/Image) as the
-    model's input of `size` = (w, h) in `color_order`: resized first (area when shrinking,
-    bicubic when enlarging), then converted, as every runtime consumer does."""
+    model's input of `size` = (w, h) in `color_order`, by the model's `resize` mode: resized
+    first (area when shrinking, bicubic when enlarging), then converted, as every runtime
+    consumer does."""
     height, width = frame.shape[:2]
-    resized = resize_image(frame, size)
+    mapping = FrameMapping((width, height), (int(size[0]), int(size[1])), resize)
+    resized = mapping.image_to_model(frame, _pad_value(frame.dtype))
     image = array_to_color(resized, encoding, color_order)
-    return ModelInput(image, resized, frame, encoding, FrameMapping((width, height), tuple(size)))
+    return ModelInput(image, resized, frame, encoding, mapping)
 
 
-def resize_sample(sample, input_size: Tuple[int, int], sr_scale: int) -> Dict[str, np.ndarray]:
-    """A dataset sample at the network's sizes.
+def resize_sample(sample, input_size: Tuple[int, int], sr_scale: int, resize: str = "stretch"
+                  ) -> Dict[str, np.ndarray]:
+    """A dataset sample (RGB image) at the network's sizes, by the same geometry as `model_input`.
 
-    The super-resolution target is the image at input_size * sr_scale; the network input is that
-    target downscaled by sr_scale (area); labels are resampled nearest-neighbour to input_size
-    and boxes scaled to input pixels.
+    The network input is exactly what `model_input` feeds the model for this image; the
+    super-resolution target is the image by the same geometry at input_size * sr_scale; labels
+    are resampled nearest-neighbour (letterbox padding: ignore id, NaN depth), boxes mapped to
+    input pixels (those left outside a crop dropped).
     """
-    width, height = input_size
     src_h, src_w = sample.image.shape[:2]
-    hr = resize_image(sample.image, (width * sr_scale, height * sr_scale))
-    image = resize_image(hr, (width, height))
-    semantic = cv2.resize(sample.semantic, (width, height), interpolation=cv2.INTER_NEAREST)
-    depth = cv2.resize(sample.depth, (width, height), interpolation=cv2.INTER_NEAREST)
-    scale = np.array([width / src_w, height / src_h, width / src_w, height / src_h], np.float32)
+    mapping = FrameMapping((src_w, src_h), (int(input_size[0]), int(input_size[1])), resize)
+    boxes, labels = mapping.labelled_boxes_to_model(sample.boxes.astype(np.float32), sample.labels.astype(np.int64))
     return {
-        "image": image, "hr_image": hr, "semantic": semantic, "depth": depth,
-        "boxes": sample.boxes.astype(np.float32).reshape(-1, 4) * scale,
-        "labels": sample.labels.astype(np.int64).reshape(-1),
+        "image": mapping.image_to_model(sample.image),
+        "hr_image": mapping.scaled(sr_scale).image_to_model(sample.image),
+        "semantic": mapping.dense_to_model(sample.semantic, IGNORE_ID),
+        "depth": mapping.dense_to_model(sample.depth, np.nan),
+        "boxes": boxes, "labels": labels.astype(np.int64),
     }

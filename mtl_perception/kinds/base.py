@@ -78,21 +78,26 @@ class DetectionsOut:
 
 @dataclass(frozen=True)
 class ScaledCameraInfo:
-    """The camera's CameraInfo scaled from `camera_size` to `size` (w, h); built only where the
-    camera's CameraInfo is known."""
+    """The camera's CameraInfo carried through `mapping` (camera -> an output image of
+    `mapping.size`: scale and offset, so letterbox and crop move the principal point too);
+    built only where the camera's CameraInfo is known."""
 
-    camera_size: Tuple[int, int]
-    size: Tuple[int, int]
+    mapping: FrameMapping
+
+    @property
+    def size(self) -> Tuple[int, int]:
+        return self.mapping.size
 
 
 @dataclass(frozen=True)
 class PointsOut:
     """A sensor_msgs/PointCloud2 to build from `depth` (HxW metres, NaN invalid) through the
-    camera's CameraInfo scaled from `camera_size` to the depth map's size, each point coloured
-    by `rgb` (HxWx3 uint8 at the depth map's size); built only where the CameraInfo is known."""
+    camera's CameraInfo carried through `mapping` to the depth map (of `mapping.size`), each
+    point coloured by `rgb` (HxWx3 uint8 at the depth map's size); built only where the
+    CameraInfo is known."""
 
     depth: np.ndarray
-    camera_size: Tuple[int, int]
+    mapping: FrameMapping
     rgb: Optional[np.ndarray]
 
 

@@ -65,24 +65,25 @@ class Depth(Kind):
             return {}
         # A copy: the model's output stays as it was for whoever scores or shows it.
         depth = valid_depth(np.array(output["depth"], np.float32), spec.min_depth, spec.max_depth)
-        if settings.at_input:
-            depth = frame.mapping.dense_to_camera(depth)
-        size = (depth.shape[1], depth.shape[0])
+        depth = frame.mapping.mask_padding(depth, np.nan)  # letterbox border: not image, invalid
+        if settings.at_input:  # camera pixels outside a crop: invalid
+            depth = frame.mapping.dense_to_camera(depth, np.nan)
+        mapping = frame.mapping.at_camera() if settings.at_input else frame.mapping
         out: Dict[str, Payload] = {}
         if want["depth"]:
             out["depth"] = ImageOut(depth, "32FC1")
         if want["depth/camera_info"]:
-            out["depth/camera_info"] = ScaledCameraInfo(frame.mapping.camera_size, size)
+            out["depth/camera_info"] = ScaledCameraInfo(mapping)
         if want["points"]:
             rgb = frame.camera_color("rgb") if settings.at_input else frame.resized_color("rgb")
-            out["points"] = PointsOut(depth, frame.mapping.camera_size, rgb)
+            out["points"] = PointsOut(depth, mapping, rgb)
         return out
 
     def decode(self, spec: Any, msgs: Mapping[str, Any], mapping: FrameMapping,
                color_order: str) -> Optional[Dict[str, np.ndarray]]:
         if "depth" not in msgs:
             return None
-        return {"depth": mapping.dense_to_model(image_to_array(msgs["depth"]).astype(np.float32))}
+        return {"depth": mapping.output_to_model(image_to_array(msgs["depth"]).astype(np.float32), np.nan)}
 
 
 KIND = Depth()

@@ -57,11 +57,8 @@ class Detection(Kind):
         want_boxes, want_image = wanted("detections"), wanted("detections/image")
         if not (want_boxes or want_image):
             return {}
-        mapping = frame.mapping
-        width, height = mapping.camera_size
-        dets = select_detections(output["boxes"], output["scores"], output["classes"], scale_x=mapping.scale_x,
-                                 scale_y=mapping.scale_y, threshold=settings.score_threshold,
-                                 max_detections=settings.max_detections, width=width, height=height)
+        dets = select_detections(output["boxes"], output["scores"], output["classes"], mapping=frame.mapping,
+                                 threshold=settings.score_threshold, max_detections=settings.max_detections)
         out: Dict[str, Payload] = {}
         if want_boxes:
             out["detections"] = DetectionsOut(dets, spec.class_names)

@@ -61,9 +61,10 @@ class Segmentation(Kind):
         want_ids, want_color = wanted("segmentation"), wanted("segmentation/color")
         if not (want_ids or want_color):
             return {}
-        class_map = output["class_map"]
+        # letterbox border and camera pixels outside a crop: not image, the ignore id
+        class_map = frame.mapping.mask_padding(output["class_map"], spec.ignore_index)
         if settings.at_input:
-            class_map = frame.mapping.dense_to_camera(class_map)
+            class_map = frame.mapping.dense_to_camera(class_map, spec.ignore_index)
         out: Dict[str, Payload] = {}
         if want_ids:
             out["segmentation"] = ImageOut(class_map, "mono8")
@@ -80,7 +81,7 @@ class Segmentation(Kind):
                color_order: str) -> Optional[Dict[str, np.ndarray]]:
         if "segmentation" not in msgs:
             return None
-        return {"class_map": mapping.dense_to_model(image_to_array(msgs["segmentation"]))}
+        return {"class_map": mapping.output_to_model(image_to_array(msgs["segmentation"]), spec.ignore_index)}
 
 
 KIND = Segmentation()

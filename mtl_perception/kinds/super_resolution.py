@@ -53,8 +53,7 @@ class SuperResolution(Kind):
         if wanted("super_resolution"):
             out["super_resolution"] = ImageOut(array_to_color(image, settings.color_order + "8", "bgr"), "bgr8")
         if wanted("super_resolution/camera_info"):
-            out["super_resolution/camera_info"] = ScaledCameraInfo(frame.mapping.camera_size,
-                                                                   (image.shape[1], image.shape[0]))
+            out["super_resolution/camera_info"] = ScaledCameraInfo(frame.mapping.scaled(spec.scale))
         return out
 
     def decode(self, spec: Any, msgs: Mapping[str, Any], mapping: FrameMapping,
@@ -62,8 +61,7 @@ class SuperResolution(Kind):
         if "super_resolution" not in msgs:
             return None
         sr = to_color(msgs["super_resolution"], order=color_order)
-        width, height = mapping.model_size
-        want = (width * spec.scale, height * spec.scale)
+        want = mapping.scaled(spec.scale).size
         if (sr.shape[1], sr.shape[0]) != want:
             sr = resize_image(sr, want)
         return {"image": sr}

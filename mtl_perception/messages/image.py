@@ -162,14 +162,17 @@ def array_to_image(array_: Any, encoding: str, header: Any = None, msg_cls: Any 
 
 
 def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
-                      width: Optional[int] = None, height: Optional[int] = None) -> Any:
-    """A copy of a sensor_msgs/CameraInfo for the image resized by (scale_x, scale_y).
+                      width: Optional[int] = None, height: Optional[int] = None,
+                      offset_x: float = 0.0, offset_y: float = 0.0) -> Any:
+    """A copy of a sensor_msgs/CameraInfo for the image resized by (scale_x, scale_y) and then
+    shifted by (offset_x, offset_y) pixels (letterbox padding, a crop: u' = u * scale_x + offset_x).
 
     Same convention as image_proc's resize node: fx, cx (K[0], K[2]) and P[0], P[2], P[3] (Tx)
     are multiplied by scale_x; fy, cy (K[4], K[5]) and P[5], P[6] by scale_y; width, height and
     the ROI are scaled and truncated to integers. D, R, binning and P[7] are unchanged. The
-    principal point is scaled without a half-pixel shift, as there. `width`/`height`, when
-    given, replace int(width * scale_x) / int(height * scale_y) (the node's explicit-size mode).
+    principal point is scaled without a half-pixel shift, as there, then moved by the offset
+    (K[2], P[2] by offset_x; K[5], P[6] by offset_y). `width`/`height`, when given, replace
+    int(width * scale_x) / int(height * scale_y) (the node's explicit-size mode).
     """
     if not (scale_x > 0 and scale_y > 0):
         raise ValueError(f"scale factors must be positive, got ({scale_x}, {scale_y})")
@@ -181,10 +184,14 @@ def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
     k = np.array(info.k, dtype=np.float64).reshape(-1)
     k[[0, 2]] *= scale_x
     k[[4, 5]] *= scale_y
+    k[2] += offset_x
+    k[5] += offset_y
     out.k = k
     p = np.array(info.p, dtype=np.float64).reshape(-1)
     p[[0, 2, 3]] *= scale_x
     p[[5, 6]] *= scale_y
+    p[2] += offset_x
+    p[6] += offset_y
     out.p = p
 
     roi = out.roi

@@ -14,7 +14,7 @@ from mtl_perception.inference.postprocess import Detections
 from mtl_perception.messages.image import scale_camera_info
 
 __all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "scaled_camera_info",
-           "sr_camera_info"]
+           "sr_camera_info", "mapped_camera_info"]
 
 
 def detection_array(header: Any, detections: Detections, class_names: Sequence[str]) -> Any:
@@ -114,3 +114,13 @@ def scaled_camera_info(info: Any, header: Any, image_width: int, image_height: i
 
 #: The super-resolution image's CameraInfo (the same scaling; the historical name).
 sr_camera_info = scaled_camera_info
+
+
+def mapped_camera_info(info: Any, header: Any, mapping: Any) -> Any:
+    """The camera's CameraInfo for an output image made through `mapping` (a
+    `preprocess.FrameMapping`: camera -> an image of `mapping.size`, scale then offset), so
+    the intrinsics follow a letterbox's padding and a crop's cut, carrying `header`."""
+    (sx, sy), (ox, oy), (width, height) = mapping.scale, mapping.offset, mapping.size
+    out = scale_camera_info(info, sx, sy, width=width, height=height, offset_x=ox, offset_y=oy)
+    out.header = header
+    return out

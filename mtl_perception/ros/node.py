@@ -67,7 +67,7 @@ from mtl_perception.messages.image import (
     encoding_info,
     image_to_array,
 )
-from mtl_perception.messages.outputs import detection_array, label_info, scaled_camera_info
+from mtl_perception.messages.outputs import detection_array, label_info, mapped_camera_info
 from mtl_perception.messages.pointcloud import depth_points, pointcloud2
 from mtl_perception.ros.message_types import message_class, publisher_qos
 from mtl_perception.ros.parameters import (
@@ -399,7 +399,7 @@ class PerceptionNode(LifecycleNode):
             pixels, encoding = compressed_to_array(msg)
         else:  # a view of msg.data, row padding skipped
             pixels, encoding = image_to_array(msg), msg.encoding
-        frame = model_input(pixels, encoding, model.input_size, self._color_order)
+        frame = model_input(pixels, encoding, model.input_size, self._color_order, model.metadata.input.resize)
         prepared = time.perf_counter()
         outputs = model.run(frame.image)
         inferred = time.perf_counter()
@@ -429,13 +429,12 @@ class PerceptionNode(LifecycleNode):
             return detection_array(header, payload.detections, payload.class_names)
         if isinstance(payload, ScaledCameraInfo):
             info = self._camera_info
-            return None if info is None else scaled_camera_info(info, header, *payload.camera_size, *payload.size)
+            return None if info is None else mapped_camera_info(info, header, payload.mapping)
         if isinstance(payload, PointsOut):
             info = self._camera_info
             if info is None:
                 return None
-            height, width = payload.depth.shape[:2]
-            k = scaled_camera_info(info, header, *payload.camera_size, width, height).k
+            k = mapped_camera_info(info, header, payload.mapping).k
             return pointcloud2(header, depth_points(payload.depth, k), rgb=payload.rgb)
         if isinstance(payload, LabelsOut):
             return label_info(header, payload.class_names, payload.threshold)

@@ -107,7 +107,8 @@ class _ModelTimer:
     def __init__(self, model_path: str, frames_bgr: Sequence[np.ndarray], providers: Optional[Sequence[str]]):
         self.model = load_model(model_path, runtime_options({"providers": list(providers)} if providers else {}))
         order = self.model.metadata.input.color_order
-        self.inputs = [model_input(f, "bgr8", self.model.input_size, order).image for f in frames_bgr]
+        resize = self.model.metadata.input.resize
+        self.inputs = [model_input(f, "bgr8", self.model.input_size, order, resize).image for f in frames_bgr]
         self._index = 0
 
     def run(self, count: int, rate_hz: Optional[float] = None) -> List[float]:
@@ -129,7 +130,7 @@ class _ModelTimer:
     def describe(self) -> Dict[str, Any]:
         meta = self.model.metadata
         return {"name": meta.name, "path": str(self.model.path), "input_size": list(self.model.input_size),
-                "tasks": {n: t.kind for n, t in meta.tasks.items()}}
+                "resize": meta.input.resize, "tasks": {n: t.kind for n, t in meta.tasks.items()}}
 
 
 class _Harness:

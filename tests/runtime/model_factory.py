@@ -23,7 +23,8 @@ BRIGHT_SCORE, BRIGHT_CLASS = 0.9, 0
 
 
 def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = True,
-                            tasks: Sequence[str] = ALL_TASKS, name: str = "bright-box", color_order: str = "rgb"):
+                            tasks: Sequence[str] = ALL_TASKS, name: str = "bright-box", color_order: str = "rgb",
+                            resize: str = "stretch"):
     """A hand-built contract model whose answers are known in closed form (RGB input, W x H):
 
     - segmentation: 1 ("bright") where R > 127, else 0 ("background");
@@ -35,7 +36,8 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
     The metadata is the contract's document under `METADATA_KEY`, as the exporter writes it;
     `metadata=False` leaves it out. `tasks` keeps only those tasks' outputs (graph and metadata),
     e.g. to build bundle members. `color_order="bgr"` only declares BGR input in the metadata (the
-    graph still reads channel 0), for models that disagree with their bundle. Returns the
+    graph still reads channel 0), for models that disagree with their bundle. `resize` is the
+    metadata's `input.resize` (how callers fit camera frames to the input). Returns the
     ModelMetadata.
     """
     import onnx
@@ -94,7 +96,7 @@ def export_bright_box_model(path: Path, input_size=(64, 48), metadata: bool = Tr
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     meta = ModelMetadata(
-        name=name, input=InputSpec(name="image", height=height, width=width, color_order=color_order),
+        name=name, input=InputSpec(name="image", height=height, width=width, color_order=color_order, resize=resize),
         tasks={
             "depth": TaskSpec(kind="depth", outputs={"depth": "depth"}, min_depth=0.5, max_depth=8.0),
             "detection": TaskSpec(kind="detection", outputs={

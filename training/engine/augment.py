@@ -5,7 +5,7 @@ carries, before any task encodes its targets (detection heatmaps, the SR pair), 
 image never disagree:
 
 - the super-resolution HR image is warped (bilinear) and the network input is derived from it
-  afterwards by the same area downscale as `resize_sample`; the pair is never augmented apart;
+  afterwards by an area downscale (`resize_image`); the pair is never augmented apart;
 - the semantic map is sampled nearest, padding 255 (ignored by the loss and the metric);
 - depth is sampled nearest, padding NaN (the pipeline's "invalid"); under `depth_scale_mode:
   inverse` it is divided by the zoom (see `AugmentConfig`);

@@ -34,11 +34,13 @@ def average_command(paths: Sequence[str], out: str, *, greedy: bool = False, dev
     classes = next(iter(tasks.values())).info  # a list of sources maps into the checkpoint's classes
     sources = {key: open_sources(getattr(recipe.data, key), classes.semantic_classes, classes.detection_classes,
                                  where=f"data.{key}") for key in ("train", "val")}
-    train_set = TaskDataset(sources["train"], tasks, size, scale, augment=False, cache=False)
+    train_set = TaskDataset(sources["train"], tasks, size, scale, augment=False, cache=False,
+                            resize=recipe.data.resize)
     bn_loader = DataLoader(train_set, batch_size=batch, shuffle=False, num_workers=recipe.data.workers)
     evaluate_fn = None
     if greedy or evaluate:
-        val_set = TaskDataset(sources["val"], tasks, size, scale, augment=False, cache=True)
+        val_set = TaskDataset(sources["val"], tasks, size, scale, augment=False, cache=True,
+                              resize=recipe.data.resize)
         val_loader = DataLoader(val_set, batch_size=batch, shuffle=False, num_workers=recipe.data.workers)
         evaluate_fn = lambda model: evaluate_model(model, tasks, val_loader)  # noqa: E731
     return average_checkpoints(paths, out, greedy=greedy, evaluate_fn=evaluate_fn, bn_loader=bn_loader,

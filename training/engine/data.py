@@ -21,7 +21,7 @@ from torch.utils.data import Dataset, DistributedSampler, Sampler
 
 from mtl_perception.data.dataset import TASK_KINDS, UNLABELLED, MultiTaskDataset
 from mtl_perception.data.readers import READERS, DatasetReader, open_reader
-from mtl_perception.inference.preprocess import resize_sample
+from mtl_perception.inference.preprocess import FrameMapping, resize_sample
 from training.engine.augment import AugmentConfig, augment_sample, sample_params
 from training.recipe.config import ConfigError
 from training.recipe.core import SourceConfig
@@ -30,16 +30,18 @@ LABELLED = "labelled_tasks"  # key of a resized sample's label kinds (not an arr
 NO_INTRINSICS = np.full(4, np.nan, np.float32)  # an item's intrinsics when its source has no camera
 
 
-def input_intrinsics(camera: Any, source_size: Tuple[int, int], input_size: Tuple[int, int]) -> Optional[np.ndarray]:
+def input_intrinsics(camera: Any, source_size: Tuple[int, int], input_size: Tuple[int, int],
+                     resize: str = "stretch") -> Optional[np.ndarray]:
     """A sample's camera (fx, fy, cx, cy at its own size, OpenCV convention: first pixel centre
-    at 0) at the network input, as `resize_sample` stretches the image: fx * sx and, in index
-    coordinates, cx' + 0.5 = sx (cx + 0.5). None when the sample has no usable camera."""
+    at 0) at the network input, as `resize_sample` maps the image (`FrameMapping`: input edge
+    coordinate = source edge coordinate * s + offset): fx * sx and, in index coordinates,
+    cx' + 0.5 = sx (cx + 0.5) + ox. None when the sample has no usable camera."""
     if not isinstance(camera, Mapping) or not all(k in camera for k in ("fx", "fy", "cx", "cy")):
         return None
-    (src_w, src_h), (width, height) = source_size, input_size
-    sx, sy = width / src_w, height / src_h
+    mapping = FrameMapping(tuple(source_size), tuple(input_size), resize)
+    (sx, sy), (ox, oy) = mapping.scale, mapping.offset
     fx, fy, cx, cy = (float(camera[k]) for k in ("fx", "fy", "cx", "cy"))
-    return np.array([fx * sx, fy * sy, sx * (cx + 0.5) - 0.5, sy * (cy + 0.5) - 0.5], np.float32)
+    return np.array([fx * sx, fy * sy, sx * (cx + 0.5) + ox - 0.5, sy * (cy + 0.5) + oy - 0.5], np.float32)
 
 
 def sample_kinds(sample: Any) -> frozenset:
@@ -229,11 +231,13 @@ class TaskDataset(Dataset):
     `augment`: an `AugmentConfig`, True for its defaults (a horizontal flip), False for none."""
 
     def __init__(self, source: MultiTaskDataset, tasks: Mapping[str, object], input_size, sr_scale: int,
-                 augment: Union[bool, AugmentConfig, None] = False, seed: int = 0, cache: bool = True):
+                 augment: Union[bool, AugmentConfig, None] = False, seed: int = 0, cache: bool = True,
+                 resize: str = "stretch"):
         self.source = source
         self.tasks = tasks
         self.input_size = tuple(input_size)
         self.sr_scale = sr_scale
+        self.resize = resize  # the recipe's data.resize: the same geometry as the node's
         self.augment: Optional[AugmentConfig] = AugmentConfig() if augment is True else (augment or None)
         self.seed = seed
         self.epoch = 0
@@ -249,10 +253,10 @@ class TaskDataset(Dataset):
         if self._cache is not None and index in self._cache:
             return self._cache[index]
         sample = self.source.load(index)
-        base = resize_sample(sample, self.input_size, self.sr_scale)
+        base = resize_sample(sample, self.input_size, self.sr_scale, self.resize)
         base[LABELLED] = sample_kinds(sample)
         h, w = sample.image.shape[:2]
-        intrinsics = input_intrinsics(getattr(sample, "camera", None), (w, h), self.input_size)
+        intrinsics = input_intrinsics(getattr(sample, "camera", None), (w, h), self.input_size, self.resize)
         if intrinsics is not None:  # augmentation moves them with the crop (augment.transform_intrinsics)
             base["intrinsics"] = intrinsics
         if self._cache is not None:

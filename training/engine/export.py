@@ -21,7 +21,14 @@ import torch
 from torch import nn
 
 from mtl_perception import __version__
-from mtl_perception.contract import METADATA_KEY, TASK_KINDS, InputSpec, ModelMetadata, graph_input_note
+from mtl_perception.contract import (
+    METADATA_KEY,
+    RESIZE_MODES,
+    TASK_KINDS,
+    InputSpec,
+    ModelMetadata,
+    graph_input_note,
+)
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.inference.preprocess import resize_sample
@@ -190,16 +197,18 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
     recipe = state["recipe"]
     trained = network_from_checkpoint(state, tasks)
     width, height = state["data_info"]["input_size"]
+    resize = recipe["data"].get("resize", "stretch")  # checkpoints from before data.resize: stretch
     if frames is None:
         frames = validation_frames(recipe, (width, height), int(state["data_info"]["sr_scale"]),
-                                   recipe["export"]["verify_frames"])
+                                   recipe["export"]["verify_frames"], resize)
     model = compact_copy(trained)  # over-parameterised layers collapsed, BN folded
     collapse_error = check_compact(trained, model, frames)
     module = DeployModule(model, tasks).eval()
     names = output_names(tasks)
     metadata = ModelMetadata(
         name=name or recipe["name"],
-        input=InputSpec(name=INPUT_NAME, height=height, width=width, color_order="rgb"),
+        input=InputSpec(name=INPUT_NAME, height=height, width=width, color_order="rgb", resize=resize,
+                        dense_outputs=RESIZE_MODES[resize]),
         tasks={t: task.spec(names[t]) for t, task in tasks.items()},
         provenance={
             "recipe": recipe, "seed": recipe["seed"], "data": {"train": recipe["data"]["train"]},
@@ -255,12 +264,13 @@ def _flatten(preds) -> List[torch.Tensor]:
     return [t for value in preds for t in _flatten(value)]
 
 
-def validation_frames(recipe: Mapping, input_size, sr_scale: int, count: int) -> List[np.ndarray]:
+def validation_frames(recipe: Mapping, input_size, sr_scale: int, count: int, resize: str = "stretch"
+                      ) -> List[np.ndarray]:
     """Network-input frames from the recipe's validation set (the same resize as training): a
     folder, or a list of sources (public datasets read in place)."""
     source = open_sources(recipe_from_dict(recipe, "the checkpoint's recipe").data.val, where="data.val")
     picks = np.linspace(0, len(source) - 1, num=min(count, len(source))).astype(int)
-    return [resize_sample(source.load(int(i)), input_size, sr_scale)["image"] for i in picks]
+    return [resize_sample(source.load(int(i)), input_size, sr_scale, resize)["image"] for i in picks]
 
 
 def _last_validation(history: Sequence[Mapping[str, float]]) -> Dict[str, float]:

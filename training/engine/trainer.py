@@ -122,8 +122,10 @@ class Trainer:
 
         data = recipe.data
         self.train_set = TaskDataset(self.train_source, self.tasks, data.input_size, data.sr_scale,
-                                     augment=data.augmentation, seed=recipe.seed, cache=data.cache)
-        self.val_set = TaskDataset(self.val_source, self.tasks, data.input_size, data.sr_scale, cache=data.cache)
+                                     augment=data.augmentation, seed=recipe.seed, cache=data.cache,
+                                     resize=data.resize)
+        self.val_set = TaskDataset(self.val_source, self.tasks, data.input_size, data.sr_scale, cache=data.cache,
+                                   resize=data.resize)
         if isinstance(self.train_source, MixedSource):  # draws by the sources' sampling weights
             self.sampler = SourceSampler(self.train_source, seed=recipe.seed, num_replicas=dist_utils.world_size(),
                                          rank=dist_utils.rank())

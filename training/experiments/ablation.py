@@ -110,7 +110,8 @@ def condition_scores(job: Job, test_root: Path) -> Dict[str, Dict[str, float]]:
     model = network_from_checkpoint(state, tasks)
     source = MultiTaskDataset(test_root)
     info = state["data_info"]
-    dataset = TaskDataset(source, tasks, tuple(info["input_size"]), int(info["sr_scale"]))
+    dataset = TaskDataset(source, tasks, tuple(info["input_size"]), int(info["sr_scale"]),
+                          resize=state["recipe"]["data"].get("resize", "stretch"))
     scores = {}
     for name, night in (("day", False), ("night", True)):
         loader = DataLoader(Subset(dataset, frames_by_light(source, night)), batch_size=16, shuffle=False)

@@ -61,7 +61,7 @@ def make_batch(recipe, batch_size: int, workdir: Path):
     root = generate_dataset(workdir / "frames", batch_size, seed=recipe.seed, camera=camera, workers=1, progress=False)
     source = MultiTaskDataset(root)
     tasks = build_tasks(recipe, source)
-    data = TaskDataset(source, tasks, recipe.data.input_size, recipe.data.sr_scale)
+    data = TaskDataset(source, tasks, recipe.data.input_size, recipe.data.sr_scale, resize=recipe.data.resize)
     batch = default_collate([data[i] for i in range(batch_size)])
     return batch, data_info_dict(tasks)
 

@@ -148,7 +148,8 @@ def _test_loader(trainer: Trainer, test_root: Optional[Path]) -> Optional[DataLo
     if test_root is None:
         return None
     data = trainer.recipe.data
-    test_set = TaskDataset(MultiTaskDataset(test_root), trainer.tasks, data.input_size, data.sr_scale)
+    test_set = TaskDataset(MultiTaskDataset(test_root), trainer.tasks, data.input_size, data.sr_scale,
+                           resize=data.resize)
     return DataLoader(test_set, batch_size=trainer.recipe.optim.batch_size, shuffle=False)
 
 

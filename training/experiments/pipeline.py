@@ -178,7 +178,8 @@ def interleaved_latency(paths: Mapping[str, Path], test_root: Path, frames: int)
     runners = []
     for p in paths.values():
         model = load_model(p, RuntimeOptions(providers=["cpu"]))
-        frame = model_input(image, "rgb8", model.input_size, model.metadata.input.color_order).image
+        frame = model_input(image, "rgb8", model.input_size, model.metadata.input.color_order,
+                            model.metadata.input.resize).image
         runners.append({"ms": lambda m=model, x=frame: m.run(x)})
     medians = [t["ms"] for t in _timed(runners, runs=frames, rounds=max(1, frames // 10))]
     return {name: {"p50_ms": ms, "ratio": ms / medians[0]} for name, ms in zip(paths, medians)}

@@ -91,6 +91,9 @@ class DataConfig:
     generate: Optional[GenerateConfig] = None
     input_size: Tuple[int, int] = (192, 128)  # width, height of the network input
     sr_scale: int = 2  # the SR target is the image at input_size * sr_scale
+    #: how an image of another aspect ratio becomes the input (mtl_perception.contract.RESIZE_MODES);
+    #: the exported model records it and the node resizes camera frames the same way
+    resize: Literal["stretch", "letterbox", "crop"] = "stretch"
     cache: bool = True  # keep decoded, resized samples in memory
     workers: int = 0  # DataLoader worker processes
     augment_flip: bool = True  # false is the older spelling of augment.flip: 0

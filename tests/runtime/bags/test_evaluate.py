@@ -281,3 +281,34 @@ def test_make_bag_and_eval_bag_need_neither_torch_nor_rclpy(tmp_path):
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "report" / "metrics.json").is_file() and (tmp_path / "out" / "metadata.yaml").is_file()
+
+
+def test_letterbox_model_scores_the_same_labels_and_publishes_camera_pixels(tmp_path):
+    """A 64x64 letterbox model on the 128x96 camera: scale 1/2, image rows 8..56 of the model.
+    The padding is ignored by every metric (labels: 255 / NaN there), so segmentation and depth
+    score as the 64x48 stretch model does; the pedestrian label moves down 8 rows, away from the
+    fixed box (AP 0); boxes come back in camera pixels, the fixed box clipped to the image."""
+    path = tmp_path / "letterbox.onnx"
+    export_bright_box_model(path, (64, 64), resize="letterbox")
+    model = load_model(path)
+    bag = tmp_path / "bag"
+    write_bright_box_bag(bag, "mcap", frames=3)
+    report = run(bag, tmp_path / "report", model, samples=0, output_bag=str(tmp_path / "outputs"))
+    assert report["model"]["resize"] == "letterbox" and report["frames"]["evaluated"] == 3
+    seg, depth, det, sr = (report["tasks"][k] for k in ("segmentation", "depth", "detection", "super_resolution"))
+    for key, value in expected_segmentation().items():
+        assert seg[key] == pytest.approx(value, rel=1e-12)
+    for key, value in expected_depth(outside_prediction=0.5).items():
+        assert depth[key] == pytest.approx(value, rel=1e-9)
+    assert det["map50"] == pytest.approx(0.5) and det["map50_95"] == pytest.approx(0.5)
+    assert sr["psnr"] == 100.0  # the SR target is letterboxed the same way at twice the size
+    with open_bag(tmp_path / "outputs") as reader:
+        for topic, msgtype, _, raw in reader.messages(["/perception/detections", "/perception/segmentation"]):
+            msg = reader.deserialize(raw, msgtype)
+            if topic.endswith("detections"):
+                boxes, _, labels, _ = detections_from_msg(msg, ["vehicle", "pedestrian", "traffic_sign"])
+                np.testing.assert_allclose(boxes, [[40, 20, 80, 60], [0, 0, 16, 0]])
+                assert labels.tolist() == [0, 1]
+            else:  # at the model's size; the padded rows carry the ignore id
+                ids = np.frombuffer(msg.data, np.uint8).reshape(64, 64)
+                assert (ids[:8] == 255).all() and (ids[56:] == 255).all() and (ids[8:56] != 255).all()

@@ -7,7 +7,7 @@ import numpy as np
 
 from mtl_perception.contract import TaskSpec
 from mtl_perception.inference.postprocess import draw_detections, select_detections
-from mtl_perception.inference.preprocess import model_input
+from mtl_perception.inference.preprocess import FrameMapping, model_input
 from mtl_perception.kinds import registry
 from mtl_perception.kinds.base import ImageOut, PointsOut, RenderSettings, ScaledCameraInfo
 
@@ -45,15 +45,17 @@ def test_live_payloads_at_model_and_input_resolution():
         settings = RenderSettings(output_resolution=resolution, score_threshold=0.5)
         out = registry.render(TASKS, outputs(), frame, settings, lambda topic: topic in LIVE)
         assert sorted(out) == sorted(LIVE)
-        assert out["depth/camera_info"] == ScaledCameraInfo((128, 72), size)
+        expected = frame.mapping if resolution == "model" else FrameMapping((128, 72), (128, 72))
+        assert out["depth/camera_info"] == ScaledCameraInfo(expected) and out["depth/camera_info"].size == size
         points = out["points"]
-        assert isinstance(points, PointsOut) and points.camera_size == (128, 72)
+        assert isinstance(points, PointsOut) and points.mapping == expected
         assert points.depth.shape == size[::-1] and points.rgb.shape == size[::-1] + (3,)
         expected_rgb = camera if resolution == "input" else frame.resized_color("rgb")
         np.testing.assert_array_equal(points.rgb, expected_rgb)
         assert np.isnan(points.depth[:, : size[0] // 8]).all() and (points.depth[:, size[0] // 4:] == 4.0).all()
         image = out["detections/image"]
         dets = select_detections(outputs()["det"]["boxes"], outputs()["det"]["scores"], outputs()["det"]["classes"],
-                                 scale_x=4.0, scale_y=3.0, threshold=0.5, max_detections=100, width=128, height=72)
+                                 mapping=FrameMapping((128, 72), (32, 24)), threshold=0.5, max_detections=100)
+        np.testing.assert_allclose(dets.boxes, [[8.0, 9.0, 40.0, 36.0]])  # x * 4, y * 3
         assert isinstance(image, ImageOut) and image.encoding == "bgr8"
         np.testing.assert_array_equal(image.array, draw_detections(camera[..., ::-1], dets, ("car", "person")))

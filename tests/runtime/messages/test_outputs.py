@@ -11,22 +11,23 @@ from mtl_perception.inference.postprocess import (
     select_detections,
     valid_depth,
 )
+from mtl_perception.inference.preprocess import FrameMapping
 
 
 def test_select_detections_thresholds_sorts_caps_and_maps_to_input_pixels():
     boxes = np.array([[10, 10, 20, 30], [0, 0, 64, 48], [5, 5, 6, 6], [30, 2, 40, 4]], np.float32)
     scores = np.array([0.5, 0.9, 0.2, np.nan], np.float32)
     classes = np.array([2, 0, 1, 1], np.int32)
-    dets = select_detections(boxes, scores, classes, scale_x=10.0, scale_y=7.5, threshold=0.3,
-                             max_detections=5, width=640, height=360)
+    dets = select_detections(boxes, scores, classes, mapping=FrameMapping((640, 360), (64, 48)), threshold=0.3,
+                             max_detections=5)
     np.testing.assert_allclose(dets.boxes, [[0, 0, 640, 360], [100, 75, 200, 225]])
     np.testing.assert_allclose(dets.scores, [0.9, 0.5], rtol=1e-6)
     assert dets.classes.tolist() == [0, 2]
-    capped = select_detections(boxes, scores, classes, scale_x=1, scale_y=1, threshold=0.0, max_detections=1,
-                               width=64, height=48)
+    same = FrameMapping((64, 48), (64, 48))
+    capped = select_detections(boxes, scores, classes, mapping=same, threshold=0.0, max_detections=1)
     assert capped.classes.tolist() == [0]
     clipped = select_detections(np.array([[-5, -5, 70, 50]], np.float32), np.array([1.0]), np.array([0]),
-                                scale_x=1, scale_y=1, threshold=0.5, max_detections=10, width=64, height=48)
+                                mapping=same, threshold=0.5, max_detections=10)
     np.testing.assert_allclose(clipped.boxes, [[0, 0, 64, 48]])
 
 

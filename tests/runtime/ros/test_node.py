@@ -776,3 +776,44 @@ def test_console_script_and_unset_model_path():
     assert result.returncode == 1
     assert "model_path is not set" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("mode", ["letterbox", "crop"])
+def test_letterbox_and_crop_models_publish_boxes_in_camera_pixels(tmp_path, mode):
+    """A 64x48 model on the 640x360 camera.
+
+    letterbox: scale 0.1 on both axes, image rows 6..42 of the model. The red rectangle's box
+    comes back exactly at RECT; the fixed box (model 0..8) starts in the padding and is clipped
+    to the image's top edge; the padded rows are not image (segmentation 255, depth NaN); the
+    depth intrinsics move down by the 6 rows of padding.
+    crop: scale 2/15, the model sees camera columns 80..560: the fixed box is camera
+    (80, 0, 140, 60) exactly, the rectangle's box within a model pixel (7.5 camera pixels) of
+    RECT (its edges fall between model pixels); cx moves left by the 80 cut columns."""
+    path = tmp_path / f"{mode}.onnx"
+    export_bright_box_model(path, input_size=(MODEL_W, MODEL_H), resize=mode)
+    ns = f"/node_{mode}"
+    node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={path}")
+    probe = Probe(ns)
+    try:
+        out = probe.outputs_for(scene("bgr8"), topics=("detections", "segmentation", "depth", "depth/camera_info"))
+        first, second = out["detections"].detections
+        fixed, tolerance = ((0.0, 0.0, 80.0, 20.0), 1e-6) if mode == "letterbox" else ((80.0, 0.0, 140.0, 60.0), 7.5)
+        for det, (x1, y1, x2, y2), tol in ((first, RECT, tolerance), (second, fixed, 1e-6)):
+            box = det.bbox
+            got = (box.center.position.x - box.size_x / 2, box.center.position.y - box.size_y / 2,
+                   box.center.position.x + box.size_x / 2, box.center.position.y + box.size_y / 2)
+            np.testing.assert_allclose(got, (x1, y1, x2, y2), atol=tol)
+        ids, depth = image_to_array(out["segmentation"]), image_to_array(out["depth"])
+        k = np.asarray(out["depth/camera_info"].k).reshape(3, 3)
+        if mode == "letterbox":
+            assert (ids[:6] == 255).all() and (ids[42:] == 255).all() and (ids[6:42] != 255).all()
+            assert (ids[15:33, 20:40] == 1).all() and np.isnan(depth[:6]).all() and np.isnan(depth[42:]).all()
+            np.testing.assert_allclose(k, [[50.0, 0, 31.95], [0, 51.0, 179.5 * 0.1 + 6], [0, 0, 1]])
+        else:
+            assert (ids != 255).all()
+            s = 2 / 15
+            np.testing.assert_allclose(k, [[500 * s, 0, (319.5 - 80) * s], [0, 510 * s, 179.5 * s], [0, 0, 1]])
+        assert node.alive() and "Traceback" not in node.log()
+    finally:
+        probe.close()
+        node.stop()

@@ -298,3 +298,18 @@ def test_reader_intrinsics_follow_the_resize_then_zoom_and_crop(tmp_path, mode):
     assert np.isnan(zoomed[1]["intrinsics"]).all()
     batch = torch.utils.data.default_collate([zoomed[0], zoomed[1]])
     assert batch["intrinsics"].shape == (2, 4)
+
+
+@pytest.mark.parametrize("resize, expected", [
+    # 1280x720 into 512x256. letterbox: scale min(0.4, 0.3556) -> a 455x256 image at x = 28,
+    # sx = 455/1280, sy = 256/720: cx' = sx * 640 + 28 - 0.5 = 255.0, cy' = sy * 360 - 0.5 = 127.5
+    ("letterbox", [1000 * 455 / 1280, 1000 * 256 / 720, 255.0, 127.5]),
+    # crop: scale 0.4, camera rows 40..680 seen: cy' = 0.4 * (360 - 40) - 0.5 = 127.5
+    ("crop", [400.0, 400.0, 255.5, 127.5]),
+    ("stretch", [400.0, 1000 * 256 / 720, 255.5, 127.5]),
+])
+def test_input_intrinsics_follow_the_resize_mode(resize, expected):
+    from training.engine.data import input_intrinsics
+
+    camera = {"fx": 1000.0, "fy": 1000.0, "cx": 639.5, "cy": 359.5}
+    np.testing.assert_allclose(input_intrinsics(camera, (1280, 720), (512, 256), resize), expected, rtol=1e-6)
