@@ -256,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rate", type=float, help="end-to-end camera rate (default: half the model's throughput, <= 30 Hz)")
     p.add_argument("--overload-factor", type=float, default=2.0, help="overload camera rate / model rate")
     p.add_argument("--providers", help="comma-separated execution providers (default: best available)")
+    p.add_argument("--intra-op-threads", type=int, default=0,
+                   help="onnxruntime intra-op threads of the node and the model-only timer (0: its default)")
     p.add_argument("--json", help="also write the results to this file")
     p.add_argument("--stock-dds", action="store_true",
                    help="Fast DDS defaults instead of the large shared-memory profile (mtl_perception.ros.dds_profile)")

@@ -33,7 +33,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import rclpy
@@ -104,8 +104,9 @@ def camera_frames(width: int, height: int, count: int = 4) -> List[np.ndarray]:
 class _ModelTimer:
     """The model in this process, on frames already resized to its input."""
 
-    def __init__(self, model_path: str, frames_bgr: Sequence[np.ndarray], providers: Optional[Sequence[str]]):
-        self.model = load_model(model_path, runtime_options({"providers": list(providers)} if providers else {}))
+    def __init__(self, model_path: str, frames_bgr: Sequence[np.ndarray], runtime: Mapping[str, Any]):
+        self.runtime = dict(runtime)
+        self.model = load_model(model_path, runtime_options(self.runtime))
         order = self.model.metadata.input.color_order
         resize = self.model.metadata.input.resize
         self.inputs = [model_input(f, "bgr8", self.model.input_size, order, resize).image for f in frames_bgr]
@@ -354,7 +355,7 @@ class _Run:
     """One benchmark run's settings."""
 
     model_path: str
-    providers: Optional[Sequence[str]]
+    runtime: Mapping[str, Any]  # the node's runtime parameters that the model-only timer shares
     frames: int
     block: int
     startup_timeout: float
@@ -366,9 +367,7 @@ def _through_ros(run: _Run, images: Sequence[np.ndarray], timer: _ModelTimer, ou
                  e2e_rate: float, overload_rate: float) -> Tuple[Dict[str, Any], Dict[str, Any]]:
     """Phases 2 and 3 with the node and the echo process running; both stopped at the end."""
     namespace = f"/mtl_benchmark_{os.getpid()}"
-    params: Dict[str, Any] = {"model_path": run.model_path, "diagnostics_period": 1.0}
-    if run.providers:
-        params["providers"] = list(run.providers)
+    params: Dict[str, Any] = {"model_path": run.model_path, "diagnostics_period": 1.0, **run.runtime}
     frames, log = run.frames, run.log
     with tempfile.TemporaryFile("w+") as node_log:
         node = start_node(namespace, params, node_log)
@@ -395,21 +394,27 @@ def _through_ros(run: _Run, images: Sequence[np.ndarray], timer: _ModelTimer, ou
 def run_benchmark(model_path: str, width: int = 640, height: int = 480, frames: int = 200,
                   providers: Optional[Sequence[str]] = None, rate_hz: Optional[float] = None,
                   overload_factor: float = 2.0, block: int = 20, startup_timeout: float = 60.0,
-                  stock_dds: bool = False, log: Any = print) -> Dict[str, Any]:
+                  stock_dds: bool = False, intra_op_threads: int = 0, log: Any = print) -> Dict[str, Any]:
     """See the module docstring. The paced model-only and end-to-end measurements alternate in
     blocks of `block` frames at the same rate, so both see the same background load and the same
     idle gaps between frames (an idle CPU makes the next inference slower than a warm loop).
     Unless `stock_dds` (or the environment names its own profile), every process of the run uses
-    `dds_profile`'s large shared-memory segment."""
+    `dds_profile`'s large shared-memory segment. `providers` and `intra_op_threads` (0:
+    onnxruntime's default, every core) apply to the node and the model-only timer alike."""
     dds = _select_dds_profile(stock_dds)
     images = camera_frames(width, height)
-    timer = _ModelTimer(model_path, images, providers)
+    runtime: Dict[str, Any] = {}
+    if providers:
+        runtime["providers"] = list(providers)
+    if intra_op_threads:
+        runtime["intra_op_threads"] = int(intra_op_threads)
+    timer = _ModelTimer(model_path, images, runtime)
     back_to_back = _back_to_back(timer, frames, log)
     model_p50 = back_to_back["p50_ms"]
     e2e_rate = rate_hz or min(30.0, 0.5 * 1e3 / model_p50)
     overload_rate = overload_factor * 1e3 / model_p50
     outputs = [t.name for t in registry.topics_for(timer.model.metadata.tasks, per_frame=True)]
-    run = _Run(model_path, providers, frames, block, startup_timeout, overload_factor, log)
+    run = _Run(model_path, runtime, frames, block, startup_timeout, overload_factor, log)
     alternating, overload = _through_ros(run, images, timer, outputs, e2e_rate, overload_rate)
     return _result(timer, width, height, outputs, dds, back_to_back, alternating, overload, overload_factor)
 
@@ -431,6 +436,7 @@ def _result(timer: _ModelTimer, width: int, height: int, outputs: Sequence[str],
         "schema": "mtl_perception.tools.benchmark/2",
         "model": timer.describe(),
         "provider": timer.model.providers[0],
+        "intra_op_threads": timer.runtime.get("intra_op_threads", 0),  # 0: onnxruntime's default
         "input": {"width": width, "height": height, "encoding": "bgr8"},
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "cpus": os.cpu_count(), "python": platform.python_version(),
@@ -517,7 +523,8 @@ def format_table(result: Dict[str, Any]) -> str:
     inp, host = result["input"], result["host"]
     lines.insert(0, f"model {result['model']['name']} {result['model']['input_size'][0]}x"
                     f"{result['model']['input_size'][1]}, camera {inp['width']}x{inp['height']} {inp['encoding']}, "
-                    f"{host['cpus']} CPUs, load average {host['load_average_1min']:.2f}; DDS profile: "
+                    f"{host['cpus']} CPUs, load average {host['load_average_1min']:.2f}; onnxruntime intra-op threads "
+                    f"{result['intra_op_threads'] or 'default'}; DDS profile: "
                     f"{result['dds_profile'].split(':')[0]}")
     lines.append(f"overhead p50: {result['overhead_ms_p50']:.2f} ms; ratio end to end / model only (paced): "
                  f"{result['overhead_ratio_p50']:.3f} (target <= {result['target_ratio_p50']}: "
@@ -540,7 +547,7 @@ def main(args: Any) -> int:
     """`mtl-perception benchmark` (argparse namespace from cli.py)."""
     providers = [p for p in args.providers.split(",") if p] if args.providers else None
     result = run_benchmark(args.model, args.width, args.height, args.frames, providers, args.rate,
-                           args.overload_factor, stock_dds=args.stock_dds,
+                           args.overload_factor, stock_dds=args.stock_dds, intra_op_threads=args.intra_op_threads,
                            log=lambda line: print(line, file=sys.stderr))
     text = json.dumps(result, indent=2)
     if args.json:
