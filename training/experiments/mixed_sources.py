@@ -8,8 +8,12 @@ real CLI (`mtl-train train`, which exports and verifies), then scored with `mtl-
 evaluate` (which prints the trivial baselines) on a fully labelled synthetic validation split and
 on held-out photos (other photos than the training ones):
 
-- `synthetic_only`: the two synthetic splits, super-resolution learnt on synthetic images;
-- `mixed`: the same synthetic splits without super-resolution, plus the training photos for it.
+- `synthetic_only`: the two synthetic splits, plus a third synthetic split for super-resolution;
+- `mixed`: the same two synthetic splits, plus the training photos for super-resolution.
+
+Each source is a third of the draws in both and the super-resolution sources are equally large
+(as many synthetic frames as photo tiles), so the models differ only in what super-resolution
+learns from.
 
     python -m training.experiments.mixed_sources --work /tmp/mixed --out docs/mixed_sources.json
 """
@@ -58,16 +62,20 @@ def write_photos(root: Path, names, tile: tuple) -> int:
     return len(json.loads((root / "dataset.json").read_text())["images"])
 
 
-def recipe(name: str, work: Path, mixed: bool, epochs: int) -> dict:
-    sr = [] if mixed else ["super_resolution"]
+def recipe(name: str, work: Path, mixed: bool, epochs: int, sr_frames: int) -> dict:
+    """Three sources, a third of the draws each, in both models: only the super-resolution
+    source differs (the photos' `sr_frames` tiles or as many synthetic frames), so every task
+    sees as many samples, and every epoch has as many steps, in both."""
+    sr_source = ({"root": str(work / "photos_train"), "weight": 1.0} if mixed else
+                 {"format": "synthetic", "root": str(work / "synthetic_sr"), "frames": sr_frames, "seed": 4,
+                  "tasks": ["super_resolution"], "weight": 1.0})
     train = [
         {"format": "synthetic", "root": str(work / "synthetic_segdepth"), "frames": 240, "seed": 1,
-         "tasks": ["segmentation", "depth", *sr], "weight": 1.0},
+         "tasks": ["segmentation", "depth"], "weight": 1.0},
         {"format": "synthetic", "root": str(work / "synthetic_det"), "frames": 240, "seed": 2,
-         "tasks": ["detection", *sr], "weight": 1.0},
+         "tasks": ["detection"], "weight": 1.0},
+        sr_source,
     ]
-    if mixed:
-        train.append({"root": str(work / "photos_train"), "weight": 1.0})  # a third of the draws
     return {
         "name": name, "seed": 0, "out_dir": str(work / name), "threads": 1,
         "data": {"train": train, "val": str(work / "synthetic_val"), "input_size": [96, 64], "sr_scale": 2},
@@ -100,7 +108,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=15)
     args = parser.parse_args(argv)
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -116,7 +124,7 @@ def main(argv=None) -> int:
     trainings = []
     for name, mixed in variants:  # both train side by side (one thread each)
         path = work / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(recipe(name, work, mixed, args.epochs), sort_keys=False))
+        path.write_text(yaml.safe_dump(recipe(name, work, mixed, args.epochs, counts["photos_train"]), sort_keys=False))
         if (work / name / "model.onnx").exists():  # trained and exported by an earlier run
             continue
         trainings.append(subprocess.Popen([sys.executable, "-m", "training.cli", "train", str(path), "--no-progress"],
@@ -127,7 +135,7 @@ def main(argv=None) -> int:
         history = [json.loads(json.dumps(row)) for row in _metrics_rows(work / name / "metrics.csv")]
         model = work / name / "model.onnx"
         results["models"][name] = {
-            "recipe": recipe(name, work, mixed, args.epochs)["data"]["train"],
+            "recipe": recipe(name, work, mixed, args.epochs, counts["photos_train"])["data"]["train"],
             "train_losses_finite": all(np.isfinite(float(v)) for row in history for k, v in row.items()
                                        if k.startswith("train/")),
             "last_epoch": history[-1],

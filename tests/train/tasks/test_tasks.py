@@ -4,6 +4,7 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from tests.train.exported_models import tiny_network, tiny_tasks
 from training.tasks.depth import log_l1_loss
@@ -119,13 +120,49 @@ def test_super_resolution_starts_as_bicubic_and_l1_is_hand_computed():
     net = tiny_network(tasks)
     image = torch.rand(1, 3, 32, 64)
     pred = net(image)["super_resolution"]
-    bicubic = torch.nn.functional.interpolate(image, scale_factor=2, mode="bicubic", align_corners=False)
+    bicubic = F.interpolate(image, scale_factor=2, mode="bicubic", align_corners=False)
     assert torch.allclose(pred, bicubic, atol=1e-6)  # zero-initialised residual
     task = tasks["super_resolution"]
     target = torch.full((1, 3, 2, 2), 51, dtype=torch.uint8)  # 0.2
     assert task.loss(torch.full((1, 3, 2, 2), 0.5), {"super_resolution_target": target}).item() == pytest.approx(0.3)
     decoded = task.decode(torch.tensor([[[[1.2, 0.5]]] * 3]), None)["image"]
     assert decoded.shape == (1, 1, 2, 3) and decoded[0, 0, :, 0].tolist() == [255, 128]
+
+
+def _sharp_images(count: int, seed: int):
+    """HR images of blurred noise at four times the contrast (smooth areas, sharp transitions) and
+    their 2x2 area-downscaled inputs: detail that bicubic blurs and a learnt filter restores."""
+    g = torch.Generator().manual_seed(seed)
+    kernel = torch.exp(-torch.arange(-4, 5.0) ** 2 / (2 * 1.2 ** 2))
+    kernel = kernel / kernel.sum()
+    x = torch.rand(count * 3, 1, 72, 136, generator=g)
+    x = F.conv2d(F.conv2d(x, kernel.view(1, 1, 1, 9)), kernel.view(1, 1, 9, 1)).reshape(count, 3, 64, 128)
+    hr = ((x - 0.5) * 4 + 0.5).clamp(0, 1)
+    return F.avg_pool2d(hr, 2), hr
+
+
+def test_super_resolution_head_beats_bicubic_within_a_few_adam_steps():
+    """At the experiments' learning rate (AdamW, 4e-3) and a tiny trunk, 60 steps of 8 new images
+    each must clearly beat bicubic on other images of the same kind: measured +2.4 dB; a head
+    without the input pixels whose output layer works in full-range units overshoots the small
+    residual at every step (+0.3 dB, below bicubic for the first 30 steps)."""
+    tasks = tiny_tasks(["super_resolution"])
+    task = tasks["super_resolution"]
+    net = tiny_network(tasks).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=4e-3, weight_decay=1e-4)
+    for step in range(60):
+        image, hr = _sharp_images(8, seed=1 + step)
+        target = {"super_resolution_target": (hr * 255).round().to(torch.uint8)}
+        loss = task.loss(net(image)["super_resolution"], target)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    image, hr = _sharp_images(8, seed=0)
+    with torch.no_grad():
+        pred = net.eval()(image)["super_resolution"].clamp(0, 1)
+    bicubic = F.interpolate(image, scale_factor=2, mode="bicubic", align_corners=False).clamp(0, 1)
+    gain = 10 * math.log10(float(((bicubic - hr) ** 2).mean()) / float(((pred - hr) ** 2).mean()))
+    assert gain > 1.0
 
 
 def test_every_task_reports_its_contract_roles():
