@@ -33,7 +33,7 @@ def model_path(tmp_path_factory):
 def test_benchmark_writes_every_measurement(model_path, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert cli.main(["benchmark", "--model", str(model_path), "--width", "320", "--height", "240",
-                     "--frames", "20", "--rate", "20", "--json", str(out)]) == 0
+                     "--frames", "20", "--rate", "20", "--intra-op-threads", "1", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     for section in ("model_only_back_to_back", "model_only", "ros_floor", "end_to_end", "overload"):
         assert result[section]["count"] > 0, section
@@ -42,9 +42,11 @@ def test_benchmark_writes_every_measurement(model_path, tmp_path, capsys):
     assert result["outputs"] == ["segmentation", "segmentation/color", "depth", "detections", "super_resolution",
                                  "super_resolution/camera_info"]
     assert result["overload"]["node_frames_received"] > 0
+    assert result["overload"]["ros_floor_at_this_rate"]["frames_echoed"] > 0
     ratio = result["end_to_end"]["p50_ms"] / result["model_only"]["p50_ms"]
     assert result["overhead_ratio_p50"] == pytest.approx(ratio)
     assert result["input"] == {"width": 320, "height": 240, "encoding": "bgr8"}
+    assert result["intra_op_threads"] == 1
     goals = result["goals"]
     share = result["end_to_end"]["p50_ms"] - result["model_only"]["p50_ms"] - result["ros_floor"]["p50_ms"]
     assert goals["node_share_ms_p50"] == pytest.approx(share)
