@@ -124,23 +124,40 @@ def _sample_problems(sample, reader) -> List[str]:
     """What is wrong with one loaded sample's labels (the reader has decoded every file)."""
     h, w = sample.image.shape[:2]
     out = []
-    n_classes = len(reader.semantic_classes)
-    ids = [int(i) for i in np.unique(sample.semantic) if i >= n_classes and i != UNLABELLED]
-    if ids:
-        out.append(f"class ids {', '.join(map(str, ids[:8]))} are not in 0..{n_classes - 1} or {UNLABELLED}")
+    bad_ids = _class_id_problem(np.unique(sample.semantic), len(reader.semantic_classes))
+    if bad_ids:
+        out.append(bad_ids)
     depth = sample.depth[~np.isnan(sample.depth)]
     if depth.size and not (np.isfinite(depth).all() and (depth > 0).all()):
         out.append("depth has infinite, zero or negative values (invalid must be NaN)")
-    tol = BOX_TOLERANCE_PX
     for box, label in zip(np.asarray(sample.boxes, np.float64), sample.labels):
-        x1, y1, x2, y2 = box
-        if not (np.isfinite(box).all() and x2 > x1 and y2 > y1):
-            out.append(f"box {box.tolist()} is not a finite box of positive size")
-        elif x1 < -tol or y1 < -tol or x2 > w + tol or y2 > h + tol:
-            out.append(f"box {box.tolist()} (x1 y1 x2 y2) leaves the image ({w}x{h})")
+        bad_box = _box_problem(*box, w, h)
+        if bad_box:
+            out.append(f"box {box.tolist()} {bad_box}")
         if not 0 <= label < len(reader.detection_classes):
             out.append(f"box label {int(label)} is not in 0..{len(reader.detection_classes) - 1}")
     return out
+
+
+def _class_id_problem(ids: np.ndarray, n_classes: int) -> Optional[str]:
+    """The semantic ids that are neither a class (0..n_classes - 1) nor unlabelled, as one phrase."""
+    bad = [int(i) for i in ids if i >= n_classes and i != UNLABELLED]
+    if not bad:
+        return None
+    shown = ", ".join(map(str, bad[:8])) + (" ..." if len(bad) > 8 else "")
+    return (f"class ids {shown} are not in 0..{n_classes - 1} ({n_classes} semantic classes) "
+            f"or {UNLABELLED} (unlabelled)")
+
+
+def _box_problem(x1: float, y1: float, x2: float, y2: float, w: int, h: int, image: str = "the image"
+                 ) -> Optional[str]:
+    """What is wrong with an xyxy box in the w x h `image`, as the phrase after the box's name."""
+    if not (all(np.isfinite(v) for v in (x1, y1, x2, y2)) and x2 > x1 and y2 > y1):
+        return "is not a finite box of positive size"
+    tol = BOX_TOLERANCE_PX
+    if x1 < -tol or y1 < -tol or x2 > w + tol or y2 > h + tol:
+        return f"(x1 y1 x2 y2 = {x1:g} {y1:g} {x2:g} {y2:g}) leaves {image} ({w}x{h})"
+    return None
 
 
 def _problem(exc: Exception, fallback: Path) -> Problem:
@@ -215,15 +232,10 @@ def _check_file(key: str, path: Path, h: int, w: int, n_classes: int, depth_scal
     if key == "depth_file":
         read_depth(path, h, w, depth_scale)
         return None
-    ids = np.unique(read_semantic(path, h, w))
-    bad = [int(i) for i in ids if i >= n_classes and i != UNLABELLED]
-    if bad and n_classes == 0:
+    problem = _class_id_problem(np.unique(read_semantic(path, h, w)), n_classes)
+    if problem and n_classes == 0:
         return "semantic labels, but dataset.json lists no semantic_classes"
-    if bad:
-        shown = ", ".join(map(str, bad[:8])) + (" ..." if len(bad) > 8 else "")
-        return (f"class ids {shown} are not in 0..{n_classes - 1} ({n_classes} semantic_classes) "
-                f"or {UNLABELLED} (unlabelled)")
-    return None
+    return problem
 
 
 def _check_annotations(anns: Any, meta: Path, entries: Mapping[Any, dict],
@@ -259,9 +271,5 @@ def _annotation_problem(a: Any, meta: Path, entries: Mapping[Any, dict],
         x1, y1, x2, y2 = annotation_box(a, meta)
     except DatasetError:
         return f"bbox must be 4 numbers [x, y, width, height], got {a.get('bbox')!r:.60}"
-    if not all(np.isfinite(v) for v in (x1, y1, x2, y2)) or not (x2 > x1 and y2 > y1):
-        return f"bbox {a['bbox']} is not a finite box of positive size"
-    w, h, tol = im["width"], im["height"], BOX_TOLERANCE_PX
-    if x1 < -tol or y1 < -tol or x2 > w + tol or y2 > h + tol:
-        return f"bbox {a['bbox']} (x1 y1 x2 y2 = {x1:g} {y1:g} {x2:g} {y2:g}) leaves image {im['id']!r} ({w}x{h})"
-    return None
+    problem = _box_problem(x1, y1, x2, y2, im["width"], im["height"], f"image {im['id']!r}")
+    return f"bbox {a['bbox']} {problem}" if problem else None

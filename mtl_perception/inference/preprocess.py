@@ -137,15 +137,6 @@ class FrameMapping:
         sx, sy = self.scale
         return valid[0] - cam[0] * sx, valid[1] - cam[1] * sy
 
-    @property
-    def scale_x(self) -> float:
-        """Camera pixels per model pixel along x."""
-        return 1.0 / self.scale[0]
-
-    @property
-    def scale_y(self) -> float:
-        return 1.0 / self.scale[1]
-
     def at_camera(self) -> "FrameMapping":
         """The identity: for outputs brought back to the camera's size (their intrinsics are the camera's)."""
         return FrameMapping(self.camera_size, self.camera_size)

@@ -13,8 +13,7 @@ import numpy as np
 from mtl_perception.inference.postprocess import Detections
 from mtl_perception.messages.image import scale_camera_info
 
-__all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "scaled_camera_info",
-           "sr_camera_info", "mapped_camera_info"]
+__all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "mapped_camera_info"]
 
 
 def detection_array(header: Any, detections: Detections, class_names: Sequence[str]) -> Any:
@@ -100,26 +99,12 @@ def label_info(header: Any, class_names: Sequence[str], threshold: float) -> Any
     return msg
 
 
-def scaled_camera_info(info: Any, header: Any, image_width: int, image_height: int,
-                       out_width: int, out_height: int) -> Any:
-    """The camera's CameraInfo (for the input image's size) scaled to an output image of another
-    size (image_proc's resize convention, `scale_camera_info`), carrying `header`: what
-    `depth/camera_info` and `super_resolution/camera_info` publish, so that depth_image_proc,
-    RViz and the node's own `points` read the intrinsics of the image they go with."""
-    out = scale_camera_info(info, out_width / float(image_width), out_height / float(image_height),
-                            width=out_width, height=out_height)
-    out.header = header
-    return out
-
-
-#: The super-resolution image's CameraInfo (the same scaling; the historical name).
-sr_camera_info = scaled_camera_info
-
-
 def mapped_camera_info(info: Any, header: Any, mapping: Any) -> Any:
     """The camera's CameraInfo for an output image made through `mapping` (a
-    `preprocess.FrameMapping`: camera -> an image of `mapping.size`, scale then offset), so
-    the intrinsics follow a letterbox's padding and a crop's cut, carrying `header`."""
+    `preprocess.FrameMapping`: camera -> an image of `mapping.size`, scale then offset; image_proc's
+    resize convention, `scale_camera_info`), carrying `header`: what `depth/camera_info` and
+    `super_resolution/camera_info` publish, so that depth_image_proc, RViz and the node's own
+    `points` read the intrinsics of the image they go with, also through a letterbox or a crop."""
     (sx, sy), (ox, oy), (width, height) = mapping.scale, mapping.offset, mapping.size
     out = scale_camera_info(info, sx, sy, width=width, height=height, offset_x=ox, offset_y=oy)
     out.header = header

@@ -99,6 +99,13 @@ def _describe(param: Param) -> ParameterDescriptor:
     return descriptor
 
 
+#: Where a frame's time goes in the node (diagnostics `<stage>_p50_ms`, beside `inference` and
+#: `processing`): waiting in the slot for the worker, message -> model input (view, resize,
+#: colour), outputs -> message inputs (overlays, boxes to camera pixels ...), building and
+#: publishing the messages.
+FRAME_STAGES = ("wait", "preprocess", "render", "publish")
+
+
 class _Stats:
     """Counters and recent timings shared by the worker and the diagnostics timer."""
 
@@ -111,20 +118,15 @@ class _Stats:
         self.failed = 0
         self.incompatible_qos = 0
         # (monotonic time, then ms: stamp -> outputs published (or NaN), model.run, frame taken ->
-        # published, and the stages of STAGES)
+        # published, and the FRAME_STAGES)
         self.samples: deque = deque(maxlen=5000)
         self.watch = InputWatch(Settings.input_timeout)  # frame times under `lock`
 
-    #: Where a frame's time goes in the node (diagnostics `<stage>_p50_ms`): waiting in the slot
-    #: for the worker, message -> model input (view, resize, colour), outputs -> message inputs
-    #: (overlays, boxes to camera pixels ...), building and publishing the messages.
-    STAGES = ("wait", "preprocess", "render", "publish")
-
     def recent(self, now: float) -> np.ndarray:
-        """[N, 3 + len(STAGES)] latency, inference, processing, stages (ms) of the last WINDOW_S."""
+        """[N, 3 + len(FRAME_STAGES)] latency, inference, processing, stages (ms) of the last WINDOW_S."""
         while self.samples and self.samples[0][0] < now - self.WINDOW_S:
             self.samples.popleft()
-        return np.array([s[1:] for s in self.samples], np.float64).reshape(-1, 3 + len(self.STAGES))
+        return np.array([s[1:] for s in self.samples], np.float64).reshape(-1, 3 + len(FRAME_STAGES))
 
 
 class PerceptionNode(LifecycleNode):
@@ -390,7 +392,7 @@ class PerceptionNode(LifecycleNode):
 
     # -------------------------------------------------------------------------------- the work
     def _process(self, msg: Image, received: float) -> None:
-        """One frame: model input, model, message inputs, messages; each stage timed (`STAGES`)."""
+        """One frame: model input, model, message inputs, messages; each stage timed (`FRAME_STAGES`)."""
         model, settings = self._model, self._settings
         if model is None:
             return
@@ -516,7 +518,7 @@ class PerceptionNode(LifecycleNode):
             "latency_p95_ms": pct(latencies, 95),
             "inference_p50_ms": pct(inference, 50),
             "processing_p50_ms": pct(processing, 50),
-            **{f"{stage}_p50_ms": pct(stages[:, i], 50) for i, stage in enumerate(_Stats.STAGES)},
+            **{f"{stage}_p50_ms": pct(stages[:, i], 50) for i, stage in enumerate(FRAME_STAGES)},
             "frames_received": str(received),
             "frames_processed": str(processed),
             "frames_dropped": str(counts.dropped),

@@ -52,6 +52,7 @@ from mtl_perception.inference.preprocess import model_input
 from mtl_perception.kinds import registry
 from mtl_perception.ros.camera_source import camera_info_msg, image_msg, pinhole_k
 from mtl_perception.ros.message_types import message_class
+from mtl_perception.ros.node import FRAME_STAGES
 from mtl_perception.ros.parameters import runtime_options
 from mtl_perception.ros.processes import start_node, stop_process
 
@@ -60,8 +61,8 @@ TARGET_RATIO = 1.15
 NODE_SHARE_GOAL_MS = 2.0
 #: Overload: end-to-end p95 within this multiple of (model-only p95 + ROS floor p50).
 OVERLOAD_GOAL_FACTOR = 2.0
-#: Where a frame's time goes inside the node (its diagnostics `<stage>_p50_ms`, ros/node.py).
-NODE_STAGES = ("wait", "preprocess", "inference", "render", "publish", "processing")
+#: Where a frame's time goes inside the node (its diagnostics `<stage>_p50_ms`).
+NODE_STAGES = ("inference", "processing", *FRAME_STAGES)
 
 #: The ROS floor: a process that answers every image with its header on `echo`, nothing else.
 ECHO_NODE = """

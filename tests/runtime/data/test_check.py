@@ -230,7 +230,7 @@ def test_check_data_format_lists_each_bad_file_once(tmp_path, capsys):
     assert len(problems) == 2, problems
     assert problems[0].startswith(f"{mask}: ") and "19" in problems[0]
     assert problems[1] == (f"{bdd / 'images/100k/val/b1c81faa-3df17267.jpg'}: box [30.0, 4.0, {W + 5.0}, 9.0] "
-                           f"(x1 y1 x2 y2) leaves the image ({W}x{H})")
+                           f"(x1 y1 x2 y2 = 30 4 {W + 5} 9) leaves the image ({W}x{H})")
 
 
 def test_check_data_format_layout_and_usage_errors(tmp_path, capsys):

@@ -67,7 +67,7 @@ def test_model_input_resizes_in_the_camera_encoding_then_converts(encoding):
         prepared = model_input(frame, encoding, (32, 24), order)
         np.testing.assert_array_equal(prepared.image, to_color(resize_image(frame, (32, 24)), encoding, order))
         assert prepared.mapping == FrameMapping((160, 90), (32, 24))
-        assert (prepared.mapping.scale_x, prepared.mapping.scale_y) == (5.0, 3.75)
+        assert prepared.mapping.scale == (0.2, 24 / 90)
 
 
 def test_frame_mapping_round_trips_boxes_and_dense_maps():

@@ -8,7 +8,8 @@ import pytest
 
 sensor_msgs_msg = pytest.importorskip("sensor_msgs.msg", reason="sensor_msgs is not installed")
 
-from mtl_perception.messages.outputs import scaled_camera_info  # noqa: E402
+from mtl_perception.inference.preprocess import FrameMapping  # noqa: E402
+from mtl_perception.messages.outputs import mapped_camera_info  # noqa: E402
 from mtl_perception.messages.pointcloud import depth_points, pointcloud2  # noqa: E402
 
 FX, FY, CX, CY = 500.0, 510.0, 320.5, 239.5
@@ -32,7 +33,7 @@ def header(sec=7):
 
 
 def test_depth_camera_info_is_scaled_to_the_depth_image():
-    out = scaled_camera_info(camera_info(), header(9), 640, 480, 64, 32)
+    out = mapped_camera_info(camera_info(), header(9), FrameMapping((640, 480), (64, 32)))
     # By hand: sx = 64/640 = 0.1, sy = 32/480 = 1/15.
     np.testing.assert_allclose(out.k, [50.0, 0, 32.05, 0, 34.0, 239.5 / 15, 0, 0, 1], rtol=1e-12)
     np.testing.assert_allclose(out.p, [50.0, 0, 32.05, -2.5, 0, 34.0, 239.5 / 15, 0, 0, 0, 1, 0], rtol=1e-12)
@@ -55,7 +56,7 @@ def read_back(msg) -> np.ndarray:
 
 
 def depth_k(width, height):
-    return np.asarray(scaled_camera_info(camera_info(), header(), 640, 480, width, height).k)
+    return np.asarray(mapped_camera_info(camera_info(), header(), FrameMapping((640, 480), (width, height))).k)
 
 
 def test_fronto_parallel_plane_at_2_m():
