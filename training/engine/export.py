@@ -67,20 +67,29 @@ def output_names(tasks: Mapping[str, Task]) -> Dict[str, Dict[str, str]]:
 
 
 class DeployModule(nn.Module):
-    """uint8 [1, H, W, 3] RGB in; every task's decoded outputs out, in `output_names` order."""
+    """uint8 [1, H, W, 3] RGB in; every task's decoded outputs out, in `output_names` order.
+
+    A task whose `export_head` gives a faster form of head + decode is exported in that form;
+    `forward(image, fused=False)` is head + decode throughout, the reference `verify` holds the
+    exported graph to."""
 
     def __init__(self, model: nn.Module, tasks: Mapping[str, Task]):
         super().__init__()
         self.model = model
         self.tasks = dict(tasks)
         self.roles = {name: list(TASK_KINDS[task.kind]) for name, task in tasks.items()}
+        fused = {name: task.export_head(model.heads[name]) for name, task in tasks.items()}
+        self.fused = nn.ModuleDict({name: head for name, head in fused.items() if head is not None})
 
-    def forward(self, image: torch.Tensor):
+    def forward(self, image: torch.Tensor, fused: bool = True):
         image01 = image.permute(0, 3, 1, 2).float() / 255.0
-        preds = self.model(image01)
+        inputs = self.model.head_inputs(self.model.features(image01))
         outputs: List[torch.Tensor] = []
         for name, task in self.tasks.items():
-            decoded = task.decode(preds[name], image01)
+            if fused and name in self.fused:
+                decoded = self.fused[name](inputs[name], image01)
+            else:
+                decoded = task.decode(self.model.heads[name](inputs[name], image01), image01)
             outputs.extend(decoded[role] for role in self.roles[name])
         return tuple(outputs)
 
@@ -116,7 +125,8 @@ def attach_metadata(path: Path, metadata: ModelMetadata) -> None:
 
 def verify(path: Path, module: DeployModule, frames: Sequence[np.ndarray],
            tol: Tolerances = Tolerances()) -> Dict[str, float]:
-    """Compares onnxruntime (via the runtime loader) with torch; returns the worst differences."""
+    """Compares onnxruntime (via the runtime loader) with torch's head + decode (the unfused
+    reference, so a task's `export_head` is checked too); returns the worst differences."""
     runtime = load_model(path, RuntimeOptions(providers=["cpu"]))
     worst: Dict[str, float] = {}
 
@@ -130,7 +140,7 @@ def verify(path: Path, module: DeployModule, frames: Sequence[np.ndarray],
 
     for frame in frames:
         with torch.no_grad():
-            reference = module(torch.from_numpy(frame[None]))
+            reference = module(torch.from_numpy(frame[None]), fused=False)
         flat = iter(t[0].numpy() for t in reference)
         expected = {name: {role: next(flat) for role in roles} for name, roles in module.roles.items()}
         got = runtime.run(frame)

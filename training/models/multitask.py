@@ -38,7 +38,7 @@ class MultiTaskNet(nn.Module):
         """cut_features (training with MGDA-UB/GradNorm): the heads read detached copies of the
         trunk's features, returned as a third value; gradients reach the trunk only when the
         caller backpropagates into `features` itself (one trunk backward for all tasks)."""
-        features = self.trunk((image01 - self.mean) / self.std)
+        features = self.features(image01)
         if self.per_task:
             if cut_features:
                 raise ValueError("cut_features needs one shared representation; this trunk gives each task its own")
@@ -49,6 +49,15 @@ class MultiTaskNet(nn.Module):
         if cut_features:
             return preds, features, head_inputs
         return (preds, features) if return_features else preds
+
+    def features(self, image01: torch.Tensor):
+        """The trunk's output for an RGB [0, 1] image (normalised here)."""
+        return self.trunk((image01 - self.mean) / self.std)
+
+    def head_inputs(self, features) -> Dict[str, object]:
+        """{task: what its head reads}: the trunk's features, or its own features from a
+        per-task (soft-sharing) trunk."""
+        return {name: features[name] if self.per_task else features for name in self.heads}
 
     @property
     def per_task(self) -> bool:

@@ -93,6 +93,13 @@ class Task(abc.ABC):
     def decode(self, pred: Any, image01: torch.Tensor) -> Dict[str, torch.Tensor]:
         """Contract outputs by role, batch first; traced into the exported graph."""
 
+    def export_head(self, head: nn.Module) -> "nn.Module | None":
+        """For the exported graph only: a module (head inputs, image01) -> the decoded outputs
+        by role, computing `decode(head(...))` in fewer operations, or None (the default) to
+        export the head followed by `decode`. Given the BN-folded head; export verifies the
+        graph against head + decode."""
+        return None
+
     @abc.abstractmethod
     def spec(self, output_names: Mapping[str, str]) -> TaskSpec:
         """The metadata entry describing the decoded outputs."""

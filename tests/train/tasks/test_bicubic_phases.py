@@ -4,8 +4,18 @@ included: the head starts exactly there."""
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
 
-from training.tasks.super_resolution import SuperResolutionHead, bicubic_phases, cubic_weight
+from training.models.collapse import compact_copy
+from training.models.light_heads import depthwise_heads
+from training.tasks.super_resolution import (
+    SuperResolutionHead,
+    SuperResolutionImage,
+    SuperResolutionTask,
+    bicubic_cells,
+    bicubic_phases,
+    cubic_weight,
+)
 
 
 def test_kernel_rows_are_the_cubic_weights_and_sum_to_one():
@@ -24,7 +34,7 @@ def test_base_equals_pytorch_bicubic(scale, size):
     head = SuperResolutionHead(16, 32, scale)
     image = torch.rand(2, 3, *size)
     reference = F.interpolate(image, scale_factor=scale, mode="bicubic", align_corners=False)
-    torch.testing.assert_close(head.shuffle(head.bicubic_base(image)), reference, rtol=0, atol=2e-5)
+    torch.testing.assert_close(head.shuffle(head.bicubic_base(head.image_cells(image))), reference, rtol=0, atol=2e-5)
     # an untrained head (zero output layer) is exactly bicubic
     height, width = size
     features = {"s2": torch.rand(2, 16, height // 2, width // 2), "s4": torch.rand(2, 32, height // 4, width // 4)}
@@ -35,3 +45,51 @@ def test_the_fixed_kernel_is_not_a_parameter_nor_in_the_state_dict():
     head = SuperResolutionHead(16, 32, 2)
     assert all("bicubic" not in name for name, _ in head.named_parameters())
     assert all("bicubic" not in key for key in head.state_dict())
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_cell_kernel_is_the_phase_kernel_rearranged(scale):
+    """The groups=3 convolution on 2x2 cells of the padded image = the stride-2 one on its pixels."""
+    phases, left, right = bicubic_phases(scale)
+    cells, cell_left, cell_right = bicubic_cells(scale)
+    assert cell_left % 2 == 0 and cell_right % 2 == 0 and cells.shape[1] == 4
+    image = torch.rand(1, 3, 20, 28)
+    by_pixels = F.conv2d(F.pad(image, (left, right, left, right), mode="replicate"), phases.repeat(3, 1, 1, 1),
+                         stride=2, groups=3)
+    padded = F.pad(image, (cell_left, cell_right, cell_left, cell_right), mode="replicate")
+    torch.testing.assert_close(F.conv2d(F.pixel_unshuffle(padded, 2), cells, groups=3), by_pixels, rtol=0, atol=1e-6)
+
+
+def _trained_like(head: nn.Module) -> nn.Module:
+    """Random weights and BN statistics (an untrained head is plain bicubic), then BN folded."""
+    torch.manual_seed(1)
+    for m in head.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.normal_(m.weight, 0, 0.05)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+    return compact_copy(head)
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("style", ["standard", "depthwise"])
+def test_export_form_is_head_plus_decode(scale, style):
+    """The exported form (255 and the rounding folded into its convolutions) gives decode's image
+    up to rounding ties: at most one level, on a handful of pixels."""
+    head = SuperResolutionHead(16, 32, scale)
+    if style == "depthwise":
+        depthwise_heads(head)
+    head = _trained_like(head)
+    features = {"s2": torch.randn(2, 16, 16, 24), "s4": torch.randn(2, 32, 8, 12)}
+    image = torch.rand(2, 3, 32, 48)
+    task = SuperResolutionTask.__new__(SuperResolutionTask)
+    with torch.no_grad():
+        pred = head(features, image)
+        expected = task.decode(pred, image)["image"]
+        got = task.export_head(head)(features, image)["image"]
+    assert isinstance(task.export_head(head), SuperResolutionImage)
+    assert got.dtype == torch.uint8 and got.shape == (2, 32 * scale, 48 * scale, 3)
+    assert 0.01 < float(((pred < 0) | (pred > 1)).float().mean())  # the clip is exercised
+    difference = (got.int() - expected.int()).abs()
+    assert int(difference.max()) <= 1 and float((difference > 0).float().mean()) < 1e-3
