@@ -523,7 +523,8 @@ def _select_dds_profile(stock: bool) -> str:
     atexit.register(shutil.rmtree, directory, True)
     env = large_frame_env(directory=directory)
     os.environ.update(env)
-    return f"large shared memory: {user_profile(env)}" if user_profile(env) else "stock (not Fast DDS)"
+    # named, not its path: a temporary file of this run (results are kept and shared)
+    return f"large shared memory ({Path(user_profile(env)).name})" if user_profile(env) else "stock (not Fast DDS)"
 
 
 def _tail(log_file: Any, lines: int = 5) -> str:

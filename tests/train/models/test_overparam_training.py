@@ -110,7 +110,19 @@ def test_expanded_checkpoint_exports_the_compact_network(tiny_data, tmp_path, ki
     conv_weights = [n.input[1] for n in graph.node if n.op_type == "Conv" and not n.input[1].endswith("bicubic")]
     x = torch.rand(1, 3, 32, 64)
     macs = conv_flops(compact, x)
-    assert len(conv_weights) == sum(isinstance(m, torch.nn.Conv2d) for m in compact.modules())
+    # one Conv node per convolution module the exported forward runs (the export forms of heads,
+    # `Task.export_head`, included; their unused originals not)
+    from training.engine.export import DeployModule
+
+    deploy = DeployModule(compact, trainer.tasks).eval()
+    ran = set()
+    hooks = [m.register_forward_hook(lambda m, i, o: ran.add(id(m))) for m in deploy.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        deploy((x.permute(0, 2, 3, 1) * 255).to(torch.uint8))
+    for hook in hooks:
+        hook.remove()
+    assert len(conv_weights) == len(ran)
     assert macs > 0 and all(w in weights for w in conv_weights)
 
 
