@@ -183,7 +183,8 @@ class Teachers:
             if key not in self._teachers:
                 state = load_checkpoint(path)
                 tasks = tasks_from_checkpoint(state)
-                model = network_from_checkpoint(state, tasks).to(self.device).eval().requires_grad_(False)
+                model = network_from_checkpoint(state, tasks, source=str(path))
+                model = model.to(self.device).eval().requires_grad_(False)
                 self._teachers[key] = _Teacher(
                     path=str(path), model=model, fingerprint=parameter_fingerprint(state["model"]),
                     tasks=[], kinds={t: task_obj.kind for t, task_obj in tasks.items()},

@@ -205,7 +205,7 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
     state = load_checkpoint(checkpoint)
     tasks = tasks_from_checkpoint(state)
     recipe = state["recipe"]
-    trained = network_from_checkpoint(state, tasks)
+    trained = network_from_checkpoint(state, tasks, source=str(checkpoint))
     width, height = state["data_info"]["input_size"]
     resize = recipe["data"].get("resize", "stretch")  # checkpoints from before data.resize: stretch
     if frames is None:

@@ -17,8 +17,10 @@ from typing import Dict, List, Mapping, Optional
 from torch import nn
 
 from mtl_perception.data.dataset import MultiTaskDataset
+from training.engine.checkpoint import CheckpointError
 from training.models.collapse import apply_overparam
 from training.models.multitask import MultiTaskNet, build_model
+from training.models.state_dicts import state_dict_mismatch
 from training.models.timm_trunk import BackboneError, init_backbone
 from training.recipe.config import ConfigError
 from training.recipe.core import Recipe, recipe_from_dict
@@ -90,14 +92,22 @@ def network_from_recipe(recipe: Recipe, tasks: Mapping[str, Task], expanded: boo
     return model
 
 
-def network_from_checkpoint(state: Mapping, tasks: Optional[Mapping[str, Task]] = None) -> MultiTaskNet:
+def network_from_checkpoint(state: Mapping, tasks: Optional[Mapping[str, Task]] = None,
+                            source: str = "checkpoint") -> MultiTaskNet:
     """The network of a checkpoint as it was trained (over-parameterised unless the checkpoint was
     saved after the collapse), weights loaded, eval mode, on the CPU. `tasks`: the checkpoint's
-    tasks when the caller has them already (`tasks_from_checkpoint`)."""
+    tasks when the caller has them already (`tasks_from_checkpoint`). Weights that do not fit
+    the network this version builds from the checkpoint's recipe (a checkpoint of an older head,
+    say) are a one-line CheckpointError naming `source` and the first mismatching tensors."""
     recipe = checkpoint_recipe(state)
     if tasks is None:
         tasks = make_tasks(recipe, checkpoint_data_info(state))
     model = network_from_recipe(recipe, tasks, expanded=not state.get("collapsed"))
+    problem = state_dict_mismatch(model.state_dict(), state["model"])
+    if problem:
+        raise CheckpointError(f"{source}: its weights do not fit the network this version of mtl_perception builds "
+                              f"from its recipe ({problem}); it was written by an older version: retrain, or "
+                              f"export it with the version that wrote it")
     model.load_state_dict(state["model"])
     return model.eval()
 

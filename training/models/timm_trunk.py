@@ -29,6 +29,7 @@ from torch import nn
 
 from training.models.blocks import ConvBNAct
 from training.models.registry import COMPACT, Trunk, register_trunk
+from training.models.state_dicts import state_dict_mismatch
 from training.models.trunk import SharedTrunk
 
 PYRAMID_STRIDES = (4, 8, 16, 32)
@@ -245,16 +246,9 @@ def load_encoder_file(trunk: TimmTrunk, path: str) -> None:
     for key, value in state.items():
         flat = key.replace(".", "_", 1)  # stages.0.x -> stages_0.x (flattening feature wrappers)
         renamed[key if key in expected or flat not in expected else flat] = value
-    dropped = classifier_keys(trunk.backbone, set(expected))
-    missing = sorted(set(expected) - set(renamed))
-    unexpected = sorted(k for k in set(renamed) - set(expected) if k not in dropped)
-    shapes = sorted(f"{k} {tuple(renamed[k].shape)} vs {tuple(v.shape)}" for k, v in expected.items()
-                    if k in renamed and renamed[k].shape != v.shape)
-    if missing or unexpected or shapes:
-        found = (("missing", missing), ("unexpected", unexpected), ("shape mismatch", shapes))
-        parts = [f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                 for label, keys in found if keys]
-        raise BackboneError(f"model.pretrained: {path} does not fit {trunk.backbone}: {'; '.join(parts)}")
+    problem = state_dict_mismatch(expected, renamed, ignored=classifier_keys(trunk.backbone, set(expected)))
+    if problem:
+        raise BackboneError(f"model.pretrained: {path} does not fit {trunk.backbone}: {problem}")
     trunk.encoder.load_state_dict({k: renamed[k] for k in expected}, strict=True)
 
 

@@ -60,6 +60,24 @@ def test_subset_of_tasks_trains_and_exports(tiny_data, tmp_path):
     assert sorted(model.tasks) == ["depth", "segmentation"] and model.tasks["depth"].max_depth == 60.0
 
 
+def test_a_checkpoint_of_an_older_head_is_refused_in_one_line(tiny_data, tmp_path):
+    """Weights that no longer fit the network the recipe builds (here: super-resolution's body
+    before it read the input pixels, 12 input channels fewer) name the file and the tensor."""
+    recipe = tiny_recipe(tiny_data, tmp_path, tasks={"super_resolution": {}}, optim={"epochs": 1, "batch_size": 8})
+    Trainer(recipe, progress=False).fit()
+    state = load_checkpoint(tmp_path / LAST)
+    key = "heads.super_resolution.body.0.weight"
+    state["model"][key] = state["model"][key][:, :-12].clone()
+    old = tmp_path / "old_head.pt"
+    save_checkpoint(old, {k: v for k, v in state.items() if k not in ("format", "version")})
+    with pytest.raises(CheckpointError) as caught:
+        export_checkpoint(old, tmp_path / "old.onnx")
+    message = str(caught.value)
+    assert "\n" not in message and message.startswith(f"{old}: its weights do not fit")
+    assert f"shape mismatch (1): {key}" in message
+    assert not (tmp_path / "old.onnx").exists()
+
+
 def test_non_finite_loss_stops_training_and_keeps_the_last_checkpoint(tiny_data, tmp_path, monkeypatch):
     """Each step with a non-finite loss is skipped with a warning; `optim.max_nonfinite_steps`
     in a row (here all 3 steps of epoch 2) stop the run with one line naming the task and the
