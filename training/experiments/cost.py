@@ -19,9 +19,7 @@ from __future__ import annotations
 import copy
 import os
 import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
@@ -36,6 +34,7 @@ from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from training.engine.export import DeployModule, attach_metadata, export_onnx, output_names
 from training.engine.network import make_tasks, network_from_recipe
+from training.experiments.timing import time_interleaved
 from training.models.collapse import KINDS, apply_overparam, collapse, compact_copy, conv_flops, parameter_count
 from training.models.registry import TRUNKS
 from training.recipe.core import Recipe, recipe_from_dict
@@ -94,28 +93,11 @@ def _prepare(model: nn.Module, input_size: Sequence[int], tasks: Optional[Mappin
 
 
 def _timed(runners: Sequence[Dict[str, Callable[[], object]]], runs: int, rounds: int) -> List[Dict[str, float]]:
-    """Median ms of every runner; `rounds` interleaved rounds (model after model) of
-    ceil(runs / rounds) runs each, so that a load change on the machine hits all models alike.
-    torch runs with one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        times: List[Dict[str, List[float]]] = [{key: [] for key in r} for r in runners]
-        for r in runners:
-            for fn in r.values():
-                for _ in range(_WARMUP):
-                    fn()
-        per_round = max(1, -(-runs // rounds))
-        for _ in range(rounds):
-            for r, t in zip(runners, times):
-                for key, fn in r.items():
-                    for _ in range(per_round):
-                        t0 = time.perf_counter()
-                        fn()
-                        t[key].append((time.perf_counter() - t0) * 1e3)
-        return [{key: float(statistics.median(v)) for key, v in t.items()} for t in times]
-    finally:
-        torch.set_num_threads(threads)
+    """Median ms of every runner of every entry (`timing.time_interleaved`, all in the same
+    rounds); torch with one thread."""
+    flat = {(i, key): fn for i, entry in enumerate(runners) for key, fn in entry.items()}
+    timed = time_interleaved(flat, runs, rounds, warmup=_WARMUP)
+    return [{key: timed[(i, key)]["ms"] for key in entry} for i, entry in enumerate(runners)]
 
 
 def model_cost(recipe_or_model: Union[nn.Module, object], input_size: Optional[Sequence[int]] = None,

@@ -19,9 +19,7 @@ same task; FLOPs fall to about a quarter).
 from __future__ import annotations
 
 import copy
-import statistics
-import time
-from typing import Callable, Dict, Hashable, Mapping, Optional, Sequence
+from typing import Dict, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -30,6 +28,7 @@ from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import RuntimeOptions
 from training.engine.network import build_tasks, network_from_recipe
+from training.experiments.timing import round_ratios, time_interleaved
 from training.models.collapse import conv_flops, parameter_count
 from training.recipe.core import recipe_from_dict
 
@@ -58,48 +57,23 @@ def build_network(recipe_doc: Mapping, tasks: Sequence[str], scale: float = 1.0,
     return network_from_recipe(recipe, build_tasks(recipe, source), expanded=False).eval()
 
 
-def time_interleaved(runners: Mapping[Hashable, Callable[[], object]], reference: Hashable, rounds: int = 7,
-                     repeats: int = 5, warmup: int = 2) -> Dict[Hashable, dict]:
-    """{key: {"ms": median ms per call, "ratio": median over rounds of (key / reference)}}.
-
-    Every round times each runner (median of `repeats` calls) one after another, so a change of
-    load on the machine hits all of them alike."""
-    for run in runners.values():
-        for _ in range(warmup):
-            run()
-    per_round: Dict[Hashable, list] = {k: [] for k in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                run()
-                times.append(time.perf_counter() - t0)
-            per_round[key].append(statistics.median(times) * 1e3)
-    ref = per_round[reference]
-    return {k: {"ms": statistics.median(v), "ratio": statistics.median(a / b for a, b in zip(v, ref))}
-            for k, v in per_round.items()}
-
-
 def torch_costs(networks: Mapping[Hashable, torch.nn.Module], reference: Hashable, input_size, rounds: int = 7,
                 threads: int = 1) -> Dict[Hashable, dict]:
     """Latency (ratio to the reference) and FLOPs ratio of untrained networks, batch 1."""
     width, height = input_size
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        def runner(model):
-            def run():
-                with torch.no_grad():
-                    model(example)
-            return run
 
-        timed = time_interleaved({k: runner(m) for k, m in networks.items()}, reference, rounds=rounds)
-        flops = {k: conv_flops(m, example) for k, m in networks.items()}
-    finally:
-        torch.set_num_threads(previous)
-    return {k: {"latency_ms": timed[k]["ms"], "latency": timed[k]["ratio"], "flops": flops[k] / flops[reference],
+    def runner(model):
+        def run():
+            with torch.no_grad():
+                model(example)
+        return run
+
+    timed = time_interleaved({k: runner(m) for k, m in networks.items()}, runs=5 * rounds, rounds=rounds, warmup=2,
+                             torch_threads=threads)
+    ratios = round_ratios(timed, reference)
+    flops = {k: conv_flops(m, example) for k, m in networks.items()}
+    return {k: {"latency_ms": timed[k]["ms"], "latency": ratios[k], "flops": flops[k] / flops[reference],
                 "macs": flops[k], "params": parameter_count(networks[k])} for k in networks}
 
 
@@ -116,5 +90,6 @@ def onnx_latency(paths: Mapping[Hashable, str], reference: Optional[Hashable] = 
         image = rng.integers(0, 256, size=(height, width, 3), dtype=np.uint8)
         runners[key] = (lambda m, im: (lambda: m.run(im)))(model, image)
     ref = reference if reference is not None else next(iter(paths))
-    timed = time_interleaved(runners, ref, rounds=rounds)
-    return {k: {"latency_ms": v["ms"], "latency": v["ratio"]} for k, v in timed.items()}
+    timed = time_interleaved(runners, runs=5 * rounds, rounds=rounds, warmup=2)
+    ratios = round_ratios(timed, ref)
+    return {k: {"latency_ms": v["ms"], "latency": ratios[k]} for k, v in timed.items()}
