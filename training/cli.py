@@ -25,27 +25,16 @@ from typing import List, Optional
 
 import yaml
 
-from mtl_perception.data.dataset import DatasetError
-from mtl_perception.inference.model import ModelError
-from training.engine import distributed
-from training.engine.average import average_command
-from training.engine.checkpoint import CheckpointError
-from training.engine.export import ExportError, export_checkpoint
-from training.engine.trainer import LAST, Trainer, TrainingError
-from training.experiments import cost
-from training.experiments.ablation import ablate
-from training.experiments.balancer_benchmark import markdown as balancer_markdown
-from training.experiments.balancer_benchmark import run_benchmark
-from training.experiments.compare import compare
-from training.experiments.pipeline import run_full
-from training.experiments.sweep import sweep
-from training.grouping.group import group
-from training.models.registry import TRUNKS
-from training.recipe.config import ConfigError
-from training.recipe.core import load_recipe
+# Each command imports what it runs, and main() the error types after parsing: `mtl-train --help`
+# and usage errors answer without loading torch (about 5 s here).
 
 
 def _train(args) -> int:
+    from training.engine import distributed
+    from training.engine.export import export_checkpoint
+    from training.engine.trainer import LAST, Trainer
+    from training.recipe.core import load_recipe
+
     recipe = load_recipe(args.recipe, args.set)
     distributed.init_from_env()  # under torchrun: one process per rank, DDP
     out_dir = Path(args.out or recipe.out_dir)
@@ -68,12 +57,15 @@ def _train(args) -> int:
 
 
 def _export(args) -> int:
+    from training.engine.export import export_checkpoint
+
     worst = export_checkpoint(args.checkpoint, args.out, name=args.name, opset=args.opset)
     print(f"model: {args.out} (onnxruntime vs torch, worst: {_fmt(worst)})")
     return 0
 
 
 def _recipe(args) -> int:
+    from training.recipe.core import load_recipe
 
     recipe = load_recipe(args.recipe, args.set)
     print(yaml.safe_dump(json.loads(json.dumps(recipe.to_dict())), sort_keys=False))
@@ -81,6 +73,8 @@ def _recipe(args) -> int:
 
 
 def _compare(args) -> int:
+    from training.experiments.compare import compare
+
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     seeds = [int(v) for v in args.seeds.split(",")]
     compare(args.recipe, args.set, methods, seeds, out=args.out, results=args.results, workers=args.jobs)
@@ -88,6 +82,8 @@ def _compare(args) -> int:
 
 
 def _sweep(args) -> int:
+    from training.experiments.sweep import sweep
+
     values = [float(v) for v in args.weights.split(",")]
     tasks = [t.strip() for t in args.tasks.split(",")] if args.tasks else None
     seeds = [int(v) for v in args.seeds.split(",")]
@@ -96,6 +92,9 @@ def _sweep(args) -> int:
 
 
 def _bench_balancers(args) -> int:
+    from training.experiments.balancer_benchmark import markdown as balancer_markdown
+    from training.experiments.balancer_benchmark import run_benchmark
+
     names = [n.strip() for n in args.methods.split(",")] if args.methods else None
     result = run_benchmark(args.recipe, args.set, names, steps=args.steps, rounds=args.rounds, device=args.device,
                            batch_size=args.batch_size, memory=not args.no_memory)
@@ -107,6 +106,11 @@ def _bench_balancers(args) -> int:
 
 
 def _cost(args) -> int:
+    from training.experiments import cost
+    from training.models.registry import TRUNKS
+    from training.recipe.config import ConfigError
+    from training.recipe.core import load_recipe
+
     recipe = load_recipe(args.recipe, args.set)
     if args.sharing:
         return _sharing_cost(recipe, args)
@@ -141,12 +145,17 @@ def _sharing_cost(recipe, args) -> int:
 
 
 def _ablate(args) -> int:
+    from training.experiments.ablation import ablate
+
     seeds = [int(v) for v in args.seeds.split(",")] if args.seeds else None
     ablate(args.plan, args.set, seeds, out=args.out, results=args.results, workers=args.jobs)
     return 0
 
 
 def _average(args) -> int:
+    from training.engine.average import average_command
+    from training.engine.export import export_checkpoint
+
     result = average_command(args.checkpoints, args.out, greedy=args.greedy, device=args.device,
                              bn_batches=args.bn_batches, batch_size=args.batch_size, evaluate=not args.no_eval)
     print(f"averaged: {args.out} ({len(result.selected)} of {len(args.checkpoints)} checkpoints)")
@@ -157,6 +166,9 @@ def _average(args) -> int:
 
 
 def _group(args) -> int:
+    from training.grouping.group import group
+    from training.recipe.config import ConfigError
+
     try:
         budgets = [float(v) for v in args.budgets.split(",")]
         seeds = [int(v) for v in args.seeds.split(",")]
@@ -170,6 +182,8 @@ def _group(args) -> int:
 
 
 def _full(args) -> int:
+    from training.experiments.pipeline import run_full
+
     run_full(args.plan, args.set, recipe=args.recipe, out=args.out, progress=not args.no_progress)
     return 0
 
@@ -375,6 +389,13 @@ def _parser_group(sub) -> None:
 
 def main(argv: Optional[List[str]] = None) -> int:
     args = build_parser().parse_args(argv)
+    from mtl_perception.data.dataset import DatasetError
+    from mtl_perception.inference.model import ModelError
+    from training.engine.checkpoint import CheckpointError
+    from training.engine.export import ExportError
+    from training.engine.trainer import TrainingError
+    from training.recipe.config import ConfigError
+
     try:
         return args.func(args)
     except (ConfigError, CheckpointError, ExportError, TrainingError, ModelError, DatasetError,
