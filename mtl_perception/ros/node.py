@@ -61,6 +61,7 @@ from mtl_perception.kinds.base import (
     ScaledCameraInfo,
 )
 from mtl_perception.messages.compressed import check_compressed, compressed_to_array
+from mtl_perception.messages.detections_cdr import detection_array_cdr
 from mtl_perception.messages.image import (
     ImageConversionError,
     array_to_image,
@@ -79,6 +80,7 @@ from mtl_perception.ros.parameters import (
     validate,
 )
 from mtl_perception.ros.qos import ImageQoS, decide_image_qos, incompatible_qos_callbacks, publishers_signature
+from mtl_perception.ros.serialized_outputs import detections_bytes_supported
 from mtl_perception.ros.throttle import ProblemThrottle
 from mtl_perception.ros.watchdog import InputWatch
 
@@ -158,6 +160,7 @@ class PerceptionNode(LifecycleNode):
         self._image_qos: Optional[ImageQoS] = None
         self._camera_publishers: Tuple[Any, ...] = ()
         self._pending_incompatible: Optional[str] = None
+        self._detections_as_bytes = False
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -203,6 +206,9 @@ class PerceptionNode(LifecycleNode):
         meta = self._model.metadata
         self._color_order = meta.input.color_order
         self._create_publishers()
+        self._detections_as_bytes = detections_bytes_supported()
+        if not self._detections_as_bytes:
+            self.get_logger().info("vision_msgs here is not the 4.x layout: detections are built as messages")
         self._configured = True
         w, h = self._model.input_size
         tasks = ", ".join(f"{name} ({task.kind})" for name, task in meta.tasks.items())
@@ -428,6 +434,8 @@ class PerceptionNode(LifecycleNode):
         if isinstance(payload, ImageOut):
             return array_to_image(payload.array, payload.encoding, header)
         if isinstance(payload, DetectionsOut):
+            if self._detections_as_bytes:  # the same message, serialized without building it
+                return detection_array_cdr(header, payload.detections, payload.class_names)
             return detection_array(header, payload.detections, payload.class_names)
         if isinstance(payload, ScaledCameraInfo):
             info = self._camera_info
