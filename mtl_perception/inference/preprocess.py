@@ -62,6 +62,14 @@ def _nearest(array: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     return cv2.resize(np.ascontiguousarray(array), tuple(size), interpolation=cv2.INTER_NEAREST)
 
 
+def _clip_boxes(boxes: np.ndarray, window: Window) -> np.ndarray:
+    """xyxy boxes clipped, in place, to `window` (x, y, w, h)."""
+    x, y, w, h = window
+    np.clip(boxes[:, 0::2], x, x + w, out=boxes[:, 0::2])
+    np.clip(boxes[:, 1::2], y, y + h, out=boxes[:, 1::2])
+    return boxes
+
+
 def _place(content: np.ndarray, window: Window, size: Tuple[int, int], fill) -> np.ndarray:
     """`content` at `window` of an array of `size` (w, h) filled with `fill` elsewhere."""
     x, y, w, h = window
@@ -150,19 +158,13 @@ class FrameMapping:
         """xyxy model pixels -> camera pixels (float64), clipped to the camera pixels the model saw."""
         (sx, sy), (ox, oy) = self.scale, self.offset
         out = (np.asarray(boxes, np.float64).reshape(-1, 4) - [ox, oy, ox, oy]) / [sx, sy, sx, sy]
-        x, y, w, h = self.camera_window
-        np.clip(out[:, 0::2], x, x + w, out=out[:, 0::2])
-        np.clip(out[:, 1::2], y, y + h, out=out[:, 1::2])
-        return out
+        return _clip_boxes(out, self.camera_window)
 
     def boxes_to_model(self, boxes: np.ndarray) -> np.ndarray:
         """xyxy camera pixels -> model pixels (float32), clipped to the region that shows the image."""
         (sx, sy), (ox, oy) = self.scale, self.offset
         out = np.asarray(boxes, np.float64).reshape(-1, 4) * [sx, sy, sx, sy] + [ox, oy, ox, oy]
-        x, y, w, h = self.valid_region
-        np.clip(out[:, 0::2], x, x + w, out=out[:, 0::2])
-        np.clip(out[:, 1::2], y, y + h, out=out[:, 1::2])
-        return out.astype(np.float32)
+        return _clip_boxes(out, self.valid_region).astype(np.float32)
 
     def labelled_boxes_to_model(self, boxes: np.ndarray, labels: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
         """Ground-truth boxes and their labels at the model: `boxes_to_model`, less the boxes

@@ -34,9 +34,9 @@ from mtl_perception.inference.model import RuntimeOptions
 from mtl_perception.inference.preprocess import resize_sample
 from training.engine.checkpoint import load_checkpoint
 from training.engine.data import open_sources
-from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
+from training.engine.network import checkpoint_recipe, network_from_checkpoint, tasks_from_checkpoint
 from training.models.collapse import compact_copy, parameter_count
-from training.recipe.core import recipe_from_dict
+from training.recipe.core import Recipe
 from training.tasks import Task
 
 INPUT_NAME = "image"
@@ -207,10 +207,11 @@ def export_checkpoint(checkpoint: str | os.PathLike, out_path: str | os.PathLike
     recipe = state["recipe"]
     trained = network_from_checkpoint(state, tasks, source=str(checkpoint))
     width, height = state["data_info"]["input_size"]
-    resize = recipe["data"].get("resize", "stretch")  # checkpoints from before data.resize: stretch
+    typed = checkpoint_recipe(state)
+    resize = typed.data.resize  # checkpoints from before data.resize read as stretch
     if frames is None:
-        frames = validation_frames(recipe, (width, height), int(state["data_info"]["sr_scale"]),
-                                   recipe["export"]["verify_frames"], resize)
+        frames = validation_frames(typed, (width, height), int(state["data_info"]["sr_scale"]),
+                                   typed.export.verify_frames)
     model = compact_copy(trained)  # over-parameterised layers collapsed, BN folded
     collapse_error = check_compact(trained, model, frames)
     module = DeployModule(model, tasks).eval()
@@ -274,13 +275,12 @@ def _flatten(preds) -> List[torch.Tensor]:
     return [t for value in preds for t in _flatten(value)]
 
 
-def validation_frames(recipe: Mapping, input_size, sr_scale: int, count: int, resize: str = "stretch"
-                      ) -> List[np.ndarray]:
+def validation_frames(recipe: Recipe, input_size, sr_scale: int, count: int) -> List[np.ndarray]:
     """Network-input frames from the recipe's validation set (the same resize as training): a
     folder, or a list of sources (public datasets read in place)."""
-    source = open_sources(recipe_from_dict(recipe, "the checkpoint's recipe").data.val, where="data.val")
+    source = open_sources(recipe.data.val, where="data.val")
     picks = np.linspace(0, len(source) - 1, num=min(count, len(source))).astype(int)
-    return [resize_sample(source.load(int(i)), input_size, sr_scale, resize)["image"] for i in picks]
+    return [resize_sample(source.load(int(i)), input_size, sr_scale, recipe.data.resize)["image"] for i in picks]
 
 
 def _last_validation(history: Sequence[Mapping[str, float]]) -> Dict[str, float]:

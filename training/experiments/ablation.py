@@ -32,7 +32,7 @@ from mtl_perception.data.dataset import MultiTaskDataset
 from mtl_perception.evaluation.metrics import delta_m
 from training.engine.checkpoint import load_checkpoint
 from training.engine.data import TaskDataset
-from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
+from training.engine.network import checkpoint_recipe, network_from_checkpoint, tasks_from_checkpoint
 from training.engine.trainer import LAST, evaluate
 from training.experiments.compare import markdown, summarize
 from training.experiments.jobs import MAIN_METRIC, Job, main_values, make_jobs, prepare_splits, run_all
@@ -111,7 +111,7 @@ def condition_scores(job: Job, test_root: Path) -> Dict[str, Dict[str, float]]:
     source = MultiTaskDataset(test_root)
     info = state["data_info"]
     dataset = TaskDataset(source, tasks, tuple(info["input_size"]), int(info["sr_scale"]),
-                          resize=state["recipe"]["data"].get("resize", "stretch"))
+                          resize=checkpoint_recipe(state).data.resize)
     scores = {}
     for name, night in (("day", False), ("night", True)):
         loader = DataLoader(Subset(dataset, frames_by_light(source, night)), batch_size=16, shuffle=False)

@@ -1,6 +1,7 @@
 """Super-resolution (x scale): pixel-shuffle residual over bicubic upsampling of the input."""
 from __future__ import annotations
 
+import copy
 from typing import Mapping
 
 import numpy as np
@@ -154,8 +155,6 @@ class SuperResolutionImage(nn.Module):
 
     def __init__(self, head: SuperResolutionHead):
         super().__init__()
-        import copy
-
         self.head = head
         self.body = PartwiseBody(head.body, head.body_sizes())
         self.levels = copy.deepcopy(head.out)
@@ -187,8 +186,6 @@ class PartwiseBody(nn.Module):
 
     def __init__(self, body: nn.Module, sizes: "list[int]"):
         super().__init__()
-        import copy
-
         layers = [m for m in body.children() if not isinstance(m, nn.Identity)]
         first = layers[0] if layers else None
         depthwise = (isinstance(first, nn.Conv2d) and first.groups == first.in_channels == first.out_channels
