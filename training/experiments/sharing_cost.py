@@ -16,6 +16,7 @@ Weights are random (latency does not depend on them). Parameters and multiply-ac
 from __future__ import annotations
 
 import dataclasses
+import statistics
 import tempfile
 from pathlib import Path
 from typing import Callable, Dict, List, Mapping, Sequence
@@ -23,7 +24,8 @@ from typing import Callable, Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
-from training.experiments.cost import _machine, _onnx_runner, _timed, recipe_tasks
+from training.experiments.cost import _WARMUP, _machine, _onnx_runner, recipe_tasks
+from training.experiments.timing import time_interleaved
 from training.models.collapse import compact_copy, conv_flops, parameter_count
 from training.models.multitask import build_model
 
@@ -71,7 +73,7 @@ def sharing_cost(recipe, heads: Sequence[str] = HEAD_STYLES, runs: int = 20, rou
     all_tasks = recipe_tasks(recipe)
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     entries: List[dict] = []
-    runners: List[Dict[str, Callable[[], object]]] = []
+    runners: List[Callable[[], object]] = []
     with tempfile.TemporaryDirectory(prefix="mtl-sharing-") as tmp:
         for style in heads:
             config = dataclasses.replace(recipe.model, head=style)
@@ -83,14 +85,15 @@ def sharing_cost(recipe, heads: Sequence[str] = HEAD_STYLES, runs: int = 20, rou
                 entries.append({"head": style, "model": label, "tasks": list(tasks),
                                 "components": component_costs(model, example),
                                 "params": float(parameter_count(model)), "flops": float(conv_flops(model, example))})
-                runners.append({"onnx_latency_ms": _onnx_runner(model, tasks, (width, height), Path(tmp))})
+                runners.append(_onnx_runner(model, tasks, (width, height), Path(tmp)))
             entries.append({"head": style, "model": "trunk", "tasks": [],
                             "components": {}, "params": entries[-1]["components"]["trunk"]["params"],
                             "flops": entries[-1]["components"]["trunk"]["flops"]})
-            runners.append({"onnx_latency_ms": _trunk_runner(model, example, Path(tmp))})
-        latencies = _timed(runners, runs, rounds)
-    for entry, timing in zip(entries, latencies):
-        entry["onnx_latency_ms"] = timing["onnx_latency_ms"]
+            runners.append(_trunk_runner(model, example, Path(tmp)))
+        timed = time_interleaved(dict(enumerate(runners)), runs, rounds, warmup=_WARMUP)
+    for i, entry in enumerate(entries):
+        entry["onnx_latency_ms"] = timed[i]["ms"]
+        entry["onnx_latency_ms_rounds"] = timed[i]["rounds"]
     return {"recipe": recipe.name, "backbone": recipe.model.backbone, "input_size": [width, height],
             "tasks": list(all_tasks), "fpn_channels": recipe.model.fpn_channels,
             "runs": max(1, -(-runs // rounds)) * rounds, "rounds": rounds, "threads": 1, "weights": "random",
@@ -107,11 +110,22 @@ def _ort_version() -> str:
 
 def summarise(rows: Sequence[Mapping]) -> dict:
     """One head style: N-task latency / sum of single-task latencies (and the same for MACs and
-    parameters), and each head's latency (its single model minus the trunk) and MACs."""
+    parameters), and each head's latency (its single model minus the trunk) and MACs.
+
+    The latency ratio twice: of the medians over all runs, and per round (the N-task model's time
+    in a round over the singles' in the same round; median and quartiles over rounds). A round
+    takes a second or so, the virtual machines these run on change speed over minutes, so the
+    per-round ratio is the steadier of the two (`timing.round_ratios` for the same reason)."""
     by = {r["model"]: r for r in rows}
     singles = [r for r in rows if r["model"] not in ("all", "trunk")]
     out = {f"{key}_ratio": by["all"][key] / sum(r[key] for r in singles)
            for key in ("onnx_latency_ms", "flops", "params")}
+    if "onnx_latency_ms_rounds" in by["all"]:
+        per_round = [n / sum(s) for n, *s in zip(by["all"]["onnx_latency_ms_rounds"],
+                                                 *(r["onnx_latency_ms_rounds"] for r in singles))]
+        out["onnx_latency_ms_round_ratio"] = float(statistics.median(per_round))
+        out["onnx_latency_ms_round_ratio_quartiles"] = (
+            [float(q) for q in statistics.quantiles(per_round, n=4)[::2]] if len(per_round) > 1 else [per_round[0]] * 2)
     trunk_ms = by["trunk"]["onnx_latency_ms"]
     out["trunk_ms"] = trunk_ms
     out["heads"] = {r["model"]: {"ms": r["onnx_latency_ms"] - trunk_ms,
@@ -132,10 +146,13 @@ def markdown(result: Mapping) -> str:
     for r in result["rows"]:
         lines.append(f"| {r['head']} | {r['model']} | {r['params'] / 1e6:.2f} M | {r['flops'] / 1e9:.2f} G | "
                      f"{r['onnx_latency_ms']:.1f} |")
-    lines += ["", "| heads | N-task / sum of singles: latency | MACs | parameters |", "|---|---:|---:|---:|"]
+    lines += ["", "| heads | N-task / sum of singles: latency per round (quartiles) | latency, of the medians | "
+              "MACs | parameters |", "|---|---:|---:|---:|---:|"]
     for style, s in result["summary"].items():
-        lines.append(f"| {style} | **{s['onnx_latency_ms_ratio']:.3f}** | {s['flops_ratio']:.3f} | "
-                     f"{s['params_ratio']:.3f} |")
+        q1, q3 = s.get("onnx_latency_ms_round_ratio_quartiles", (float("nan"),) * 2)
+        per_round = s.get("onnx_latency_ms_round_ratio", float("nan"))
+        lines.append(f"| {style} | **{per_round:.3f}** ({q1:.3f}-{q3:.3f}) | {s['onnx_latency_ms_ratio']:.3f} | "
+                     f"{s['flops_ratio']:.3f} | {s['params_ratio']:.3f} |")
     lines += ["", "| heads | head | parameters | MACs | MACs / trunk | ms (single − trunk) | ms / trunk |",
               "|---|---|---:|---:|---:|---:|---:|"]
     for style, s in result["summary"].items():

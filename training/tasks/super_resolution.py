@@ -90,6 +90,7 @@ class SuperResolutionHead(nn.Module):
 
     RESIDUAL_UNIT = 0.03  # of full range; about bicubic's typical error on photos and synthetic frames
     PIXEL_CHANNELS = 12  # the input image, 2x2 space-to-depth
+    PIXEL_GAIN, PIXEL_OFFSET = 4.0, -2.0  # the pixel branch reads cells * gain + offset: centred, about unit spread
 
     def __init__(self, stem_channels: int, pyramid_channels: int, scale: int, width: int = 32):
         super().__init__()
@@ -110,9 +111,13 @@ class SuperResolutionHead(nn.Module):
         return self.shuffle(residual + self.bicubic_base(cells))  # [0, 1] scale, unclamped for the loss
 
     def image_cells(self, image01: torch.Tensor) -> torch.Tensor:
-        """2x2 space-to-depth of the image padded by edge replication (`bicubic_cells`' pads)."""
+        """2x2 space-to-depth of `padded_image`."""
+        return F.pixel_unshuffle(self.padded_image(image01), 2)
+
+    def padded_image(self, image01: torch.Tensor) -> torch.Tensor:
+        """The image padded by edge replication, by `bicubic_cells`' pads."""
         left, right = self._pad_left, self._pad_right
-        return F.pixel_unshuffle(F.pad(image01, (left, right, left, right), mode="replicate"), 2)
+        return F.pad(image01, (left, right, left, right), mode="replicate")
 
     def hidden(self, features, cells: torch.Tensor) -> torch.Tensor:
         """The body's output: stem, upsampled pyramid and the image's own cells, one layer."""
@@ -126,6 +131,11 @@ class SuperResolutionHead(nn.Module):
     def body_inputs(self, features, cells: torch.Tensor) -> "list[torch.Tensor]":
         """What the body reads, concatenated: the stem features, the pyramid upsampled to
         stride 2 (where the stem is narrower than the head) and the image's 2x2 cells."""
+        pixels = self.cell_window(cells, features["s2"]) * self.PIXEL_GAIN + self.PIXEL_OFFSET
+        return self.feature_inputs(features) + [pixels]
+
+    def feature_inputs(self, features) -> "list[torch.Tensor]":
+        """The body's inputs from the trunk: the stem features and the reduced, upsampled pyramid."""
         x = features["s2"]
         parts = [x]
         if self.reduce is not None:
@@ -134,9 +144,12 @@ class SuperResolutionHead(nn.Module):
             # while interpolating width - stem channels instead of all pyramid channels
             parts.append(F.interpolate(self.reduce(features["s4"]), size=x.shape[-2:], mode="bilinear",
                                        align_corners=False))
-        c = self._pad_left // 2
-        parts.append(cells[:, :, c:c + x.shape[-2], c:c + x.shape[-1]] * 4.0 - 2.0)  # centred, about unit spread
         return parts
+
+    def cell_window(self, cells: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """The cells of the unpadded image (those aligned with the stride-2 features `like`)."""
+        c = self._pad_left // 2
+        return cells[:, :, c:c + like.shape[-2], c:c + like.shape[-1]]
 
     def bicubic_base(self, cells: torch.Tensor) -> torch.Tensor:
         """Bicubic upsampling of the input, per input block in PixelShuffle order, from `image_cells`."""
@@ -147,11 +160,18 @@ class SuperResolutionImage(nn.Module):
     """A (BN-folded) head with its decode folded in, for the exported graph: (features, image01)
     -> {"image": uint8 NHWC}, the same image as `decode(head(...))` up to rounding ties.
 
-    The 255 of the uint8 scale goes into the last convolution and the bicubic one, the 0.5 of
-    rounding into the bicubic one's bias, so onnxruntime fuses the two into one convolution + sum
-    and the full-resolution image costs one depth-to-space, a clip, a truncating cast and the
-    NHWC transpose, instead of also an addition, a multiplication and a rounding over 3 x scale^2
-    as many pixels as the input (measured on ResNet-18 at 512x256: docs/backbone_sharing_cost.md)."""
+    The exported image costs one convolution + sum (bicubic base and residual, the clip fused in),
+    a depth-to-space, a truncating cast and the NHWC transpose at full resolution:
+    - the 255 of the uint8 scale goes into the last convolution and the bicubic one, the 0.5 of
+      rounding into the bicubic one's bias, so onnxruntime fuses the two with the clip;
+    - the image's cells come from one-hot stride-2 convolutions (exact copies of the pixels)
+      instead of the reshape + 6-D transpose a space-to-depth exports as: one on the edge-padded
+      image for the bicubic base, one on the image itself for the pixel branch, with that
+      branch's gain and offset and widened by zero channels to `PIXEL_BLOCK`, so that onnxruntime
+      keeps the branch in its blocked layout (12 channels cost a slice and two layout reorders).
+    Measured on ResNet-18 at 512x256: docs/backbone_sharing_cost.md."""
+
+    PIXEL_BLOCK = 16  # a multiple of onnxruntime's blocked-layout width (8 with AVX2, 16 with AVX-512)
 
     def __init__(self, head: SuperResolutionHead):
         super().__init__()
@@ -160,21 +180,40 @@ class SuperResolutionImage(nn.Module):
         self.levels = copy.deepcopy(head.out)
         last = self.levels if isinstance(self.levels, nn.Conv2d) else [
             m for m in self.levels.modules() if isinstance(m, nn.Conv2d)][-1]
-        gain = 255.0 * head.RESIDUAL_UNIT
         with torch.no_grad():
-            last.weight.mul_(gain)
+            last.weight.mul_(255.0 * head.RESIDUAL_UNIT)
             if last.bias is not None:
-                last.bias.mul_(gain)
+                last.bias.mul_(255.0 * head.RESIDUAL_UNIT)
+        self.register_buffer("cell_copy", space_to_depth_kernel(3, 2), persistent=False)
         self.register_buffer("bicubic", head.bicubic * 255.0, persistent=False)
         self.register_buffer("rounding", torch.full((head.bicubic.shape[0],), 0.5), persistent=False)
+        n = head.PIXEL_CHANNELS
+        width = self.PIXEL_BLOCK if self.body.widen_last(self.PIXEL_BLOCK) else n
+        pixel_kernel = torch.zeros(width, 3, 2, 2)
+        pixel_kernel[:n] = space_to_depth_kernel(3, 2) * head.PIXEL_GAIN
+        pixel_bias = torch.zeros(width)
+        pixel_bias[:n] = head.PIXEL_OFFSET
+        self.register_buffer("pixel_kernel", pixel_kernel, persistent=False)
+        self.register_buffer("pixel_bias", pixel_bias, persistent=False)
 
     def forward(self, features, image01):
         head = self.head
-        cells = head.image_cells(image01)
+        cells = F.conv2d(head.padded_image(image01), self.cell_copy, stride=2)  # = head.image_cells
         base = F.conv2d(cells, self.bicubic, self.rounding, groups=3)
-        levels = self.levels(self.body(head.body_inputs(features, cells))) + base
-        image = head.shuffle(levels).clamp(0, 255).to(torch.uint8)  # truncation of x + 0.5: rounding
+        pixels = F.conv2d(image01, self.pixel_kernel, self.pixel_bias, stride=2)  # = the branch's cells, widened
+        levels = (self.levels(self.body(head.feature_inputs(features) + [pixels])) + base).clamp(0, 255)
+        image = head.shuffle(levels).to(torch.uint8)  # truncation of x + 0.5: rounding
         return {"image": image.permute(0, 2, 3, 1)}  # NHWC, the input's colour order
+
+
+def space_to_depth_kernel(channels: int, block: int) -> torch.Tensor:
+    """One-hot weights of a stride-`block` convolution equal to `F.pixel_unshuffle(x, block)`."""
+    kernel = torch.zeros(channels * block * block, channels, block, block)
+    for c in range(channels):
+        for dy in range(block):
+            for dx in range(block):
+                kernel[(c * block + dy) * block + dx, c, dy, dx] = 1.0
+    return kernel
 
 
 class PartwiseBody(nn.Module):
@@ -207,6 +246,17 @@ class PartwiseBody(nn.Module):
                 self.mixing.append(_conv_slice(mixing, lo, hi, outputs=False, bias=i == 0))
         self.rest = nn.Sequential(*[copy.deepcopy(m) for m in layers[(2 if depthwise else 1):]])
 
+    def widen_last(self, channels: int) -> bool:
+        """Let the last part have `channels` channels, the added ones ignored (zero weights); False
+        (and nothing changed) for a concatenated body."""
+        if self.whole is not None:
+            return False
+        with torch.no_grad():
+            if len(self.spatial):
+                self.spatial[-1] = _widened(self.spatial[-1], channels, depthwise=True)
+            self.mixing[-1] = _widened(self.mixing[-1], channels, depthwise=False)
+        return True
+
     def forward(self, parts: "list[torch.Tensor]") -> torch.Tensor:
         if self.whole is not None:
             return self.whole(torch.cat(parts, dim=1))
@@ -229,6 +279,24 @@ def _conv_slice(conv: nn.Conv2d, lo: int, hi: int, outputs: bool, bias: bool) ->
     if part.bias is not None:
         part.bias.copy_(conv.bias[lo:hi] if outputs else conv.bias)
     return part
+
+
+def _widened(conv: nn.Conv2d, channels: int, depthwise: bool) -> nn.Conv2d:
+    """`conv` reading `channels` input channels, the added ones with zero weights (a depthwise
+    one also gains as many zero outputs)."""
+    out = channels if depthwise else conv.out_channels
+    wide = nn.Conv2d(channels, out, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
+                     channels if depthwise else 1, bias=conv.bias is not None)
+    wide.weight.zero_()
+    n = conv.in_channels
+    if depthwise:
+        wide.weight[:n] = conv.weight
+    else:
+        wide.weight[:, :n] = conv.weight
+    if wide.bias is not None:
+        wide.bias.zero_()
+        wide.bias[:conv.out_channels] = conv.bias
+    return wide
 
 
 def super_resolution_kd(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:

@@ -106,8 +106,10 @@ def test_expanded_checkpoint_exports_the_compact_network(tiny_data, tmp_path, ki
 
     graph = onnx.load(str(tmp_path / "model.onnx")).graph
     weights = {init.name: int(np.prod(init.dims)) for init in graph.initializer}
-    # every Conv but super-resolution's fixed bicubic one (a buffer, applied functionally)
-    conv_weights = [n.input[1] for n in graph.node if n.op_type == "Conv" and not n.input[1].endswith("bicubic")]
+    # every Conv but super-resolution's fixed ones (buffers applied functionally: the bicubic base
+    # and the one-hot copies of the image's cells)
+    fixed = ("bicubic", "cell_copy", "pixel_kernel")
+    conv_weights = [n.input[1] for n in graph.node if n.op_type == "Conv" and not n.input[1].endswith(fixed)]
     x = torch.rand(1, 3, 32, 64)
     macs = conv_flops(compact, x)
     # one Conv node per convolution module the exported forward runs (the export forms of heads,

@@ -15,6 +15,7 @@ from training.tasks.super_resolution import (
     bicubic_cells,
     bicubic_phases,
     cubic_weight,
+    space_to_depth_kernel,
 )
 
 
@@ -93,3 +94,12 @@ def test_export_form_is_head_plus_decode(scale, style):
     assert 0.01 < float(((pred < 0) | (pred > 1)).float().mean())  # the clip is exercised
     difference = (got.int() - expected.int()).abs()
     assert int(difference.max()) <= 1 and float((difference > 0).float().mean()) < 1e-3
+
+
+def test_one_hot_convolution_is_the_space_to_depth():
+    """The exported form's cells: a stride-2 convolution with one-hot weights copies the pixels
+    exactly, in pixel_unshuffle's channel order."""
+    image = torch.rand(2, 3, 10, 14)
+    torch.testing.assert_close(F.conv2d(image, space_to_depth_kernel(3, 2), stride=2), F.pixel_unshuffle(image, 2),
+                               rtol=0, atol=0)
+
