@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import array
 import copy
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
@@ -169,7 +169,8 @@ def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
 
     Same convention as image_proc's resize node: fx, cx (K[0], K[2]) and P[0], P[2], P[3] (Tx)
     are multiplied by scale_x; fy, cy (K[4], K[5]) and P[5], P[6] by scale_y; width, height and
-    the ROI are scaled and truncated to integers. D, R, binning and P[7] are unchanged. The
+    the ROI are scaled and truncated to integers, a set ROI also shifted by the offset and clipped
+    to the image. D, R, binning and P[7] are unchanged. The
     principal point is scaled without a half-pixel shift, as there, then moved by the offset
     (K[2], P[2] by offset_x; K[5], P[6] by offset_y). `width`/`height`, when given, replace
     int(width * scale_x) / int(height * scale_y) (the node's explicit-size mode).
@@ -195,8 +196,16 @@ def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
     out.p = p
 
     roi = out.roi
-    roi.x_offset = int(info.roi.x_offset * scale_x)
-    roi.y_offset = int(info.roi.y_offset * scale_y)
-    roi.width = int(info.roi.width * scale_x)
-    roi.height = int(info.roi.height * scale_y)
+    if info.roi.width or info.roi.height:  # all zero means the full image, and stays so
+        roi.x_offset, roi.width = _roi_span(info.roi.x_offset, info.roi.width, scale_x, offset_x, out.width)
+        roi.y_offset, roi.height = _roi_span(info.roi.y_offset, info.roi.height, scale_y, offset_y, out.height)
     return out
+
+
+def _roi_span(start: int, size: int, scale: float, offset: float, limit: int) -> Tuple[int, int]:
+    """One axis of a CameraInfo ROI through u' = u * scale + offset: start and size truncated to
+    integers (image_proc's rule), then clipped to [0, limit) (a crop cuts it, a letterbox shifts it)."""
+    first, length = int(start * scale + offset), int(size * scale)
+    if first < 0:
+        first, length = 0, length + first
+    return first, max(0, min(length, limit - first))

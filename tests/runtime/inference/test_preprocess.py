@@ -192,6 +192,31 @@ def test_intrinsics_follow_the_letterbox_offset():
     assert out.k[2] == pytest.approx(455 / 2 + 28) and out.k[5] == pytest.approx(128)
 
 
+def test_a_set_roi_follows_the_letterbox_and_a_crop_cuts_it():
+    """A CameraInfo ROI moves with the image: shifted by the letterbox padding, clipped where a
+    crop cuts the frame; an all-zero ROI (the full image) stays all zero."""
+    def info(roi):
+        return SimpleNamespace(width=1280, height=720, k=[600.0, 0, 640.0, 0, 600.0, 360.0, 0, 0, 1],
+                               p=[600.0, 0, 640.0, 0, 0, 600.0, 360.0, 0, 0, 0, 1, 0],
+                               roi=SimpleNamespace(x_offset=roi[0], y_offset=roi[1], width=roi[2], height=roi[3]))
+
+    def mapped(mode, roi):
+        m = FrameMapping((1280, 720), (512, 256), mode)
+        (sx, sy), (ox, oy) = m.scale, m.offset
+        out = scale_camera_info(info(roi), sx, sy, width=512, height=256, offset_x=ox, offset_y=oy)
+        return (out.roi.x_offset, out.roi.y_offset, out.roi.width, out.roi.height), (sx, sy, ox, oy)
+
+    roi, (sx, sy, ox, oy) = mapped("letterbox", (0, 0, 1280, 720))  # the whole frame, set explicitly
+    assert ox > 0 and oy == 0
+    assert roi == (int(ox), 0, int(1280 * sx), int(720 * sy))  # the picture, not the padding
+    roi, (sx, sy, ox, oy) = mapped("crop", (100, 10, 400, 200))  # the crop cuts the top of the frame
+    assert ox == 0 and oy < 0
+    assert roi[1] == 0 and roi[3] == int(200 * sy) + int(10 * sy + oy)  # what is left of it
+    assert (roi[0], roi[2]) == (int(100 * sx), int(400 * sx))
+    assert mapped("crop", (0, 0, 1280, 20))[0][3] == 0  # entirely cut away: empty
+    assert mapped("letterbox", (0, 0, 0, 0))[0] == (0, 0, 0, 0)
+
+
 # ------------------------------------------------------------------------------------- contract
 def _metadata(**input_fields) -> ModelMetadata:
     return ModelMetadata(name="m", input=InputSpec(name="image", height=32, width=64, **input_fields),
