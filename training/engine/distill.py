@@ -47,7 +47,7 @@ from torch import nn
 
 from training.engine.augment import flip_coin
 from training.engine.checkpoint import CheckpointError, load_checkpoint, parameter_fingerprint
-from training.engine.network import network_from_checkpoint, tasks_from_checkpoint
+from training.engine.network import checkpoint_recipe, network_from_checkpoint, tasks_from_checkpoint
 from training.recipe.extras import DistillConfig
 from training.tasks import Task
 
@@ -148,6 +148,7 @@ class _Teacher:
     tasks: List[str]  # student tasks this checkpoint teaches
     kinds: Dict[str, str]
     data_info: Dict[str, Any]
+    resize: str  # the teacher's recipe `data.resize`: how its frames were fitted to its input
     feature_channels: Dict[str, int] = field(default_factory=dict)
 
 
@@ -188,7 +189,8 @@ class Teachers:
                 self._teachers[key] = _Teacher(
                     path=str(path), model=model, fingerprint=parameter_fingerprint(state["model"]),
                     tasks=[], kinds={t: task_obj.kind for t, task_obj in tasks.items()},
-                    data_info=dict(state["data_info"]), feature_channels=dict(model.trunk.feature_channels))
+                    data_info=dict(state["data_info"]), resize=checkpoint_recipe(state).data.resize,
+                    feature_channels=dict(model.trunk.feature_channels))
             teacher = self._teachers[key]
             if task not in teacher.kinds:
                 raise DistillError(f"{path}: teacher for {task!r} has no such task (it has {', '.join(teacher.kinds)})")
@@ -207,10 +209,15 @@ class Teachers:
     def feature_channels(self, task: str) -> Dict[str, int]:
         return next(t.feature_channels for t in self._teachers.values() if task in t.tasks)
 
-    def check_compatible(self, data_info: Mapping[str, Any]) -> None:
-        """The student's data facts (trainer.data_info_dict) must match each teacher's where its
-        outputs depend on them: input size always, classes of segmentation/detection, SR scale."""
+    def check_compatible(self, data_info: Mapping[str, Any], resize: str = "stretch") -> None:
+        """The student's data facts (trainer.data_info_dict) and resize mode must match each
+        teacher's where its outputs depend on them: input size and resize mode always (a teacher
+        runs on the student's frames: stretched frames to a letterbox teacher are not what it
+        learnt from), classes of segmentation/detection, SR scale."""
         for t in self._teachers.values():
+            if t.resize != resize:
+                raise DistillError(f"{t.path}: teacher's resize {t.resize!r} differs from the student's {resize!r} "
+                                   f"(data.resize): it would see frames fitted differently from its own")
             needs = ["input_size"]
             kinds = {t.kinds[task] for task in t.tasks}
             needs += ["semantic_classes"] if "segmentation" in kinds else []
@@ -331,7 +338,7 @@ class Distiller:
     adaptors, and `losses(...)` giving each task's weighted distillation term for a batch."""
 
     def __init__(self, config: DistillConfig, tasks: Mapping[str, Any], data_info: Mapping[str, Any],
-                 student_channels: Mapping[str, int], train_set, dataset: str, device="cpu"):
+                 student_channels: Mapping[str, int], train_set, dataset: str, device="cpu", resize: str = "stretch"):
         self.config = config
         self.tasks = dict(tasks)
         silent = [t for t in config.teachers if type(self.tasks[t]).distill_loss is Task.distill_loss]
@@ -344,7 +351,7 @@ class Distiller:
             config = replace(config, cache=False)
         self.config = config
         self.teachers = Teachers.from_config(config, device)
-        self.teachers.check_compatible(data_info)
+        self.teachers.check_compatible(data_info, resize)
         self.train_set = train_set
         self.dataset = dataset
         self.adaptors = (FeatureAdaptors.build(student_channels, self.teachers, config.feature_levels).to(device)

@@ -243,3 +243,18 @@ def test_the_cache_never_hits_under_zoom_so_the_distiller_turns_it_off(tmp_path)
         messages = [str(w.message) for w in caught]
         assert messages == ([] if cached else [m for m in messages if m.startswith("distill.cache is off")]) and \
             len(messages) == (0 if cached else 1), messages
+
+
+def test_teacher_must_fit_frames_the_way_the_student_does(tmp_path):
+    """A teacher trained on letterboxed frames is refused for a student that stretches them (it
+    runs on the student's frames), naming the file; the same mode passes."""
+    doc = recipe_doc(tasks=("depth",), seed=21)
+    doc["data"]["resize"] = "letterbox"
+    model, _ = build_tiny(doc)
+    path = tmp_path / "letterbox_depth.pt"
+    write_checkpoint(str(path), model, doc)
+    teachers = Teachers({"depth": str(path)})
+    with pytest.raises(DistillError, match="letterbox_depth.pt: teacher's resize 'letterbox' differs from the "
+                                           "student's 'stretch'"):
+        teachers.check_compatible(data_info_dict())
+    teachers.check_compatible(data_info_dict(), resize="letterbox")
