@@ -182,12 +182,7 @@ def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
     out.width = int(width) if width is not None else int(info.width * scale_x)
     out.height = int(height) if height is not None else int(info.height * scale_y)
 
-    k = np.array(info.k, dtype=np.float64).reshape(-1)
-    k[[0, 2]] *= scale_x
-    k[[4, 5]] *= scale_y
-    k[2] += offset_x
-    k[5] += offset_y
-    out.k = k
+    out.k = scale_intrinsics(info.k, scale_x, scale_y, offset_x, offset_y)
     p = np.array(info.p, dtype=np.float64).reshape(-1)
     p[[0, 2, 3]] *= scale_x
     p[[5, 6]] *= scale_y
@@ -200,6 +195,19 @@ def scale_camera_info(info: Any, scale_x: float, scale_y: float, *,
         roi.x_offset, roi.width = _roi_span(info.roi.x_offset, info.roi.width, scale_x, offset_x, out.width)
         roi.y_offset, roi.height = _roi_span(info.roi.y_offset, info.roi.height, scale_y, offset_y, out.height)
     return out
+
+
+def scale_intrinsics(k: Any, scale_x: float, scale_y: float, offset_x: float = 0.0,
+                     offset_y: float = 0.0) -> np.ndarray:
+    """A CameraInfo's K (9 values, row-major) for the image resized and shifted as in
+    `scale_camera_info` (which uses this): fx, cx times scale_x, fy, cy times scale_y, then the
+    principal point moved by the offset."""
+    k = np.array(k, dtype=np.float64).reshape(-1)
+    k[[0, 2]] *= scale_x
+    k[[4, 5]] *= scale_y
+    k[2] += offset_x
+    k[5] += offset_y
+    return k
 
 
 def _roi_span(start: int, size: int, scale: float, offset: float, limit: int) -> Tuple[int, int]:

@@ -11,9 +11,10 @@ from typing import Any, List, Sequence, Tuple
 import numpy as np
 
 from mtl_perception.inference.postprocess import Detections
-from mtl_perception.messages.image import scale_camera_info
+from mtl_perception.messages.image import scale_camera_info, scale_intrinsics
 
-__all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "mapped_camera_info"]
+__all__ = ["detection_array", "class_ids", "detections_from_msg", "label_info", "mapped_camera_info",
+           "mapped_intrinsics"]
 
 
 def detection_array(header: Any, detections: Detections, class_names: Sequence[str]) -> Any:
@@ -109,3 +110,10 @@ def mapped_camera_info(info: Any, header: Any, mapping: Any) -> Any:
     out = scale_camera_info(info, sx, sy, width=width, height=height, offset_x=ox, offset_y=oy)
     out.header = header
     return out
+
+
+def mapped_intrinsics(info: Any, mapping: Any) -> np.ndarray:
+    """Only the K of `mapped_camera_info` (what `points` back-projects through), without copying
+    the whole CameraInfo."""
+    (sx, sy), (ox, oy) = mapping.scale, mapping.offset
+    return scale_intrinsics(info.k, sx, sy, ox, oy)

@@ -68,7 +68,7 @@ from mtl_perception.messages.image import (
     encoding_info,
     image_to_array,
 )
-from mtl_perception.messages.outputs import detection_array, label_info, mapped_camera_info
+from mtl_perception.messages.outputs import detection_array, label_info, mapped_camera_info, mapped_intrinsics
 from mtl_perception.messages.pointcloud import depth_points, pointcloud2
 from mtl_perception.ros.message_types import message_class, publisher_qos
 from mtl_perception.ros.parameters import (
@@ -444,7 +444,7 @@ class PerceptionNode(LifecycleNode):
             info = self._camera_info
             if info is None:
                 return None
-            k = mapped_camera_info(info, header, payload.mapping).k
+            k = mapped_intrinsics(info, payload.mapping)
             return pointcloud2(header, depth_points(payload.depth, k), rgb=payload.rgb)
         if isinstance(payload, LabelsOut):
             return label_info(header, payload.class_names, payload.threshold)

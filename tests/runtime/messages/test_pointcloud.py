@@ -9,7 +9,7 @@ import pytest
 sensor_msgs_msg = pytest.importorskip("sensor_msgs.msg", reason="sensor_msgs is not installed")
 
 from mtl_perception.inference.preprocess import FrameMapping  # noqa: E402
-from mtl_perception.messages.outputs import mapped_camera_info  # noqa: E402
+from mtl_perception.messages.outputs import mapped_camera_info, mapped_intrinsics  # noqa: E402
 from mtl_perception.messages.pointcloud import depth_points, pointcloud2  # noqa: E402
 
 FX, FY, CX, CY = 500.0, 510.0, 320.5, 239.5
@@ -30,6 +30,15 @@ def header(sec=7):
     h = sensor_msgs_msg.Image().header
     h.frame_id, h.stamp.sec = "camera_optical", sec
     return h
+
+
+@pytest.mark.parametrize("mode", ["stretch", "letterbox", "crop"])
+def test_points_intrinsics_are_the_depth_camera_infos(mode):
+    """`points` back-projects through K alone (no CameraInfo copy per frame): the same K that
+    `depth/camera_info` publishes, through every resize mode."""
+    mapping = FrameMapping((640, 480), (64, 48 if mode == "stretch" else 32), mode)
+    np.testing.assert_array_equal(mapped_intrinsics(camera_info(), mapping),
+                                  np.asarray(mapped_camera_info(camera_info(), header(), mapping).k))
 
 
 def test_depth_camera_info_is_scaled_to_the_depth_image():
