@@ -21,7 +21,7 @@ augmentation no entry could ever match, so `Distiller` turns the cache off with 
 
 Trainer wiring (sketch)::
 
-    teachers = Teachers.from_config(cfg, device); teachers.check_compatible(data_info_dict(tasks))
+    teachers = Teachers.from_config(cfg, device); teachers.check_compatible(data_info_dict(tasks), recipe.data.resize)
     adaptors = FeatureAdaptors.build(model.trunk.feature_channels, teachers, cfg.feature_levels)  # if on;
     #   its parameters go into the optimizer (own group), it is not part of the exported model
     preds, features = train_model(image01, return_features=True)
@@ -209,7 +209,7 @@ class Teachers:
     def feature_channels(self, task: str) -> Dict[str, int]:
         return next(t.feature_channels for t in self._teachers.values() if task in t.tasks)
 
-    def check_compatible(self, data_info: Mapping[str, Any], resize: str = "stretch") -> None:
+    def check_compatible(self, data_info: Mapping[str, Any], resize: str) -> None:
         """The student's data facts (trainer.data_info_dict) and resize mode must match each
         teacher's where its outputs depend on them: input size and resize mode always (a teacher
         runs on the student's frames: stretched frames to a letterbox teacher are not what it
@@ -338,7 +338,7 @@ class Distiller:
     adaptors, and `losses(...)` giving each task's weighted distillation term for a batch."""
 
     def __init__(self, config: DistillConfig, tasks: Mapping[str, Any], data_info: Mapping[str, Any],
-                 student_channels: Mapping[str, int], train_set, dataset: str, device="cpu", resize: str = "stretch"):
+                 student_channels: Mapping[str, int], train_set, dataset: str, resize: str, device="cpu"):
         self.config = config
         self.tasks = dict(tasks)
         silent = [t for t in config.teachers if type(self.tasks[t]).distill_loss is Task.distill_loss]

@@ -143,7 +143,7 @@ class Trainer:
         if recipe.distill is not None:
             self.distiller = Distiller(recipe.distill, self.tasks, data_info_dict(self.tasks),
                                        self.model.trunk.feature_channels, self.train_set, recipe.data.train,
-                                       self.device, resize=recipe.data.resize)
+                                       recipe.data.resize, self.device)
         self.sam = None  # SAM wrapper around self.optimizer (recipe `sam`)
         self.optimizer = self._build_optimizer()
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)

@@ -180,10 +180,11 @@ class SuperResolutionImage(nn.Module):
         self.levels = copy.deepcopy(head.out)
         last = self.levels if isinstance(self.levels, nn.Conv2d) else [
             m for m in self.levels.modules() if isinstance(m, nn.Conv2d)][-1]
+        gain = 255.0 * head.RESIDUAL_UNIT
         with torch.no_grad():
-            last.weight.mul_(255.0 * head.RESIDUAL_UNIT)
+            last.weight.mul_(gain)
             if last.bias is not None:
-                last.bias.mul_(255.0 * head.RESIDUAL_UNIT)
+                last.bias.mul_(gain)
         self.register_buffer("cell_copy", space_to_depth_kernel(3, 2), persistent=False)
         self.register_buffer("bicubic", head.bicubic * 255.0, persistent=False)
         self.register_buffer("rounding", torch.full((head.bicubic.shape[0],), 0.5), persistent=False)

@@ -88,7 +88,7 @@ def test_teachers_stay_frozen_through_a_real_training_step(tmp_path):
     paths = _teacher_checkpoints(tmp_path)
     config = DistillConfig(teachers=paths, feature_imitation=True, feature_levels=["s2", "s4"])
     teachers = Teachers.from_config(config)
-    teachers.check_compatible(data_info_dict())
+    teachers.check_compatible(data_info_dict(), "stretch")
     before = [copy.deepcopy(m.state_dict()) for m in teachers.models()]
     student, tasks = build_tiny(recipe_doc())
     adaptors = FeatureAdaptors.build(student.trunk.feature_channels, teachers, config.feature_levels)
@@ -120,7 +120,7 @@ def test_teacher_must_have_the_task_and_the_student_classes(tmp_path):
     info = data_info_dict()
     info["semantic_classes"] = ["road", "car"]
     with pytest.raises(DistillError, match="semantic_classes"):
-        teachers.check_compatible(info)
+        teachers.check_compatible(info, "stretch")
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -194,7 +194,8 @@ def test_the_distillation_loss_is_the_task_registrys_own():
     assert distillation_losses(student, {"depth": teacher_preds["depth"]}, config, {"depth": halved})["depth"].item() \
         == pytest.approx(0.5 * plain.item())
     with pytest.raises(DistillError, match="distill.teachers.depth: task 'depth' declares no distillation loss"):
-        Distiller(config, {"depth": SilentDepth(tasks["depth"].options, INFO)}, data_info_dict(), {}, None, "")
+        Distiller(config, {"depth": SilentDepth(tasks["depth"].options, INFO)}, data_info_dict(), {}, None, "",
+                  "stretch")
 
 
 def test_the_cache_never_hits_under_zoom_so_the_distiller_turns_it_off(tmp_path):
@@ -238,7 +239,8 @@ def test_the_cache_never_hits_under_zoom_so_the_distiller_turns_it_off(tmp_path)
         train_set = TaskDataset(source, {}, INFO.input_size, INFO.sr_scale, augment=augment)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            distiller = Distiller(config, tasks, data_info_dict(), student.trunk.feature_channels, train_set, "cs")
+            distiller = Distiller(config, tasks, data_info_dict(), student.trunk.feature_channels, train_set, "cs",
+                                  "stretch")
         assert (distiller.teachers.cache_dir is not None) == cached
         messages = [str(w.message) for w in caught]
         assert messages == ([] if cached else [m for m in messages if m.startswith("distill.cache is off")]) and \
@@ -256,5 +258,5 @@ def test_teacher_must_fit_frames_the_way_the_student_does(tmp_path):
     teachers = Teachers({"depth": str(path)})
     with pytest.raises(DistillError, match="letterbox_depth.pt: teacher's resize 'letterbox' differs from the "
                                            "student's 'stretch'"):
-        teachers.check_compatible(data_info_dict())
-    teachers.check_compatible(data_info_dict(), resize="letterbox")
+        teachers.check_compatible(data_info_dict(), "stretch")
+    teachers.check_compatible(data_info_dict(), "letterbox")
