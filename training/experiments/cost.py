@@ -44,7 +44,7 @@ from training.tasks import DataInfo
 #: the built-in trunks, the default set compared
 ARCHITECTURES = ("shared", "cross_stitch", "nddr", "mtan")
 
-_WARMUP = 3
+WARMUP_RUNS = 3  # untimed calls per model before the timed rounds
 
 
 def recipe_tasks(recipe) -> dict:
@@ -88,7 +88,8 @@ def _prepare(model: nn.Module, input_size: Sequence[int], tasks: Optional[Mappin
     if onnx:
         if tasks is None:
             raise ValueError("onnx latency needs the model's tasks")
-        runners["onnx_latency_ms"] = _onnx_runner(deployed, tasks, (width, height), folder)
+        runners["onnx_latency_ms"] = onnx_runner(export_contract_model(deployed, tasks, (width, height), folder)[0],
+                                                  (width, height))
     return static, runners
 
 
@@ -96,7 +97,7 @@ def _timed(runners: Sequence[Dict[str, Callable[[], object]]], runs: int, rounds
     """Median ms of every runner of every entry (`timing.time_interleaved`, all in the same
     rounds); torch with one thread."""
     flat = {(i, key): fn for i, entry in enumerate(runners) for key, fn in entry.items()}
-    timed = time_interleaved(flat, runs, rounds, warmup=_WARMUP)
+    timed = time_interleaved(flat, runs, rounds, warmup=WARMUP_RUNS)
     return [{key: timed[(i, key)]["ms"] for key in entry} for i, entry in enumerate(runners)]
 
 
@@ -122,20 +123,32 @@ def model_cost(recipe_or_model: Union[nn.Module, object], input_size: Optional[S
         return {**static, **_timed([runners], runs, rounds=1)[0]}
 
 
-def _onnx_runner(model: nn.Module, tasks: Mapping, input_size: Sequence[int], folder: Path) -> Callable[[], object]:
-    """Exports `model` (eval mode) as a contract ONNX graph into `folder` and returns a function
-    that runs one image through the runtime's loader (CPU provider, one intra-op thread)."""
+def export_contract_model(model: nn.Module, tasks: Mapping, input_size: Sequence[int],
+                          folder: Path) -> Tuple[Path, ModelMetadata]:
+    """Exports `model` (eval mode) into `folder` as the contract's ONNX graph (uint8 image in,
+    decoded outputs, metadata attached): (path, metadata)."""
     width, height = int(input_size[0]), int(input_size[1])
     module = DeployModule(model, tasks).eval()
     names = output_names(tasks)
     metadata = ModelMetadata(name="cost", input=InputSpec(name="image", height=height, width=width),
                              tasks={t: task.spec(names[t]) for t, task in tasks.items()}, provenance={"cost": True})
-    image = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     fd, name = tempfile.mkstemp(suffix=".onnx", dir=folder)
     os.close(fd)
     path = Path(name)
-    export_onnx(module, torch.from_numpy(image[None]), path, 18, metadata.output_names())
+    export_onnx(module, torch.from_numpy(cost_image(width, height)[None]), path, 18, metadata.output_names())
     attach_metadata(path, metadata)
+    return path, metadata
+
+
+def cost_image(width: int, height: int) -> np.ndarray:
+    """The fixed random HxWx3 uint8 frame every latency here is measured on."""
+    return np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+def onnx_runner(path: Path, input_size: Sequence[int]) -> Callable[[], object]:
+    """A function that runs `cost_image` through the runtime's loader on a contract model (CPU
+    provider, one intra-op thread)."""
+    image = cost_image(int(input_size[0]), int(input_size[1]))
     runtime = load_model(path, RuntimeOptions(providers=["cpu"], intra_op_threads=1))
     return lambda: runtime.run(image)
 
@@ -198,10 +211,10 @@ def compare_architectures(recipe, architectures: Sequence[str] = ARCHITECTURES, 
     width, height = recipe.data.input_size
     return {"recipe": recipe.name, "input_size": [width, height], "tasks": list(recipe.tasks),
             "baseline": base["architecture"], "runs": max(1, -(-runs // rounds)) * rounds, "rounds": rounds,
-            "threads": 1, "torch": torch.__version__, "machine": _machine(), "rows": rows}
+            "threads": 1, "torch": torch.__version__, "machine": machine_summary(), "rows": rows}
 
 
-def _machine() -> str:
+def machine_summary() -> str:
     return f"{platform.machine()}, {os.cpu_count()} logical CPUs, {platform.system()}"
 
 

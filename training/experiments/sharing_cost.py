@@ -24,7 +24,15 @@ from typing import Callable, Dict, List, Mapping, Sequence
 import torch
 from torch import nn
 
-from training.experiments.cost import _WARMUP, _machine, _onnx_runner, recipe_tasks
+from training.experiments.cost import (
+    WARMUP_RUNS,
+    cost_image,
+    export_contract_model,
+    machine_summary,
+    onnx_runner,
+    recipe_tasks,
+)
+from training.experiments.onnx_profile import SHARED, profile_by_group
 from training.experiments.timing import time_interleaved
 from training.models.collapse import compact_copy, conv_flops, parameter_count
 from training.models.multitask import build_model
@@ -74,6 +82,7 @@ def sharing_cost(recipe, heads: Sequence[str] = HEAD_STYLES, runs: int = 20, rou
     example = torch.rand(1, 3, height, width, generator=torch.Generator().manual_seed(0))
     entries: List[dict] = []
     runners: List[Callable[[], object]] = []
+    profiled = []  # (entry, path, metadata) of each N-task model
     with tempfile.TemporaryDirectory(prefix="mtl-sharing-") as tmp:
         for style in heads:
             config = dataclasses.replace(recipe.model, head=style)
@@ -85,21 +94,34 @@ def sharing_cost(recipe, heads: Sequence[str] = HEAD_STYLES, runs: int = 20, rou
                 entries.append({"head": style, "model": label, "tasks": list(tasks),
                                 "components": component_costs(model, example),
                                 "params": float(parameter_count(model)), "flops": float(conv_flops(model, example))})
-                runners.append(_onnx_runner(model, tasks, (width, height), Path(tmp)))
+                path, metadata = export_contract_model(model, tasks, (width, height), Path(tmp))
+                if label == "all":
+                    profiled.append((entries[-1], path, metadata))
+                runners.append(onnx_runner(path, (width, height)))
             entries.append({"head": style, "model": "trunk", "tasks": [],
                             "components": {}, "params": entries[-1]["components"]["trunk"]["params"],
                             "flops": entries[-1]["components"]["trunk"]["flops"]})
             runners.append(_trunk_runner(model, example, Path(tmp)))
-        timed = time_interleaved(dict(enumerate(runners)), runs, rounds, warmup=_WARMUP)
+        timed = time_interleaved(dict(enumerate(runners)), runs, rounds, warmup=WARMUP_RUNS)
+        for entry, path, metadata in profiled:
+            entry["profile_ms"] = task_profile(path, metadata, runs)
     for i, entry in enumerate(entries):
         entry["onnx_latency_ms"] = timed[i]["ms"]
         entry["onnx_latency_ms_rounds"] = timed[i]["rounds"]
     return {"recipe": recipe.name, "backbone": recipe.model.backbone, "input_size": [width, height],
             "tasks": list(all_tasks), "fpn_channels": recipe.model.fpn_channels,
             "runs": max(1, -(-runs // rounds)) * rounds, "rounds": rounds, "threads": 1, "weights": "random",
-            "torch": torch.__version__, "onnxruntime": _ort_version(), "machine": _machine(),
+            "torch": torch.__version__, "onnxruntime": _ort_version(), "machine": machine_summary(),
             "rows": entries,
             "summary": {style: summarise([e for e in entries if e["head"] == style]) for style in heads}}
+
+
+def task_profile(path: Path, metadata, runs: int) -> Dict[str, float]:
+    """{task or SHARED: ms} of a contract model: onnxruntime's profile of `runs` runs on the cost
+    image, each node given to the task whose outputs alone depend on it (`onnx_profile`)."""
+    groups = {output: task for task, spec in metadata.tasks.items() for output in spec.outputs.values()}
+    image = cost_image(metadata.input.width, metadata.input.height)[None]
+    return profile_by_group(path, {metadata.input.name: image}, groups, runs)
 
 
 def _ort_version() -> str:
@@ -131,6 +153,11 @@ def summarise(rows: Sequence[Mapping]) -> dict:
     out["heads"] = {r["model"]: {"ms": r["onnx_latency_ms"] - trunk_ms,
                                  "flops": r["components"][f"head:{r['model']}"]["flops"],
                                  "params": r["components"][f"head:{r['model']}"]["params"]} for r in singles}
+    profile = by["all"].get("profile_ms")
+    if profile:
+        out["shared_profile_ms"] = profile.get(SHARED, 0.0)
+        for name, head in out["heads"].items():
+            head["profile_ms"] = profile.get(name, 0.0)
     return out
 
 
@@ -153,11 +180,18 @@ def markdown(result: Mapping) -> str:
         per_round = s.get("onnx_latency_ms_round_ratio", float("nan"))
         lines.append(f"| {style} | **{per_round:.3f}** ({q1:.3f}-{q3:.3f}) | {s['onnx_latency_ms_ratio']:.3f} | "
                      f"{s['flops_ratio']:.3f} | {s['params_ratio']:.3f} |")
-    lines += ["", "| heads | head | parameters | MACs | MACs / trunk | ms (single − trunk) | ms / trunk |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+    lines += ["", "| heads | head | parameters | MACs | MACs / trunk | ms (single − trunk) | ms / trunk | "
+              "ms in the N-task model (profile) | / shared (profile) |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for style, s in result["summary"].items():
         trunk = next(r for r in result["rows"] if r["head"] == style and r["model"] == "trunk")
+        shared = s.get("shared_profile_ms", float("nan"))
         for name, h in s["heads"].items():
+            inside = h.get("profile_ms", float("nan"))
             lines.append(f"| {style} | {name} | {h['params'] / 1e6:.3f} M | {h['flops'] / 1e9:.3f} G | "
-                         f"{h['flops'] / trunk['flops']:.2f} | {h['ms']:.1f} | {h['ms'] / s['trunk_ms']:.2f} |")
+                         f"{h['flops'] / trunk['flops']:.2f} | {h['ms']:.1f} | {h['ms'] / s['trunk_ms']:.2f} | "
+                         f"{inside:.1f} | {inside / shared:.2f} |")
+        lines.append(f"| {style} | (shared: encoder, pyramid, input) | | | | | | {shared:.1f} | 1.00 |")
+    lines += ["", "Profile: onnxruntime's own profile of the N-task model, each node's time given to the task "
+              "whose outputs alone depend on it, nodes that several tasks' outputs depend on shared "
+              "(`training/experiments/onnx_profile.py`): one session, no difference of two medians."]
     return "\n".join(lines) + "\n"

@@ -26,6 +26,11 @@ def test_per_round_ratio_is_taken_within_each_round():
     assert s["onnx_latency_ms_round_ratio_quartiles"] == pytest.approx([0.3, 0.3])
     assert s["onnx_latency_ms_ratio"] == pytest.approx(0.45)
     assert s["heads"]["a"]["ms"] == pytest.approx(3.0) and s["trunk_ms"] == 2.0
+    assert "shared_profile_ms" not in s and "profile_ms" not in s["heads"]["a"]
+    rows[0]["profile_ms"] = {"shared": 2.5, "a": 0.25}  # b ran nothing of its own
+    s = summarise(rows)
+    assert s["shared_profile_ms"] == 2.5
+    assert s["heads"]["a"]["profile_ms"] == 0.25 and s["heads"]["b"]["profile_ms"] == 0.0
 
 
 def test_sharing_cost_exports_times_and_summarises_every_model():
@@ -44,4 +49,8 @@ def test_sharing_cost_exports_times_and_summarises_every_model():
     # one network with four heads costs less than four networks: more than 1/4, less than 1
     assert 0.25 < s["flops_ratio"] < 1.0 and 0.25 < s["params_ratio"] < 1.0
     assert set(s["heads"]) == set(tasks)
-    assert "**" in markdown(result) and "per round" in markdown(result)
+    # the N-task model's own profile prices every head and the shared trunk
+    assert s["shared_profile_ms"] > 0 and all(s["heads"][t]["profile_ms"] > 0 for t in tasks)
+    assert set(rows[0]["profile_ms"]) <= {*tasks, "shared", "unused"}
+    text = markdown(result)
+    assert "**" in text and "per round" in text and "ms in the N-task model (profile)" in text
