@@ -39,15 +39,13 @@ class MultiTaskNet(nn.Module):
         trunk's features, returned as a third value; gradients reach the trunk only when the
         caller backpropagates into `features` itself (one trunk backward for all tasks)."""
         features = self.features(image01)
-        if self.per_task:
-            if cut_features:
-                raise ValueError("cut_features needs one shared representation; this trunk gives each task its own")
-            preds = {name: head(features[name], image01) for name, head in self.heads.items()}
-            return (preds, features) if return_features else preds
-        head_inputs = {k: v.detach().requires_grad_() for k, v in features.items()} if cut_features else features
-        preds = {name: head(head_inputs, image01) for name, head in self.heads.items()}
         if cut_features:
-            return preds, features, head_inputs
+            if self.per_task:
+                raise ValueError("cut_features needs one shared representation; this trunk gives each task its own")
+            cut = {k: v.detach().requires_grad_() for k, v in features.items()}
+            return {name: head(cut, image01) for name, head in self.heads.items()}, features, cut
+        inputs = self.head_inputs(features)
+        preds = {name: head(inputs[name], image01) for name, head in self.heads.items()}
         return (preds, features) if return_features else preds
 
     def features(self, image01: torch.Tensor):

@@ -9,6 +9,7 @@ from torch import nn
 from training.models.collapse import compact_copy
 from training.models.light_heads import depthwise_heads
 from training.tasks.super_resolution import (
+    PartwiseBody,
     SuperResolutionHead,
     SuperResolutionImage,
     SuperResolutionTask,
@@ -103,3 +104,28 @@ def test_one_hot_convolution_is_the_space_to_depth():
     torch.testing.assert_close(F.conv2d(image, space_to_depth_kernel(3, 2), stride=2), F.pixel_unshuffle(image, 2),
                                rtol=0, atol=0)
 
+
+
+@pytest.mark.parametrize("kind", ["dense", "depthwise", "other"])
+def test_partwise_body_equals_the_body_on_the_concatenation(kind):
+    """Split per part (dense first layer, or depthwise + 1x1), the body gives what it gives on
+    the concatenated parts, also with the last part widened by zero channels; a body it cannot
+    split (here one that starts with a BatchNorm) stays whole, is not widened, and still equals."""
+    torch.manual_seed(0)
+    sizes = [5, 3, 12]
+    cin = sum(sizes)
+    if kind == "dense":
+        body = nn.Sequential(nn.Conv2d(cin, 8, 3, padding=1), nn.ReLU())
+    elif kind == "depthwise":
+        body = nn.Sequential(nn.Conv2d(cin, cin, 3, padding=1, groups=cin), nn.Conv2d(cin, 8, 1), nn.ReLU())
+    else:
+        body = nn.Sequential(nn.BatchNorm2d(cin), nn.Conv2d(cin, 8, 3, padding=1)).eval()
+    parts = [torch.randn(2, n, 6, 7) for n in sizes]
+    expected = body(torch.cat(parts, dim=1))
+    partwise = PartwiseBody(body, sizes).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(partwise(parts), expected, rtol=1e-5, atol=1e-5)
+        widened = partwise.widen_last(16)
+        assert widened == (kind != "other")
+        last = torch.cat([parts[-1], torch.randn(2, 4, 6, 7)], dim=1) if widened else parts[-1]
+        torch.testing.assert_close(partwise(parts[:-1] + [last]), expected, rtol=1e-5, atol=1e-5)
