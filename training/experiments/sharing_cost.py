@@ -6,9 +6,11 @@ For each head style (`standard`: 3x3 ConvBNAct heads; `depthwise`: depthwise-sep
 per task, each exported as the contract's ONNX graph (uint8 in, decoded outputs) and timed
 through the runtime's loader (onnxruntime, CPU provider, one intra-op thread); the trunk alone
 (encoder + pyramid, float input) is timed beside them, so a head's latency is its single-task
-model's minus the trunk's. Every model runs in the same interleaved rounds (`cost._timed`), so a
-change of load on the machine hits all of them alike: the ratio of the N-task model to the sum
-of the singles is the number to read; absolute milliseconds depend on the machine and its load.
+model's minus the trunk's, and inside the N-task model from onnxruntime's own profile of it
+(`onnx_profile`: a node belongs to the task whose outputs alone depend on it). Every model runs
+in the same interleaved rounds (`timing.time_interleaved`), so a change of load on the machine
+hits all of them alike: the ratio of the N-task model to the sum of the singles is the number to
+read; absolute milliseconds depend on the machine and its load.
 Weights are random (latency does not depend on them). Parameters and multiply-accumulates
 (convolutions and linear layers, `conv_flops`) are counted per component on the exported form
 (BN folded).
