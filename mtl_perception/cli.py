@@ -187,6 +187,7 @@ def _replay(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from mtl_perception.inference.pixels import WRITABLE_ENCODINGS  # NumPy only
     parser = argparse.ArgumentParser(prog="mtl-perception", description="mtl_perception runtime tools (no torch).")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -253,6 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--width", type=int, default=640, help="camera image width")
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--frames", type=int, default=200, help="frames per phase")
+    p.add_argument("--encoding", choices=WRITABLE_ENCODINGS, default="bgr8",
+                   help="the camera's image encoding (a Bayer mosaic or 4:2:2 YUV as raw sensors send them)")
     p.add_argument("--rate", type=float, help="end-to-end camera rate (default: half the model's throughput, <= 30 Hz)")
     p.add_argument("--overload-factor", type=float, default=2.0, help="overload camera rate / model rate")
     p.add_argument("--providers", help="comma-separated execution providers (default: best available)")

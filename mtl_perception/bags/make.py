@@ -38,13 +38,14 @@ from mtl_perception.bags.io import (
     image_msg,
     make_header,
 )
+from mtl_perception.inference.pixels import WRITABLE_ENCODINGS, color_to_array
 
 #: Header stamp of the first frame: 2024-01-01T00:00:00Z (fixed, so bags are reproducible).
 DEFAULT_START_NS = 1_704_067_200 * 1_000_000_000
 FRAME_ID = "camera_optical_frame"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
-ENCODINGS = ("bgr8", "rgb8")
+ENCODINGS = WRITABLE_ENCODINGS  # the camera's raw encodings a bag can be written in
 COMPRESSIONS = ("jpeg", "png")
 
 
@@ -91,8 +92,8 @@ def write_bag(out: os.PathLike | str, frames: Iterator[BagFrame], *, rate: float
                     put(DEFAULT_TOPICS["compressed"], stamp,
                         compressed_image_msg(image, compressed, header, "rgb", store))
                 else:
-                    pixels = image[..., ::-1] if encoding == "bgr8" else image
-                    put(DEFAULT_TOPICS["image"], stamp, image_msg(pixels, encoding, header, store))
+                    put(DEFAULT_TOPICS["image"], stamp,
+                        image_msg(color_to_array(image, encoding), encoding, header, store))
                 if frame.k is not None:
                     put(DEFAULT_TOPICS["camera_info"], stamp, camera_info_msg(header, w, h, frame.k, store))
                 if frame.semantic is not None:

@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from mtl_perception.contract import IGNORE_ID, RESIZE_MODES
-from mtl_perception.inference.pixels import array_to_color
+from mtl_perception.inference.pixels import array_to_color, color_encoding_info
 
 __all__ = ["PAD_VALUE", "resize_image", "resize_sample", "FrameMapping", "ModelInput", "model_input"]
 
@@ -253,7 +253,10 @@ def model_input(frame: np.ndarray, encoding: str, size: Tuple[int, int], color_o
     """The camera frame (an array in `encoding`, e.g. a view of a sensor_msgs/Image) as the
     model's input of `size` = (w, h) in `color_order`, by the model's `resize` mode: resized
     first (area when shrinking, bicubic when enlarging), then converted, as every runtime
-    consumer does."""
+    consumer does. A Bayer or 4:2:2 YUV frame is converted first (its pixels need their
+    neighbours), so `camera` and `resized` are then in `color_order`."""
+    if color_encoding_info(encoding).needs_neighbours:
+        frame, encoding = array_to_color(frame, encoding, color_order), f"{color_order}8"
     height, width = frame.shape[:2]
     mapping = FrameMapping((width, height), (int(size[0]), int(size[1])), resize)
     resized = mapping.image_to_model(frame, _pad_value(frame.dtype))

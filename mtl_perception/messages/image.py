@@ -29,6 +29,8 @@ from mtl_perception.inference.pixels import (
     ImageConversionError,
     array_to_color,
     check_array,
+    check_size,
+    color_encoding_info,
     encoding_info,
 )
 
@@ -36,6 +38,7 @@ __all__ = [
     "ImageConversionError",
     "EncodingInfo",
     "encoding_info",
+    "color_encoding_info",
     "image_to_array",
     "to_color",
     "to_model_rgb",
@@ -68,9 +71,7 @@ def image_to_array(msg: Any) -> np.ndarray:
     encoding = msg.encoding
     info = encoding_info(encoding)
     height, width, step = int(msg.height), int(msg.width), int(msg.step)
-    if height <= 0 or width <= 0:
-        raise ImageConversionError(
-            f"zero-size image: height={height}, width={width} (encoding {encoding})")
+    check_size(info, height, width, encoding)
     bpp = info.bytes_per_pixel
     if step < width * bpp:
         raise ImageConversionError(

@@ -1,5 +1,5 @@
-"""`camera_source`: publishes sensor_msgs/Image (bgr8) + CameraInfo at a set rate from a folder
-of images, a video file, or the built-in synthetic driving world.
+"""`camera_source`: publishes sensor_msgs/Image + CameraInfo at a set rate from a folder of
+images, a video file, or the built-in synthetic driving world.
 
     camera_source --ros-args -p source:=synthetic -p rate:=10.0 -p width:=640 -p height:=480
     camera_source --ros-args -p source:=/data/frames -p rate:=5.0 -r image:=/camera/image_raw
@@ -16,10 +16,11 @@ tif, tiff, webp); anything else is opened as a video with OpenCV. `width`/`heigh
 frames (0: the source's own size; synthetic default 640x480). Folder and video sources have no
 calibration: CameraInfo is a pinhole with the horizontal field of view `fov_deg`, centred
 principal point and no distortion. With `loop` false the node exits after the last frame.
+`encoding` (default bgr8) sends the frames as a given camera would: rgb8, mono8, a Bayer mosaic
+(bayer_rggb8, bayer_bggr8, bayer_gbrg8, bayer_grbg8) or 4:2:2 YUV (uyvy, yuyv; even widths).
 """
 from __future__ import annotations
 
-import array
 import math
 import os
 import sys
@@ -35,6 +36,9 @@ from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
+
+from mtl_perception.inference.pixels import WRITABLE_ENCODINGS, color_to_array
+from mtl_perception.messages.image import array_to_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 SYNTHETIC_DEFAULT_SIZE = (640, 480)
@@ -64,18 +68,11 @@ def camera_info_msg(k: np.ndarray, width: int, height: int, frame_id: str) -> Ca
     return info
 
 
-def image_msg(bgr: np.ndarray, frame_id: str) -> Image:
-    """A bgr8 Image holding `bgr` (packed rows)."""
-    bgr = np.ascontiguousarray(bgr, np.uint8)
-    msg = Image()
+def image_msg(bgr: np.ndarray, frame_id: str, encoding: str = "bgr8") -> Image:
+    """An Image holding `bgr` as a camera sends it in `encoding` (packed rows; a Bayer mosaic
+    or 4:2:2 YUV for `bayer_*8`, `uyvy`, `yuyv`)."""
+    msg = array_to_image(color_to_array(bgr, encoding, "bgr"), encoding, msg_cls=Image)
     msg.header.frame_id = frame_id
-    msg.height, msg.width = int(bgr.shape[0]), int(bgr.shape[1])
-    msg.encoding = "bgr8"
-    msg.is_bigendian = 0
-    msg.step = int(bgr.shape[1] * 3)
-    data = array.array("B")
-    data.frombytes(bgr.tobytes())
-    msg.data = data
     return msg
 
 
@@ -236,6 +233,7 @@ class CameraSource(Node):
         d("synthetic_frames", 16, ParameterDescriptor(description="synthetic frames rendered and cycled"))
         d("seed", 0, ParameterDescriptor(description="synthetic world seed"))
         d("night", False, ParameterDescriptor(description="synthetic frames at night"))
+        d("encoding", "bgr8", ParameterDescriptor(description=f"image encoding: {', '.join(WRITABLE_ENCODINGS)}"))
         p = lambda name: self.get_parameter(name).value  # noqa: E731
         rate = float(p("rate"))
         if not rate > 0:
@@ -244,6 +242,11 @@ class CameraSource(Node):
                                   loop=bool(p("loop")), synthetic_frames=int(p("synthetic_frames")),
                                   seed=int(p("seed")), night=bool(p("night")))
         self.frame_id = str(p("frame_id"))
+        self.encoding = str(p("encoding"))
+        if self.encoding not in WRITABLE_ENCODINGS:
+            raise SourceError(f"encoding must be one of {', '.join(WRITABLE_ENCODINGS)}, got {self.encoding!r}")
+        if self.encoding in ("uyvy", "yuyv") and self.frames.width % 2:
+            raise SourceError(f"encoding {self.encoding} needs an even width, got {self.frames.width}")
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.create_publisher(Image, "image", qos)
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)
@@ -253,7 +256,7 @@ class CameraSource(Node):
         self.done = False
         self.timer = self.create_timer(1.0 / rate, self._tick)
         self.get_logger().info(
-            f"publishing {self.frames.width}x{self.frames.height} bgr8 from {p('source')} at {rate:g} Hz on "
+            f"publishing {self.frames.width}x{self.frames.height} {self.encoding} from {p('source')} at {rate:g} Hz on "
             f"{self.image_pub.topic_name}")
 
     def _tick(self) -> None:
@@ -266,7 +269,7 @@ class CameraSource(Node):
         key, frame = item
         msg = self._messages.get(key) if key is not None else None
         if msg is None:
-            msg = image_msg(frame, self.frame_id)
+            msg = image_msg(frame, self.frame_id, self.encoding)
             if key is not None:
                 self._messages[key] = msg
         stamp = self.get_clock().now().to_msg()

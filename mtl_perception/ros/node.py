@@ -65,7 +65,7 @@ from mtl_perception.messages.detections_cdr import detection_array_cdr
 from mtl_perception.messages.image import (
     ImageConversionError,
     array_to_image,
-    encoding_info,
+    color_encoding_info,
     image_to_array,
 )
 from mtl_perception.messages.outputs import detection_array, label_info, mapped_camera_info, mapped_intrinsics
@@ -560,15 +560,13 @@ class PerceptionNode(LifecycleNode):
 
 
 def image_problem(msg: Any) -> Optional[Tuple[str, str]]:
-    """None if the message is an image the node can use (a colour or mono encoding, non-zero
-    size, enough data for height x step), else (kind, one line): kind 'encoding' or 'size'."""
+    """None if the message is an image the node can use (a colour, mono, Bayer or YUV encoding,
+    non-zero size, enough data for height x step), else (kind, one line): kind 'encoding' or
+    'size'."""
     try:
-        info = encoding_info(msg.encoding)
+        color_encoding_info(msg.encoding)
     except ImageConversionError as exc:
         return "encoding", str(exc)
-    if info.order is None:
-        return "encoding", (f"unsupported image encoding {msg.encoding!r} (supported: mono8, rgb8, bgr8, rgba8, "
-                            "bgra8 and their 16-bit forms)")
     try:
         image_to_array(msg)  # size, step and data length checks; a view, no copy
     except ImageConversionError as exc:

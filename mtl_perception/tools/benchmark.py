@@ -8,7 +8,7 @@
    (half the model's throughput, at most 30 Hz) so that all three see the same background load
    and the same idle gaps between frames:
    - model only, paced: as 1, one frame per camera period;
-   - ROS floor: the same width x height bgr8 frame to a do-nothing Python node that sends its
+   - ROS floor: the same width x height frame to a do-nothing Python node that sends its
      header back (what any Python ROS node costs here);
    - end to end: `perception_node` in its own process; this process publishes the frames with
      CameraInfo, subscribes to every output and times publish -> last output of that frame
@@ -48,6 +48,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from std_msgs.msg import Header
 
 from mtl_perception.inference.loader import load_model
+from mtl_perception.inference.pixels import color_to_array
 from mtl_perception.inference.preprocess import model_input
 from mtl_perception.kinds import registry
 from mtl_perception.ros.camera_source import camera_info_msg, image_msg, pinhole_k
@@ -109,12 +110,13 @@ def camera_frames(width: int, height: int, count: int = 4) -> List[np.ndarray]:
 class _ModelTimer:
     """The model in this process, on frames already resized to its input."""
 
-    def __init__(self, model_path: str, frames_bgr: Sequence[np.ndarray], runtime: Mapping[str, Any]):
+    def __init__(self, model_path: str, frames_bgr: Sequence[np.ndarray], encoding: str, runtime: Mapping[str, Any]):
         self.runtime = dict(runtime)
         self.model = load_model(model_path, runtime_options(self.runtime))
         order = self.model.metadata.input.color_order
         resize = self.model.metadata.input.resize
-        self.inputs = [model_input(f, "bgr8", self.model.input_size, order, resize).image for f in frames_bgr]
+        self.inputs = [model_input(color_to_array(f, encoding, "bgr"), encoding, self.model.input_size, order,
+                                   resize).image for f in frames_bgr]
         self._index = 0
 
     def run(self, count: int, rate_hz: Optional[float] = None) -> List[float]:
@@ -166,7 +168,7 @@ class _SerializedFrames:
 class _Harness:
     """The camera and every output's subscriber, in this process, spinning in a thread."""
 
-    def __init__(self, namespace: str, frames_bgr: Sequence[np.ndarray], outputs: Sequence[str]):
+    def __init__(self, namespace: str, frames_bgr: Sequence[np.ndarray], encoding: str, outputs: Sequence[str]):
         self.context = rclpy.Context()
         rclpy.init(context=self.context, args=[])
         self.node = rclpy.create_node("benchmark_camera", namespace=namespace, context=self.context)
@@ -175,7 +177,7 @@ class _Harness:
         self.echo_pub = self.node.create_publisher(Image, "echo_image", qos)
         self.info_pub = self.node.create_publisher(CameraInfo, "camera_info", qos)
         h, w = frames_bgr[0].shape[:2]
-        self.frames = _SerializedFrames([image_msg(f, "camera") for f in frames_bgr])
+        self.frames = _SerializedFrames([image_msg(f, "camera", encoding) for f in frames_bgr])
         self.info = camera_info_msg(pinhole_k(w, h, 70.0), w, h, "camera")
         msgtypes = {t.name: t.msgtype for t in registry.topics()}
         self.outputs = list(outputs)
@@ -393,6 +395,7 @@ class _Run:
     startup_timeout: float
     overload_factor: float
     log: Any
+    encoding: str  # the camera's
 
 
 def _through_ros(run: _Run, images: Sequence[np.ndarray], timer: _ModelTimer, outputs: Sequence[str],
@@ -408,7 +411,7 @@ def _through_ros(run: _Run, images: Sequence[np.ndarray], timer: _ModelTimer, ou
                                 env=dict(os.environ, PYTHONUNBUFFERED="1"))
         harness = None
         try:
-            harness = _Harness(namespace, images, outputs)
+            harness = _Harness(namespace, images, run.encoding, outputs)
             _warm_up(harness, node, node_log, run.startup_timeout)
             log(f"benchmark: model only and end to end alternating, {e2e_rate:.1f} Hz, {frames} frames each ...")
             alternating = _alternate(timer, harness, e2e_rate, frames, run.block)
@@ -426,13 +429,16 @@ def _through_ros(run: _Run, images: Sequence[np.ndarray], timer: _ModelTimer, ou
 def run_benchmark(model_path: str, width: int = 640, height: int = 480, frames: int = 200,
                   providers: Optional[Sequence[str]] = None, rate_hz: Optional[float] = None,
                   overload_factor: float = 2.0, block: int = 20, startup_timeout: float = 60.0,
-                  stock_dds: bool = False, intra_op_threads: int = 0, log: Any = print) -> Dict[str, Any]:
+                  stock_dds: bool = False, intra_op_threads: int = 0, encoding: str = "bgr8",
+                  log: Any = print) -> Dict[str, Any]:
     """See the module docstring. The paced model-only and end-to-end measurements alternate in
     blocks of `block` frames at the same rate, so both see the same background load and the same
     idle gaps between frames (an idle CPU makes the next inference slower than a warm loop).
     Unless `stock_dds` (or the environment names its own profile), every process of the run uses
     `dds_profile`'s large shared-memory segment. `providers` and `intra_op_threads` (0:
-    onnxruntime's default, every core) apply to the node and the model-only timer alike."""
+    onnxruntime's default, every core) apply to the node and the model-only timer alike. The
+    camera sends `encoding` (bgr8, or a Bayer / YUV format as a raw sensor would); the model-only
+    timer's inputs come from the same frames in it."""
     dds = _select_dds_profile(stock_dds)
     images = camera_frames(width, height)
     runtime: Dict[str, Any] = {}
@@ -440,18 +446,18 @@ def run_benchmark(model_path: str, width: int = 640, height: int = 480, frames: 
         runtime["providers"] = list(providers)
     if intra_op_threads:
         runtime["intra_op_threads"] = int(intra_op_threads)
-    timer = _ModelTimer(model_path, images, runtime)
+    timer = _ModelTimer(model_path, images, encoding, runtime)
     back_to_back = _back_to_back(timer, frames, log)
     model_p50 = back_to_back["p50_ms"]
     e2e_rate = rate_hz or min(30.0, 0.5 * 1e3 / model_p50)
     overload_rate = overload_factor * 1e3 / model_p50
     outputs = [t.name for t in registry.topics_for(timer.model.metadata.tasks, per_frame=True)]
-    run = _Run(model_path, runtime, frames, block, startup_timeout, overload_factor, log)
+    run = _Run(model_path, runtime, frames, block, startup_timeout, overload_factor, log, encoding)
     alternating, overload = _through_ros(run, images, timer, outputs, e2e_rate, overload_rate)
-    return _result(timer, width, height, outputs, dds, back_to_back, alternating, overload, overload_factor)
+    return _result(timer, width, height, encoding, outputs, dds, back_to_back, alternating, overload, overload_factor)
 
 
-def _result(timer: _ModelTimer, width: int, height: int, outputs: Sequence[str], dds: str,
+def _result(timer: _ModelTimer, width: int, height: int, encoding: str, outputs: Sequence[str], dds: str,
             back_to_back: Dict[str, Any], alternating: Dict[str, Any], overload: Dict[str, Any],
             overload_factor: float) -> Dict[str, Any]:
     """The JSON document of one run."""
@@ -469,7 +475,7 @@ def _result(timer: _ModelTimer, width: int, height: int, outputs: Sequence[str],
         "model": timer.describe(),
         "provider": timer.model.providers[0],
         "intra_op_threads": timer.runtime.get("intra_op_threads", 0),  # 0: onnxruntime's default
-        "input": {"width": width, "height": height, "encoding": "bgr8"},
+        "input": {"width": width, "height": height, "encoding": encoding},
         "host": {"machine": platform.machine(), "processor": platform.processor() or platform.machine(),
                  "cpus": os.cpu_count(), "python": platform.python_version(),
                  "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
@@ -585,6 +591,7 @@ def main(args: Any) -> int:
     providers = [p for p in args.providers.split(",") if p] if args.providers else None
     result = run_benchmark(args.model, args.width, args.height, args.frames, providers, args.rate,
                            args.overload_factor, stock_dds=args.stock_dds, intra_op_threads=args.intra_op_threads,
+                           encoding=args.encoding,
                            log=lambda line: print(line, file=sys.stderr))
     text = json.dumps(result, indent=2)
     if args.json:

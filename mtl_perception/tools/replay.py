@@ -54,7 +54,7 @@ from mtl_perception.kinds import registry
 from mtl_perception.messages.image import (
     ImageConversionError,
     array_to_image,
-    encoding_info,
+    color_encoding_info,
     image_to_array,
 )
 from mtl_perception.ros.processes import log_tail, start_node, stop_process
@@ -176,8 +176,7 @@ def _check_camera(reader: Any, msgtype: str, raw: bytes) -> Optional[str]:
         if msgtype == COMPRESSED_IMAGE:
             camera_image(msg, msgtype, "bgr")
         else:
-            if encoding_info(msg.encoding).order is None:
-                raise ImageConversionError(f"unsupported image encoding {msg.encoding!r} for a camera")
+            color_encoding_info(msg.encoding)
             image_to_array(msg)
     except (ImageConversionError, MessageError) as exc:
         return str(exc)

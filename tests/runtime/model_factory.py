@@ -153,7 +153,7 @@ def bright_box_frame():
 def write_bright_box_bag(path: Path, storage: str = "sqlite3", frames: int = 20, rate: float = 10.0,
                          bad: dict = None, start_ns: int = 1_704_067_200_000_000_000):
     """Writes the hand-made scene `frames` times (camera bgr8 + camera_info + all three labels,
-    one stamp per frame) with rosbags. `bad` maps frame index -> "encoding" (a yuv422 image) or
+    one stamp per frame) with rosbags. `bad` maps frame index -> "encoding" (an nv24 image, not converted) or
     "short" (data shorter than height*step). Returns the stamps (ns)."""
     from mtl_perception.bags.io import BagWriter, camera_info_msg, detections_msg, image_msg, make_header
 
@@ -170,7 +170,7 @@ def write_bright_box_bag(path: Path, storage: str = "sqlite3", frames: int = 20,
             image = image_msg(np.ascontiguousarray(rgb[..., ::-1]), "bgr8", header, store)
             kind = (bad or {}).get(i)
             if kind == "encoding":
-                image.encoding = "yuv422"
+                image.encoding = "nv24"
                 image.step = w * 2
                 image.data = image.data[: h * w * 2].copy()
             elif kind == "short":

@@ -37,7 +37,7 @@ ENCODINGS = {
     "16UC1": (np.uint16, 1), "32FC1": (np.float32, 1), "8UC1": (np.uint8, 1),
     "8UC3": (np.uint8, 3), "16SC1": (np.int16, 1), "32SC1": (np.int32, 1),
     "64FC1": (np.float64, 1), "rgb16": (np.uint16, 3), "bgra16": (np.uint16, 4),
-    "32FC3": (np.float32, 3),
+    "32FC3": (np.float32, 3), "bayer_rggb8": (np.uint8, 1), "bayer_grbg16": (np.uint16, 1),
 }
 
 
@@ -214,7 +214,7 @@ def test_to_color_on_arrays_and_encoding_override():
     np.testing.assert_array_equal(to_model_rgb(bgr, "bgr8"), bgr[..., ::-1])
     # An 8UC3 message has no colour order of its own; the caller may declare one.
     msg = array_to_image(bgr, "8UC3")
-    with pytest.raises(ImageConversionError, match="8UC3 has no colour order"):
+    with pytest.raises(ImageConversionError, match="'8UC3' has no colour order"):
         to_model_rgb(msg)
     np.testing.assert_array_equal(to_model_rgb(msg, "bgr8"), bgr[..., ::-1])
 
@@ -233,11 +233,11 @@ def test_sixteen_bit_to_eight_bit_scaling():
 # ----------------------------------------------------------------------------- errors
 
 def test_unsupported_encoding_is_named():
-    msg = make_msg("yuv422", 2, 2, 4, bytes(8))
-    with pytest.raises(ImageConversionError, match=r"unsupported image encoding 'yuv422'"):
+    msg = make_msg("nv24", 2, 2, 4, bytes(8))
+    with pytest.raises(ImageConversionError, match=r"unsupported image encoding 'nv24'"):
         image_to_array(msg)
-    with pytest.raises(ImageConversionError, match="'bayer_rggb8'"):
-        array_to_image(np.zeros((2, 2), np.uint8), "bayer_rggb8")
+    with pytest.raises(ImageConversionError, match="'nv12'"):
+        array_to_image(np.zeros((3, 2), np.uint8), "nv12")
     with pytest.raises(ImageConversionError, match="'BGR8'"):
         encoding_info("BGR8")
 
@@ -276,7 +276,7 @@ def test_array_that_does_not_fit_the_encoding():
         array_to_image(np.zeros((2, 2)), "32FC1")
     with pytest.raises(ImageConversionError, match=r"shape \(2, 2\) .* encoding bgr8"):
         array_to_image(np.zeros((2, 2), np.uint8), "bgr8")
-    with pytest.raises(ImageConversionError, match="32FC1 has no colour order"):
+    with pytest.raises(ImageConversionError, match="'32FC1' has no colour order"):
         to_model_rgb(array_to_image(np.zeros((2, 2), np.float32), "32FC1"))
 
 

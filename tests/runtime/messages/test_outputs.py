@@ -82,7 +82,7 @@ def test_image_checks():
     from mtl_perception.ros.node import check_image
 
     check_image(array_to_image(np.zeros((4, 4, 3), np.uint8), "bgr8"))
-    for encoding in ("yuv422", "32FC1"):
+    for encoding in ("nv24", "32FC1"):
         with pytest.raises(ImageConversionError, match=encoding):
             check_image(Image(encoding=encoding, width=4, height=4, step=16))
 

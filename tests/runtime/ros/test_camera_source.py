@@ -136,3 +136,31 @@ def test_video_source_and_a_missing_source(tmp_path):
                              timeout=60)
     assert missing.returncode == 1
     assert "no such folder or video file" in missing.stderr and "Traceback" not in missing.stderr
+
+
+def test_raw_sensor_encodings_bayer_and_yuv(tmp_path):
+    """encoding:=bayer_rggb8 sends the mosaic a raw RGGB sensor would (red at even rows and
+    columns, blue at odd ones, written here by hand); uyvy / yuyv need an even width and an
+    unknown encoding is refused, each with one line."""
+    cv2.imwrite(str(tmp_path / "frame.png"), np.full((30, 40, 3), (10, 90, 250), np.uint8))  # BGR
+    listener = Listener("/cam_bayer")
+    proc = start_source("/cam_bayer", f"source:={tmp_path}", "rate:=10.0", "encoding:=bayer_rggb8")
+    try:
+        listener.wait_for(1)
+    finally:
+        output = stop(proc)
+        listener.close()
+    msg = listener.images[0]
+    assert (msg.encoding, msg.width, msg.height, msg.step) == ("bayer_rggb8", 40, 30, 40)
+    mosaic = image_to_array(msg)
+    expected = np.empty((30, 40), np.uint8)
+    expected[0::2, 0::2], expected[0::2, 1::2], expected[1::2, 0::2], expected[1::2, 1::2] = 250, 90, 90, 10
+    np.testing.assert_array_equal(mosaic, expected)
+    assert "publishing 40x30 bayer_rggb8" in output
+
+    for params, message in ((["encoding:=uyvy", "width:=41", "height:=30"], "needs an even width, got 41"),
+                            (["encoding:=nv24"], "encoding must be one of bgr8, rgb8, mono8")):
+        result = subprocess.run([sys.executable, "-m", "mtl_perception.ros.camera_source", "--ros-args", "-p",
+                                 f"source:={tmp_path}"] + [a for p in params for a in ("-p", p)],
+                                env=ros_env(), capture_output=True, text=True, timeout=60)
+        assert result.returncode == 1 and message in result.stderr and "Traceback" not in result.stderr

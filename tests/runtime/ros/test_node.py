@@ -36,6 +36,7 @@ from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPo
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2  # noqa: E402
 from vision_msgs.msg import Detection2DArray, LabelInfo  # noqa: E402
 
+from mtl_perception.inference.pixels import color_to_array  # noqa: E402
 from mtl_perception.messages.image import array_to_image, image_to_array  # noqa: E402
 from mtl_perception.ros.spin import spin_in_background  # noqa: E402
 from tests import REPO as ROOT  # noqa: E402
@@ -69,6 +70,10 @@ def scene(encoding: str = "bgr8", step_padding: int = 0) -> Image:
     rgb[y1:y2, x1:x2] = (255, 0, 0)
     if encoding == "mono8":  # a mono frame: the rectangle is white (R = G = B = 255)
         pixels = rgb.max(axis=2)
+    elif encoding.startswith("bayer_") or encoding in ("uyvy", "yuyv"):  # as a raw sensor sends it
+        pixels = color_to_array(rgb, encoding.replace("16", "8"))
+        if encoding.endswith("16"):
+            pixels = pixels.astype(np.uint16) * 257
     elif encoding in ("bgr8", "bgra8"):
         pixels = rgb[..., ::-1]
     else:
@@ -411,7 +416,8 @@ def test_run_time_parameter_changes_take_effect_and_invalid_values_are_rejected(
     assert node.alive()
 
 
-@pytest.mark.parametrize("encoding,padding", [("rgb8", 0), ("bgra8", 0), ("rgba8", 0), ("mono8", 0), ("bgr8", 13)])
+@pytest.mark.parametrize("encoding,padding", [("rgb8", 0), ("bgra8", 0), ("rgba8", 0), ("mono8", 0), ("bgr8", 13),
+                                              ("bayer_rggb8", 0), ("bayer_gbrg16", 6), ("uyvy", 0), ("yuyv", 4)])
 def test_supported_encodings_and_row_padding(running, encoding, padding):
     _, probe = running
     frame = scene(encoding, step_padding=padding)
@@ -429,7 +435,7 @@ def test_bad_frames_are_skipped_with_one_warning_per_kind_of_problem(running):
     node, probe = running
     bad = []
     yuv = scene("bgr8")
-    yuv.encoding = "yuv422"
+    yuv.encoding = "nv24"  # 4:4:4 YUV in two planes: not converted
     bad.append(yuv)
     generic = scene("bgr8")
     generic.encoding = "8UC3"  # no colour order
@@ -456,7 +462,7 @@ def test_bad_frames_are_skipped_with_one_warning_per_kind_of_problem(running):
     time.sleep(1.0)
     assert node.alive()
     log = node.log()
-    assert log.count("frame skipped (encoding)") == 1 and "'yuv422'" in log
+    assert log.count("frame skipped (encoding)") == 1 and "'nv24'" in log
     assert log.count("frame skipped (size)") == 1 and "height*step" in log
     time.sleep(max(0.0, first + 5.5 - time.monotonic()))  # past the throttle period
     probe.publish(yuv, with_info=False)

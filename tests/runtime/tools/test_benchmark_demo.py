@@ -33,7 +33,8 @@ def model_path(tmp_path_factory):
 def test_benchmark_writes_every_measurement(model_path, tmp_path, capsys):
     out = tmp_path / "bench.json"
     assert cli.main(["benchmark", "--model", str(model_path), "--width", "320", "--height", "240",
-                     "--frames", "20", "--rate", "20", "--intra-op-threads", "1", "--json", str(out)]) == 0
+                     "--frames", "20", "--rate", "20", "--intra-op-threads", "1", "--encoding", "bayer_rggb8",
+                     "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert "/" not in result["dds_profile"]  # the run's temporary profile named, not its path on this machine
     for section in ("model_only_back_to_back", "model_only", "ros_floor", "end_to_end", "overload"):
@@ -46,7 +47,7 @@ def test_benchmark_writes_every_measurement(model_path, tmp_path, capsys):
     assert result["overload"]["ros_floor_at_this_rate"]["frames_echoed"] > 0
     ratio = result["end_to_end"]["p50_ms"] / result["model_only"]["p50_ms"]
     assert result["overhead_ratio_p50"] == pytest.approx(ratio)
-    assert result["input"] == {"width": 320, "height": 240, "encoding": "bgr8"}
+    assert result["input"] == {"width": 320, "height": 240, "encoding": "bayer_rggb8"}  # a raw sensor's mosaic
     assert result["intra_op_threads"] == 1
     goals = result["goals"]
     share = result["end_to_end"]["p50_ms"] - result["model_only"]["p50_ms"] - result["ros_floor"]["p50_ms"]
@@ -57,7 +58,8 @@ def test_benchmark_writes_every_measurement(model_path, tmp_path, capsys):
     for stage in ("wait", "preprocess", "inference", "render", "publish"):  # the node's own timings
         assert 0 <= e2e[f"node_{stage}_p50_ms"] <= e2e["node_processing_p50_ms"] + e2e["node_wait_p50_ms"], stage
     table = capsys.readouterr().out
-    assert "end to end" in table and "ratio end to end / model only" in table and "node stages p50" in table
+    assert "bayer_rggb8" in table and "end to end" in table
+    assert "ratio end to end / model only" in table and "node stages p50" in table
 
 
 def test_demo_reports_every_output_and_writes_a_mosaic(model_path, tmp_path, capsys):

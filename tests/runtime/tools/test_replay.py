@@ -34,7 +34,7 @@ def test_replay_starts_the_node_and_scores_what_came_back(tmp_path):
     online = report["online"]
     assert report["mode"] == "online" and online["node"] == "started by replay"
     assert online["frames_published"] == 20 and online["bad_input_frames"] == 1
-    assert "yuv422" in online["bad_input_examples"][0]["detail"]
+    assert "nv24" in online["bad_input_examples"][0]["detail"]
     returned = online["frames_returned"]
     assert returned >= 15, online  # a 64x48 model keeps up with 10 Hz even on a busy 2-core machine
     assert returned + online["dropped"] == 19
