@@ -1,6 +1,7 @@
 """Pixel formats of camera frames (the sensor_msgs/Image encodings) and their conversion to
-the HxWx3 uint8 colour image a model takes, on plain arrays: what pre-processing needs, below
-the message layer (`mtl_perception.messages.image` adds the messages themselves)."""
+the HxWx3 uint8 colour image a model takes (and back, for test streams and bags), on plain
+arrays: what pre-processing needs, below the message layer (`mtl_perception.messages.image`
+adds the messages themselves)."""
 from __future__ import annotations
 
 import re
@@ -60,8 +61,8 @@ _NAMED = {
     "yuv422_yuy2": ("u1", 2, "yuyv"),
 }
 # OpenCV's conversion to BGR / RGB for the encodings whose pixels need their neighbours.
-# OpenCV names a Bayer pattern by the second row's first two pixels, so an RGGB sensor is
-# COLOR_BayerBG2*. Demosaicing is bilinear, as cv_bridge and image_proc's default do; YUV is
+# OpenCV names a Bayer pattern by the second row's second and third pixels, so an RGGB sensor
+# is COLOR_BayerBG2*. Demosaicing is bilinear, as cv_bridge and image_proc's default do; YUV is
 # BT.601 with video range (Y 16-235), as V4L2 cameras send it.
 _NEIGHBOUR_CODES = {
     "bayer_rggb": ("COLOR_BayerBG2BGR", "COLOR_BayerBG2RGB"),
