@@ -87,6 +87,7 @@ from mtl_perception.ros.watchdog import InputWatch
 NODE_NAME = "perception_node"
 WARN_PERIOD_S = 5.0  # throttle for repeated warnings of the same kind
 PUBLISHER_POLL_S = 1.0  # how often the image topic's publishers are read (image_qos auto, no-frames warning)
+NO_FRAME_YET = "no frame yet"  # diagnostics input_format before the first processed frame
 
 
 def _describe(param: Param) -> ParameterDescriptor:
@@ -161,6 +162,7 @@ class PerceptionNode(LifecycleNode):
         self._camera_publishers: Tuple[Any, ...] = ()
         self._pending_incompatible: Optional[str] = None
         self._detections_as_bytes = False
+        self._input_format = NO_FRAME_YET  # what the camera sends, as the last processed frame had it
 
     # ------------------------------------------------------------------------------ parameters
     def _declare_parameters(self) -> None:
@@ -224,6 +226,7 @@ class PerceptionNode(LifecycleNode):
         self._stats = _Stats()
         self._throttle = ProblemThrottle(WARN_PERIOD_S)  # problem counts since activation, like the stats
         self._last_diag = None
+        self._input_format = NO_FRAME_YET
         self._compressed = self.get_parameter("input_transport").value == "compressed"
         # image_transport's naming: the compressed topic is the (remapped) image topic + /compressed.
         self._image_topic = self.resolve_topic_name("image") + ("/compressed" if self._compressed else "")
@@ -405,8 +408,10 @@ class PerceptionNode(LifecycleNode):
         start = time.perf_counter()
         if self._compressed:
             pixels, encoding = compressed_to_array(msg)
+            source = f" (from {msg.format or 'compressed data'})"
         else:  # a view of msg.data, row padding skipped
-            pixels, encoding = image_to_array(msg), msg.encoding
+            pixels, encoding, source = image_to_array(msg), msg.encoding, ""
+        self._input_format = f"{encoding} {pixels.shape[1]}x{pixels.shape[0]}{source}"
         frame = model_input(pixels, encoding, model.input_size, self._color_order, model.metadata.input.resize)
         prepared = time.perf_counter()
         outputs = model.run(frame.image)
@@ -539,6 +544,7 @@ class PerceptionNode(LifecycleNode):
             "input_topic": topic,
             "input_publishers": str(publishers),
             "input_transport": "compressed" if self._compressed else "raw",
+            "input_format": self._input_format,
             "image_qos": self._image_qos.description if self._image_qos is not None else "",
             "incompatible_qos_events": str(incompatible),
             "problems": ", ".join(f"{k}={v}" for k, v in sorted(self._throttle.counts().items())

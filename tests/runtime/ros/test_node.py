@@ -426,6 +426,7 @@ def test_supported_encodings_and_row_padding(running, encoding, padding):
     assert (box.center.position.x, box.center.position.y, box.size_x, box.size_y) == (
         pytest.approx(300.0), pytest.approx(180.0), pytest.approx(200.0), pytest.approx(180.0))
     assert image_to_array(out["segmentation"]).sum() == 20 * 24
+    latest_diagnostics(probe, lambda v: v["input_format"] == f"{encoding} {IMAGE_W}x{IMAGE_H}")  # what came in
 
 
 def test_bad_frames_are_skipped_with_one_warning_per_kind_of_problem(running):
@@ -680,6 +681,7 @@ def test_compressed_jpeg_and_png_input(model_path):
             time.sleep(0.1)
         values = latest_diagnostics(probe, lambda v: "decode=" in v["problems"])
         assert values["input_transport"] == "compressed"
+        assert values["input_format"] == f"bgr8 {IMAGE_W}x{IMAGE_H} (from jpeg)"  # the last frame decoded
         assert values["input_topic"] == f"{ns}/camera/image_raw/compressed"
         assert "no CameraInfo" in values["message"] and "depth/camera_info" in values["message"]
         assert values["camera_info"].startswith("none received")
