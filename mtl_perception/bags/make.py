@@ -45,7 +45,6 @@ DEFAULT_START_NS = 1_704_067_200 * 1_000_000_000
 FRAME_ID = "camera_optical_frame"
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
-ENCODINGS = WRITABLE_ENCODINGS  # the camera's raw encodings a bag can be written in
 COMPRESSIONS = ("jpeg", "png")
 
 
@@ -67,8 +66,8 @@ def write_bag(out: os.PathLike | str, frames: Iterator[BagFrame], *, rate: float
     """Writes frames to a new bag; returns a summary (path, storage, frames, topics with counts)."""
     if not rate > 0:
         raise ValueError(f"rate must be positive, got {rate}")
-    if encoding not in ENCODINGS:
-        raise ValueError(f"encoding must be one of {', '.join(ENCODINGS)}, got {encoding!r}")
+    if encoding not in WRITABLE_ENCODINGS:
+        raise ValueError(f"encoding must be one of {', '.join(WRITABLE_ENCODINGS)}, got {encoding!r}")
     if compressed not in (None,) + COMPRESSIONS:
         raise ValueError(f"compressed must be one of {', '.join(COMPRESSIONS)}, got {compressed!r}")
     period_ns = int(round(1e9 / rate))
@@ -252,7 +251,7 @@ def add_arguments(p: Any) -> None:
     p.add_argument("--storage", choices=STORAGES, default="sqlite3", help="rosbag2 storage: sqlite3 (.db3) or mcap")
     p.add_argument("--compressed", choices=COMPRESSIONS,
                    help="write sensor_msgs/CompressedImage on /camera/image_raw/compressed instead of raw images")
-    p.add_argument("--encoding", choices=ENCODINGS, default="bgr8", help="raw image encoding")
+    p.add_argument("--encoding", choices=WRITABLE_ENCODINGS, default="bgr8", help="raw image encoding")
     p.add_argument("--width", type=int, default=384, help="synthetic image width")
     p.add_argument("--height", type=int, default=256, help="synthetic image height")
     p.add_argument("--seed", type=int, default=0, help="synthetic world seed")

@@ -60,6 +60,7 @@ _NAMED = {
     "yuyv": ("u1", 2, "yuyv"),
     "yuv422_yuy2": ("u1", 2, "yuyv"),
 }
+_YUV422 = ("uyvy", "yuyv")  # the orders whose pixels come in pairs
 # OpenCV's conversion to BGR / RGB for the encodings whose pixels need their neighbours.
 # OpenCV names a Bayer pattern by the second row's second and third pixels, so an RGGB sensor
 # is COLOR_BayerBG2*. Demosaicing is bilinear, as cv_bridge and image_proc's default do; YUV is
@@ -108,7 +109,7 @@ def check_size(info: EncodingInfo, height: int, width: int, encoding: str) -> No
     if height <= 0 or width <= 0:
         raise ImageConversionError(
             f"zero-size image: height={height}, width={width} (encoding {encoding})")
-    if info.order in ("uyvy", "yuyv") and width % 2:
+    if info.order in _YUV422 and width % 2:
         raise ImageConversionError(
             f"width {width} is odd, but {encoding} stores pixels in pairs")
 
@@ -193,7 +194,7 @@ def color_to_array(image: np.ndarray, encoding: str, order: str = "rgb") -> np.n
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)
     if info.order == "mono":
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    if info.order in ("uyvy", "yuyv"):
+    if info.order in _YUV422:
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_UYVY if info.order == "uyvy" else cv2.COLOR_RGB2YUV_YUY2)
     pattern = info.order[len("bayer_"):]  # the top-left 2x2 cell, row by row
     mosaic = np.empty(rgb.shape[:2], np.uint8)

@@ -37,7 +37,13 @@ from rclpy.node import Node
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, Image
 
-from mtl_perception.inference.pixels import WRITABLE_ENCODINGS, color_to_array
+from mtl_perception.inference.pixels import (
+    WRITABLE_ENCODINGS,
+    ImageConversionError,
+    check_size,
+    color_to_array,
+    encoding_info,
+)
 from mtl_perception.messages.image import array_to_image
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
@@ -245,8 +251,10 @@ class CameraSource(Node):
         self.encoding = str(p("encoding"))
         if self.encoding not in WRITABLE_ENCODINGS:
             raise SourceError(f"encoding must be one of {', '.join(WRITABLE_ENCODINGS)}, got {self.encoding!r}")
-        if self.encoding in ("uyvy", "yuyv") and self.frames.width % 2:
-            raise SourceError(f"encoding {self.encoding} needs an even width, got {self.frames.width}")
+        try:  # the size the frames will have fits the encoding (4:2:2 YUV: an even width)
+            check_size(encoding_info(self.encoding), self.frames.height, self.frames.width, self.encoding)
+        except ImageConversionError as exc:
+            raise SourceError(str(exc)) from None
         qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.RELIABLE)
         self.image_pub = self.create_publisher(Image, "image", qos)
         self.info_pub = self.create_publisher(CameraInfo, "camera_info", qos)

@@ -158,7 +158,7 @@ def test_raw_sensor_encodings_bayer_and_yuv(tmp_path):
     np.testing.assert_array_equal(mosaic, expected)
     assert "publishing 40x30 bayer_rggb8" in output
 
-    for params, message in ((["encoding:=uyvy", "width:=41", "height:=30"], "needs an even width, got 41"),
+    for params, message in ((["encoding:=uyvy", "width:=41", "height:=30"], "width 41 is odd, but uyvy"),
                             (["encoding:=nv24"], "encoding must be one of bgr8, rgb8, mono8")):
         result = subprocess.run([sys.executable, "-m", "mtl_perception.ros.camera_source", "--ros-args", "-p",
                                  f"source:={tmp_path}"] + [a for p in params for a in ("-p", p)],
