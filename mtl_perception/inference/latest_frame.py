@@ -4,18 +4,21 @@ The camera callback must never wait for the model and frames must never queue up
 `put` stores the newest item, replacing one the worker has not taken yet (that one is counted
 as dropped), and `take` hands the worker the newest item or waits for one. Latency therefore
 stays bounded by about one inference however fast the camera is, and the drop count says how
-much the model could not keep up with. No ROS here, so it is tested on its own.
+much the model could not keep up with. `SequenceGaps` counts the frames that were replaced
+before they even reached the slot (the node's subscription keeps only the newest one while the
+worker is busy), from each publisher's sequence numbers. No ROS here, so both are tested on their
+own.
 """
 from __future__ import annotations
 
 import threading
 import time
 from dataclasses import dataclass
-from typing import Generic, Optional, TypeVar
+from typing import Dict, Generic, Hashable, Optional, TypeVar
 
 T = TypeVar("T")
 
-__all__ = ["FrameCounts", "LatestFrame"]
+__all__ = ["FrameCounts", "LatestFrame", "SequenceGaps"]
 
 
 @dataclass(frozen=True)
@@ -118,3 +121,25 @@ class LatestFrame(Generic[T]):
     def reset_counts(self) -> None:
         with self._cond:
             self._received = self._taken = self._dropped = 0
+
+
+class SequenceGaps:
+    """Messages each publisher sent that were not seen here, from the gaps in its sequence
+    numbers (1, 2, 3 ... per publisher). Publishers are told apart by a key (their GID); a
+    publisher's first message, and one whose number did not move forward (a restarted
+    publisher), count nothing. Not thread-safe: one caller (the subscription callback)."""
+
+    MAX_PUBLISHERS = 64  # the most recently heard keys kept; publishers come and go
+
+    def __init__(self) -> None:
+        self._last: Dict[Hashable, int] = {}  # insertion order = least recently heard first
+
+    def missed(self, publisher: Hashable, sequence: int) -> int:
+        """Messages of `publisher` between its previous `sequence` and this one."""
+        last = self._last.pop(publisher, None)
+        self._last[publisher] = sequence
+        if len(self._last) > self.MAX_PUBLISHERS:
+            del self._last[next(iter(self._last))]
+        if last is None or sequence <= last:
+            return 0
+        return sequence - last - 1

@@ -17,7 +17,10 @@ Data flow, never a backlog: the `image` callback only checks the message cheaply
 a single newest-wins slot (`LatestFrame`); a frame arriving while one is pending replaces it and
 is counted as dropped. A worker thread takes the newest frame, resizes it to the model input,
 runs the model and publishes only the outputs somebody subscribes to, each with the input
-header. Latency therefore stays bounded by about one inference whatever the camera rate.
+header. Latency therefore stays bounded by about one inference whatever the camera rate. While
+the worker has a frame, the subscription is not taken from at all (`ros.frame_gate`): the newest
+frame waits in the middleware unread, and the frames it replaced there are counted as dropped
+from the publishers' sequence numbers.
 """
 from __future__ import annotations
 
@@ -47,7 +50,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from std_msgs.msg import Header
 
-from mtl_perception.inference.latest_frame import LatestFrame
+from mtl_perception.inference.latest_frame import FrameCounts, LatestFrame, SequenceGaps
 from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import ModelError, PerceptionModel
 from mtl_perception.inference.preprocess import model_input
@@ -70,6 +73,7 @@ from mtl_perception.messages.image import (
 )
 from mtl_perception.messages.outputs import detection_array, label_info, mapped_camera_info, mapped_intrinsics
 from mtl_perception.messages.pointcloud import depth_points, pointcloud2
+from mtl_perception.ros.frame_gate import FrameGate, publication_sequence, with_message_info
 from mtl_perception.ros.message_types import message_class, publisher_qos
 from mtl_perception.ros.parameters import (
     BY_NAME,
@@ -120,6 +124,8 @@ class _Stats:
         self.rejected = 0
         self.failed = 0
         self.incompatible_qos = 0
+        self.unread = 0  # frames replaced in the subscription before the node took them (sequence gaps)
+        self.gated = False  # whether frames come with sequence numbers, so the gate is used
         # (monotonic time, then ms: stamp -> outputs published (or NaN), model.run, frame taken ->
         # published, and the FRAME_STAGES)
         self.samples: deque = deque(maxlen=5000)
@@ -145,6 +151,9 @@ class PerceptionNode(LifecycleNode):
 
         self._model: Optional[PerceptionModel] = None
         self._slot: LatestFrame = LatestFrame()
+        self._gate = FrameGate()
+        self._sequences = SequenceGaps()
+        self._wake = self.create_guard_condition(lambda: None)  # the worker wakes the executor (gate opened)
         self._stats = _Stats()
         self._throttle = ProblemThrottle(WARN_PERIOD_S)
         self._worker: Optional[threading.Thread] = None
@@ -223,6 +232,8 @@ class PerceptionNode(LifecycleNode):
         # Best effort matches both reliable and best-effort camera_info publishers.
         info_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=ReliabilityPolicy.BEST_EFFORT)
         self._slot = LatestFrame()
+        self._gate = FrameGate()
+        self._sequences = SequenceGaps()
         self._stats = _Stats()
         self._throttle = ProblemThrottle(WARN_PERIOD_S)  # problem counts since activation, like the stats
         self._last_diag = None
@@ -326,7 +337,7 @@ class PerceptionNode(LifecycleNode):
         msg_type, callback = (CompressedImage, self._on_compressed) if self._compressed else (Image, self._on_image)
         requested = "best effort" if choice.best_effort else "reliable"
         self._image_sub = self.create_subscription(
-            msg_type, self._image_topic, callback, choice.profile(),
+            msg_type, self._image_topic, with_message_info(callback), choice.profile(), callback_group=self._gate,
             event_callbacks=incompatible_qos_callbacks(self._image_topic, requested, self._on_incompatible_qos))
         self.get_logger().info(f"subscribed to {self._image_topic} ({msg_type.__name__}): {choice.description}, "
                                "KEEP_LAST 1")
@@ -348,24 +359,33 @@ class PerceptionNode(LifecycleNode):
             self.get_logger().warning(line)
 
     # ------------------------------------------------------------------------------- callbacks
-    def _on_image(self, msg: Image) -> None:
-        self._accept(msg, image_problem(msg))
+    def _on_image(self, msg: Image, info: Optional[dict]) -> None:
+        self._accept(msg, image_problem(msg), info)
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
+    def _on_compressed(self, msg: CompressedImage, info: Optional[dict]) -> None:
         try:
             check_compressed(msg)  # decoding happens in the worker, for the newest frame only
         except ImageConversionError as exc:
-            self._accept(msg, ("decode", str(exc)))
+            self._accept(msg, ("decode", str(exc)), info)
             return
-        self._accept(msg, None)
+        self._accept(msg, None, info)
 
-    def _accept(self, msg: Any, problem: Optional[Tuple[str, str]]) -> None:
-        """Stores a usable frame in the slot; counts and reports (throttled per kind) a bad one."""
+    def _accept(self, msg: Any, problem: Optional[Tuple[str, str]], info: Optional[dict]) -> None:
+        """Stores a usable frame in the slot and, where frames are numbered, closes the gate until
+        the worker is free; counts and reports (throttled per kind) a bad one."""
+        sequence = publication_sequence(info)
+        if sequence is not None:
+            unread = self._sequences.missed(*sequence)
+            with self._stats.lock:
+                self._stats.unread += unread
+                self._stats.gated = True
         if problem is not None:
             self._reject(*problem)
             return
         with self._stats.lock:
             self._stats.watch.frame(time.monotonic())
+        if sequence is not None:
+            self._gate.close()  # before the put: the worker reopens it only after taking this frame
         self._slot.put((msg, time.perf_counter()))
 
     def _reject(self, kind: str, text: str) -> None:
@@ -381,6 +401,8 @@ class PerceptionNode(LifecycleNode):
     def _work(self) -> None:
         slot = self._slot
         while True:
+            if not slot.pending and self._gate.reopen():
+                self._wake.trigger()  # the executor waits on the image subscription again
             item = slot.take(timeout=0.5)
             if item is None:
                 if slot.closed:
@@ -497,19 +519,21 @@ class PerceptionNode(LifecycleNode):
     def _publish_diagnostics(self) -> None:
         if self._model is None or self._image_sub is None:
             return
-        counts = self._slot.counts()
         now = time.monotonic()
         stats = self._stats
         topic = self._image_topic
         publishers = self.count_publishers(topic)
         with stats.lock:
             processed, rejected, failed = stats.processed, stats.rejected, stats.failed
+            unread, gated = stats.unread, stats.gated
             recent = stats.recent(now)
             stats.watch.timeout = self._settings.input_timeout
             state = stats.watch.poll(publishers, now)
             incompatible = stats.incompatible_qos
         latencies = recent[:, 0][np.isfinite(recent[:, 0])]
         inference, processing, stages = recent[:, 1], recent[:, 2], recent[:, 3:]
+        slot = self._slot.counts()  # frames unread in the subscription count as received and dropped
+        counts = FrameCounts(slot.received + unread, slot.taken, slot.dropped + unread)
         received = counts.received + rejected
         if self._last_diag is None:
             in_rate = out_rate = 0.0
@@ -547,6 +571,7 @@ class PerceptionNode(LifecycleNode):
             "input_format": self._input_format,
             "image_qos": self._image_qos.description if self._image_qos is not None else "",
             "incompatible_qos_events": str(incompatible),
+            "frame_intake": "on demand" if gated else "every frame",
             "problems": ", ".join(f"{k}={v}" for k, v in sorted(self._throttle.counts().items())
                                   if k not in ("no-input", "qos")) or "none",  # bad frames by kind
         }

@@ -87,3 +87,29 @@ def test_fast_producer_slow_consumer_never_queues_and_accounts_for_every_frame()
     assert counts.dropped > 0  # the producer outran the consumer
     assert taken == sorted(set(taken))  # strictly increasing: never an older frame after a newer one
     assert taken[-1] == n - 1  # the newest frame is always processed
+
+
+def test_sequence_gaps_count_each_publishers_missing_numbers():
+    from mtl_perception.inference.latest_frame import SequenceGaps
+
+    gaps = SequenceGaps()
+    assert gaps.missed("cam", 5) == 0  # the first message heard sets the start
+    assert gaps.missed("cam", 6) == 0
+    assert gaps.missed("cam", 10) == 3  # 7, 8, 9 were replaced before anyone read them
+    assert gaps.missed("other", 1) == 0  # another publisher: its own numbers
+    assert gaps.missed("cam", 11) == 0
+    assert gaps.missed("other", 4) == 2
+    assert gaps.missed("cam", 2) == 0  # restarted (numbers went back): a new start, nothing counted
+    assert gaps.missed("cam", 4) == 1
+
+
+def test_sequence_gaps_forget_the_least_recently_heard_publisher():
+    from mtl_perception.inference.latest_frame import SequenceGaps
+
+    gaps = SequenceGaps()
+    for key in range(SequenceGaps.MAX_PUBLISHERS):
+        gaps.missed(key, 1)
+    gaps.missed(0, 2)  # heard again: now the most recent
+    gaps.missed("new", 1)  # one over the limit: key 1 is forgotten
+    assert gaps.missed(0, 4) == 1
+    assert gaps.missed(1, 9) == 0  # forgotten: starts again

@@ -601,6 +601,50 @@ def test_diagnostics_report_rates_latency_drops_provider_and_model(running):
         probe.set_parameter("input_timeout", 5.0)
 
 
+def fresh_diagnostics(probe: Probe) -> Dict[str, str]:
+    """The values of the node's next diagnostics status."""
+    with probe.lock:
+        probe.diagnostics.clear()
+    return latest_diagnostics(probe, lambda values: True)
+
+
+def test_a_camera_faster_than_the_model_is_counted_frame_for_frame(model_path):
+    """A burst far faster than the node: frames replaced unread in the subscription (the gate is
+    closed while the worker has a frame) count as received and dropped, from their sequence
+    numbers, so received = the frames sent, and processed + dropped = received."""
+    from mtl_perception.ros.frame_gate import MESSAGE_INFO_CALLBACKS
+
+    ns = "/node_burst"
+    node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={model_path}", "-p", "diagnostics_period:=0.3")
+    probe = Probe(ns)
+    frame = scene("bgr8")
+    try:
+        probe.outputs_for(frame, topics=("detections",))  # matched and running
+        time.sleep(1.0)
+        before = fresh_diagnostics(probe)
+        burst = 150
+        for _ in range(burst):
+            probe.publish(frame, with_info=False)
+        time.sleep(1.5)
+        after = fresh_diagnostics(probe)
+        received = int(after["frames_received"]) - int(before["frames_received"])
+        processed = int(after["frames_processed"]) - int(before["frames_processed"])
+        dropped = int(after["frames_dropped"]) - int(before["frames_dropped"])
+        assert (int(after["frames_rejected"]), int(after["frames_failed"])) == (0, 0)
+        if MESSAGE_INFO_CALLBACKS:
+            assert after["frame_intake"] == "on demand"
+            assert received == burst, after
+        else:
+            assert after["frame_intake"] == "every frame"
+        assert processed + dropped == received
+        assert 0 < processed < burst and dropped > 0
+        assert probe.outputs_for(frame, topics=("detections",))  # the gate reopened: still serving
+        assert "Traceback" not in node.log()
+    finally:
+        probe.close()
+        node.stop()
+
+
 def test_lifecycle_transitions_and_best_effort_input(model_path):
     ns = "/node_lifecycle"
     node = NodeProcess("-r", f"__ns:={ns}", "-p", f"model_path:={model_path}", "-p", "autostart:=false",

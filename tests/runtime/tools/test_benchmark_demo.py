@@ -49,6 +49,9 @@ def test_benchmark_writes_every_measurement(model_path, tmp_path, capsys):
     assert result["overhead_ratio_p50"] == pytest.approx(ratio)
     assert result["input"] == {"width": 320, "height": 240, "encoding": "bayer_rggb8"}  # a raw sensor's mosaic
     assert result["end_to_end"]["node_input_format"] == "bayer_rggb8 320x240"  # as the node saw it
+    from mtl_perception.ros.frame_gate import MESSAGE_INFO_CALLBACKS
+
+    assert result["end_to_end"]["node_frame_intake"] == ("on demand" if MESSAGE_INFO_CALLBACKS else "every frame")
     assert result["intra_op_threads"] == 1
     goals = result["goals"]
     share = result["end_to_end"]["p50_ms"] - result["model_only"]["p50_ms"] - result["ros_floor"]["p50_ms"]
