@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
-from functools import cached_property
-from typing import Dict, Tuple
+from functools import cached_property, lru_cache
+from typing import Dict, Optional, Tuple
 
 import cv2
 import numpy as np
@@ -29,6 +29,46 @@ PAD_VALUE = 114
 Window = Tuple[int, int, int, int]  # x, y, width, height in pixels
 
 
+#: The longest repeating weight pattern (output pixels per period) `_area_shrink` takes; beyond it
+#: the dense period products cost more than OpenCV's own area path.
+_MAX_AREA_PERIOD = 16
+
+
+@lru_cache(maxsize=64)
+def _area_period(source: int, target: int, channels: int) -> Optional[np.ndarray]:
+    """The weights of one period of an area shrink of an axis from `source` to `target` pixels,
+    interleaved `channels` times: [p * channels, q * channels] with p / q = source / target in
+    lowest terms, entry (i, j) the fraction of source pixel i inside target pixel j (columns
+    summing to 1); None when q is over `_MAX_AREA_PERIOD`."""
+    common = math.gcd(source, target)
+    p, q = source // common, target // common
+    if q > _MAX_AREA_PERIOD:
+        return None
+    i, j = np.arange(p)[:, None], np.arange(q)[None, :]
+    overlap = np.clip(np.minimum((i + 1) * q, (j + 1) * p) - np.maximum(i * q, j * p), 0, None)
+    return np.kron(overlap / p, np.eye(channels)).astype(np.float32)
+
+
+def _area_shrink(image: np.ndarray, size: Tuple[int, int]) -> Optional[np.ndarray]:
+    """The exact area mean (rounded once), as two matrix products over the repeating period of
+    each axis; None where a period is too long or the dtype is not 8 or 16 bits (OpenCV then).
+    OpenCV's area path for a non-integer ratio costs about twice as much (1.3 against 0.6 ms
+    from 640x480 to 192x128 here)."""
+    if image.dtype not in (np.uint8, np.uint16):
+        return None
+    (h, w), channels = image.shape[:2], (image.shape[2] if image.ndim == 3 else 1)
+    rows, cols = _area_period(h, size[1], 1), _area_period(w, size[0], channels)
+    if rows is None or cols is None:
+        return None
+    x = image.astype(np.float32).reshape(h // rows.shape[0], rows.shape[0], w * channels)
+    x = np.matmul(rows.T, x)  # rows: [periods, output rows per period, w * channels]
+    x = x.reshape(-1, cols.shape[0]) @ cols  # columns, one period of pixels x channels per row
+    out = x.reshape((size[1], size[0]) + image.shape[2:])
+    if image.dtype == np.uint8:
+        return cv2.convertScaleAbs(out)  # rounds and saturates (the values are >= 0)
+    return np.clip(np.rint(out), 0, 65535).astype(np.uint16)
+
+
 def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     """Area interpolation when shrinking (no aliasing), bicubic when enlarging; size = (w, h).
 
@@ -36,7 +76,9 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
     ratios, so a large shrink first halves the frame with exact 2x2 box means (OpenCV's fast
     integer path) while it stays at least 4x the target in both directions, then takes one area
     step of ratio 2-4 on the far smaller image: still a box filter (its footprint at most half
-    a halved pixel wider), at about a fifth of the cost at 1920x1080 -> 192x128. Training,
+    a halved pixel wider), at about a fifth of the cost at 1920x1080 -> 192x128. That step is
+    the exact area mean by period products (`_area_shrink`) where both axes repeat within a
+    short period (640x480 and, after its halving, 1280x720 to 192x128), else OpenCV's. Training,
     evaluation and the node all resize here, so they see the same pixels."""
     h, w = image.shape[:2]
     target_w, target_h = int(size[0]), int(size[1])
@@ -49,6 +91,9 @@ def resize_image(image: np.ndarray, size: Tuple[int, int]) -> np.ndarray:
         h, w = image.shape[:2]
     if (w, h) == (target_w, target_h):
         return image
+    exact = _area_shrink(image, (target_w, target_h))
+    if exact is not None:
+        return exact
     return cv2.resize(image, (target_w, target_h), interpolation=cv2.INTER_AREA)
 
 

@@ -63,3 +63,28 @@ def test_same_size_and_enlarging():
     assert big.shape == (96, 128, 3)
     # bicubic through the pixel centres: the enlarged image's 2x2 block means stay near the source
     assert np.abs(big.reshape(48, 2, 64, 2, 3).mean(axis=(1, 3)) - image).mean() < 4
+
+
+@pytest.mark.parametrize("camera, size", [((640, 480), (192, 128)), ((640, 360), (192, 128)), ((640, 480), (256, 192))])
+@pytest.mark.parametrize("layout", ["rgb8", "mono8", "rgb16"])
+def test_camera_ratios_with_a_short_period_are_the_exact_area_mean_rounded_once(camera, size, layout):
+    """640x480 -> 192x128 (10:3 and 15:4) and 1280x720 after its halving (640x360: 10:3 and 45:16)
+    take the period products: each output is the exact mean rounded once, for 8 and 16 bits,
+    colour and mono; OpenCV's area path is within one level of it."""
+    image = _photo(*camera)
+    if layout == "mono8":
+        image = np.ascontiguousarray(image[..., 0])
+    elif layout == "rgb16":
+        image = image.astype(np.uint16) * 257 + 13
+    out = resize_image(image, size)
+    assert out.shape == (size[1], size[0]) + image.shape[2:] and out.dtype == image.dtype
+    reference = area_reference(image.reshape(image.shape[0], image.shape[1], -1), size).reshape(out.shape)
+    assert np.abs(out - reference).max() <= 0.5 + 1e-3 * (257 if layout == "rgb16" else 1)
+    opencv = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
+    assert np.abs(out.astype(np.int64) - opencv).max() <= 1
+
+
+def test_a_long_period_falls_back_to_opencv_area():
+    image = _photo(641, 481)  # 641:192 and 481:128 have no short period
+    np.testing.assert_array_equal(resize_image(image, (192, 128)),
+                                  cv2.resize(image, (192, 128), interpolation=cv2.INTER_AREA))
