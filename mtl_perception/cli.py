@@ -255,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=int, default=480)
     p.add_argument("--frames", type=int, default=200, help="frames per phase")
     p.add_argument("--encoding", choices=WRITABLE_ENCODINGS, default="bgr8",
-                   help="the camera's image encoding (a Bayer mosaic or 4:2:2 YUV as raw sensors send them)")
+                   help="the camera's image encoding (a Bayer mosaic, 4:2:2 or 4:2:0 YUV as raw sensors send them)")
     p.add_argument("--rate", type=float, help="end-to-end camera rate (default: half the model's throughput, <= 30 Hz)")
     p.add_argument("--overload-factor", type=float, default=2.0, help="overload camera rate / model rate")
     p.add_argument("--providers", help="comma-separated execution providers (default: best available)")

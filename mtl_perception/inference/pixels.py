@@ -20,7 +20,9 @@ class ImageConversionError(ValueError):
 class EncodingInfo(NamedTuple):
     """What one pixel of an encoding is: element type (native byte order), channel count and
     colour order ("rgb", "bgr", "rgba", "bgra", "mono", a Bayer pattern such as "bayer_rggb",
-    "uyvy" or "yuyv" for 4:2:2 YUV, or None for the generic NxCy types)."""
+    "uyvy" or "yuyv" for 4:2:2 YUV, "nv12" or "nv21" for 4:2:0 YUV, or None for the generic
+    NxCy types). For 4:2:0 the pixel is one byte of the luma plane: the interleaved chroma plane
+    follows it, `data_rows` tells how many rows of `step` bytes a frame has."""
 
     dtype: np.dtype
     channels: int
@@ -36,6 +38,16 @@ class EncodingInfo(NamedTuple):
         colour per pixel; 4:2:2 YUV shares chroma between two): such a frame is converted to
         colour as a whole, before it is resized or cropped."""
         return self.order in _NEIGHBOUR_CODES
+
+    def data_rows(self, height: int) -> int:
+        """Rows of `step` bytes in a frame of `height` pixels: 3/2 x height for 4:2:0 YUV (the
+        luma rows, then the chroma plane at half the height), else height."""
+        return height * 3 // 2 if self.order in _YUV420 else height
+
+    def frame_size(self, shape: tuple) -> tuple:
+        """(height, width) in pixels of an array of `shape` in this encoding (see `data_rows`)."""
+        rows = shape[0] * 2 // 3 if self.order in _YUV420 else shape[0]
+        return rows, shape[1]
 
 
 # The colour/mono encodings of sensor_msgs/image_encodings.hpp that this project meets.
@@ -59,8 +71,14 @@ _NAMED = {
     "yuv422": ("u1", 2, "uyvy"),
     "yuyv": ("u1", 2, "yuyv"),
     "yuv422_yuy2": ("u1", 2, "yuyv"),
+    # 4:2:0 YUV (Jetson and other hardware video pipelines), as RViz's image display reads it:
+    # `height` luma rows of `step` bytes, then `height / 2` rows of interleaved chroma (U, V for
+    # nv12, V, U for nv21), each pair shared by a 2x2 block of pixels.
+    "nv12": ("u1", 1, "nv12"),
+    "nv21": ("u1", 1, "nv21"),
 }
 _YUV422 = ("uyvy", "yuyv")  # the orders whose pixels come in pairs
+_YUV420 = ("nv12", "nv21")  # the orders whose chroma plane follows the luma rows
 # OpenCV's conversion to BGR / RGB for the encodings whose pixels need their neighbours.
 # OpenCV names a Bayer pattern by the second row's second and third pixels, so an RGGB sensor
 # is COLOR_BayerBG2*. Demosaicing is bilinear, as cv_bridge and image_proc's default do; YUV is
@@ -72,6 +90,8 @@ _NEIGHBOUR_CODES = {
     "bayer_grbg": ("COLOR_BayerGB2BGR", "COLOR_BayerGB2RGB"),
     "uyvy": ("COLOR_YUV2BGR_UYVY", "COLOR_YUV2RGB_UYVY"),
     "yuyv": ("COLOR_YUV2BGR_YUY2", "COLOR_YUV2RGB_YUY2"),
+    "nv12": ("COLOR_YUV2BGR_NV12", "COLOR_YUV2RGB_NV12"),
+    "nv21": ("COLOR_YUV2BGR_NV21", "COLOR_YUV2RGB_NV21"),
 }
 # The generic OpenCV-style encodings: 8UC1, 16UC1, 32FC1, 64FC3, ...
 _GENERIC = re.compile(r"^(8U|8S|16U|16S|32S|32F|64F)C([1-4])$")
@@ -99,38 +119,42 @@ def color_encoding_info(encoding: str) -> EncodingInfo:
     if info.order is None:
         raise ImageConversionError(
             f"image encoding {encoding!r} has no colour order, so it cannot be a camera frame "
-            "(use mono8, rgb8, bgr8, rgba8, bgra8, their 16-bit forms, bayer_* or uyvy/yuyv)")
+            "(use mono8, rgb8, bgr8, rgba8, bgra8, their 16-bit forms, bayer_*, uyvy/yuyv or nv12/nv21)")
     return info
 
 
 def check_size(info: EncodingInfo, height: int, width: int, encoding: str) -> None:
-    """A frame of height x width pixels can hold `encoding`: non-zero, and an even width for
-    4:2:2 YUV (whose pixels come in pairs)."""
+    """A frame of height x width pixels can hold `encoding`: non-zero, an even width for 4:2:2
+    YUV (whose pixels come in pairs) and an even width and height for 4:2:0 (2x2 blocks)."""
     if height <= 0 or width <= 0:
         raise ImageConversionError(
             f"zero-size image: height={height}, width={width} (encoding {encoding})")
     if info.order in _YUV422 and width % 2:
         raise ImageConversionError(
             f"width {width} is odd, but {encoding} stores pixels in pairs")
+    if info.order in _YUV420 and (width % 2 or height % 2):
+        raise ImageConversionError(
+            f"{width}x{height} has an odd side, but {encoding} shares chroma between 2x2 pixels")
 
 
 def check_array(arr: np.ndarray, info: EncodingInfo, encoding: str) -> None:
     channels_ok = (arr.ndim == 2 and info.channels == 1) or (
         arr.ndim == 3 and arr.shape[2] == info.channels)
     dtype_ok = arr.dtype.kind == info.dtype.kind and arr.dtype.itemsize == info.dtype.itemsize
-    if not (channels_ok and dtype_ok):
-        want = "HxW" if info.channels == 1 else f"HxWx{info.channels}"
+    rows_ok = arr.ndim < 1 or info.order not in _YUV420 or (arr.shape[0] * 2) % 3 == 0
+    if not (channels_ok and dtype_ok and rows_ok):
+        want = "(H*3/2)xW" if info.order in _YUV420 else "HxW" if info.channels == 1 else f"HxWx{info.channels}"
         raise ImageConversionError(
             f"array of shape {arr.shape} and dtype {arr.dtype} does not fit encoding "
             f"{encoding} ({want} {info.dtype.name})")
-    check_size(info, arr.shape[0], arr.shape[1], encoding)
+    check_size(info, *info.frame_size(arr.shape), encoding)
 
 
 def array_to_color(arr: np.ndarray, encoding: str, order: str = "rgb") -> np.ndarray:
     """An HxWx3 uint8 C-contiguous image in `order` ("rgb" or "bgr") from an array in `encoding`.
 
     Alpha is dropped, mono is replicated to three channels, Bayer mosaics are demosaiced
-    (bilinear) and 4:2:2 YUV converted (BT.601), and 16-bit data is scaled to 8 bits
+    (bilinear) and 4:2:2 and 4:2:0 YUV converted (BT.601), and 16-bit data is scaled to 8 bits
     (x * 255 / 65535, rounded) after demosaicing, as cv_bridge does. An image already in the
     requested order and without row padding is returned without a copy.
     """
@@ -164,7 +188,7 @@ def _to_8_bits(arr: np.ndarray) -> np.ndarray:
 #: The 8-bit encodings `color_to_array` writes: those common camera drivers send (colour, mono,
 #: a Bayer mosaic as industrial cameras send it, 4:2:2 YUV as UVC webcams do).
 WRITABLE_ENCODINGS = ("bgr8", "rgb8", "mono8", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8",
-                      "uyvy", "yuyv")
+                      "uyvy", "yuyv", "nv12", "nv21")
 
 
 def color_to_array(image: np.ndarray, encoding: str, order: str = "rgb") -> np.ndarray:
@@ -196,6 +220,13 @@ def color_to_array(image: np.ndarray, encoding: str, order: str = "rgb") -> np.n
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     if info.order in _YUV422:
         return cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_UYVY if info.order == "uyvy" else cv2.COLOR_RGB2YUV_YUY2)
+    if info.order in _YUV420:  # OpenCV writes planar I420 (Y, U, V planes); interleave U and V
+        h, w = rgb.shape[:2]
+        planes = cv2.cvtColor(rgb, cv2.COLOR_RGB2YUV_I420).reshape(-1)
+        u = planes[h * w: h * w * 5 // 4].reshape(h // 2, w // 2)
+        v = planes[h * w * 5 // 4:].reshape(h // 2, w // 2)
+        chroma = np.stack((u, v) if info.order == "nv12" else (v, u), axis=-1).reshape(h // 2, w)
+        return np.concatenate([planes[: h * w].reshape(h, w), chroma])
     pattern = info.order[len("bayer_"):]  # the top-left 2x2 cell, row by row
     mosaic = np.empty(rgb.shape[:2], np.uint8)
     for cell, colour in enumerate(pattern):

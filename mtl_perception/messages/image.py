@@ -6,7 +6,8 @@ It imports neither rclpy nor torch, and works on anything shaped like a sensor_m
 uint8 ndarray; bytes or memoryviews).
 
 - `image_to_array(msg)` returns a view of the message's bytes (no copy) shaped HxW for one
-  channel and HxWxC otherwise, honouring row padding (`step`); 16/32/64-bit data whose byte
+  channel and HxWxC otherwise ((H*3/2)xW for 4:2:0 YUV: the luma rows, then the chroma plane),
+  honouring row padding (`step`); 16/32/64-bit data whose byte
   order (`is_bigendian`) is not the machine's is returned as a native-order copy.
 - `to_color(msg_or_array, encoding, order)` gives the HxWx3 uint8 image a model wants, in "rgb"
   or "bgr" order (`to_model_rgb` is the "rgb" case).
@@ -62,7 +63,8 @@ def _byte_buffer(data: Any) -> np.ndarray:
 
 
 def image_to_array(msg: Any) -> np.ndarray:
-    """The pixels of a sensor_msgs/Image as an HxW (one channel) or HxWxC array.
+    """The pixels of a sensor_msgs/Image as an HxW (one channel) or HxWxC array ((H*3/2)xW for
+    4:2:0 YUV, `EncodingInfo.data_rows`).
 
     The result is a view of `msg.data` whenever the data's byte order is the machine's (always
     for 8-bit encodings); it keeps `msg.data` alive and writes through to it. Rows are read
@@ -78,13 +80,14 @@ def image_to_array(msg: Any) -> np.ndarray:
             f"step {step} is smaller than width*bytes_per_pixel = {width}*{bpp} = "
             f"{width * bpp} (encoding {encoding})")
     buf = _byte_buffer(msg.data)
-    if buf.size < height * step:
+    rows = info.data_rows(height)
+    if buf.size < rows * step:
+        what = "height*step" if rows == height else "height*3/2*step"
         raise ImageConversionError(
-            f"image data has {buf.size} bytes, fewer than height*step = {height}*{step} = "
-            f"{height * step}")
+            f"image data has {buf.size} bytes, fewer than {what} = {rows}*{step} = {rows * step}")
     dtype = info.dtype.newbyteorder(">" if msg.is_bigendian else "<")
     if info.channels == 1:
-        shape, strides = (height, width), (step, bpp)
+        shape, strides = (rows, width), (step, bpp)
     else:
         shape, strides = (height, width, info.channels), (step, bpp, info.dtype.itemsize)
     out = np.ndarray(shape, dtype=dtype, buffer=buf, offset=0, strides=strides)
@@ -123,7 +126,8 @@ def to_model_rgb(image: Any, encoding: Optional[str] = None) -> np.ndarray:
 
 
 def array_to_image(array_: Any, encoding: str, header: Any = None, msg_cls: Any = None) -> Any:
-    """A sensor_msgs/Image holding a copy of `array_` (HxW or HxWxC) in `encoding`.
+    """A sensor_msgs/Image holding a copy of `array_` (HxW or HxWxC, (H*3/2)xW for 4:2:0 YUV)
+    in `encoding`.
 
     The message is little-endian (`is_bigendian` 0) with rows packed (`step` = width * bytes
     per pixel). `msg_cls` defaults to rclpy's sensor_msgs.msg.Image; a class whose constructor
@@ -133,7 +137,7 @@ def array_to_image(array_: Any, encoding: str, header: Any = None, msg_cls: Any 
     info = encoding_info(encoding)
     arr = np.asarray(array_)
     check_array(arr, info, encoding)
-    height, width = int(arr.shape[0]), int(arr.shape[1])
+    height, width = (int(n) for n in info.frame_size(arr.shape))
     packed = np.ascontiguousarray(arr, dtype=info.dtype.newbyteorder("<"))
     raw = packed.reshape(-1).view(np.uint8)
     fields = dict(height=height, width=width, encoding=encoding, is_bigendian=0,

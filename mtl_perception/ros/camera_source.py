@@ -17,7 +17,8 @@ frames (0: the source's own size; synthetic default 640x480). Folder and video s
 calibration: CameraInfo is a pinhole with the horizontal field of view `fov_deg`, centred
 principal point and no distortion. With `loop` false the node exits after the last frame.
 `encoding` (default bgr8) sends the frames as a given camera would: rgb8, mono8, a Bayer mosaic
-(bayer_rggb8, bayer_bggr8, bayer_gbrg8, bayer_grbg8) or 4:2:2 YUV (uyvy, yuyv; even widths).
+(bayer_rggb8, bayer_bggr8, bayer_gbrg8, bayer_grbg8), 4:2:2 YUV (uyvy, yuyv; even widths) or
+4:2:0 YUV (nv12, nv21; even sides).
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def camera_info_msg(k: np.ndarray, width: int, height: int, frame_id: str) -> Ca
 
 def image_msg(bgr: np.ndarray, frame_id: str, encoding: str = "bgr8") -> Image:
     """An Image holding `bgr` as a camera sends it in `encoding` (packed rows; a Bayer mosaic
-    or 4:2:2 YUV for `bayer_*8`, `uyvy`, `yuyv`)."""
+    or YUV for `bayer_*8`, `uyvy`, `yuyv`, `nv12`, `nv21`)."""
     msg = array_to_image(color_to_array(bgr, encoding, "bgr"), encoding, msg_cls=Image)
     msg.header.frame_id = frame_id
     return msg
@@ -251,7 +252,7 @@ class CameraSource(Node):
         self.encoding = str(p("encoding"))
         if self.encoding not in WRITABLE_ENCODINGS:
             raise SourceError(f"encoding must be one of {', '.join(WRITABLE_ENCODINGS)}, got {self.encoding!r}")
-        try:  # the size the frames will have fits the encoding (4:2:2 YUV: an even width)
+        try:  # the size the frames will have fits the encoding (YUV: even sides)
             check_size(encoding_info(self.encoding), self.frames.height, self.frames.width, self.encoding)
         except ImageConversionError as exc:
             raise SourceError(str(exc)) from None

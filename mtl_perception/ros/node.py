@@ -433,7 +433,8 @@ class PerceptionNode(LifecycleNode):
             source = f" (from {msg.format or 'compressed data'})"
         else:  # a view of msg.data, row padding skipped
             pixels, encoding, source = image_to_array(msg), msg.encoding, ""
-        self._input_format = f"{encoding} {pixels.shape[1]}x{pixels.shape[0]}{source}"
+        height, width = color_encoding_info(encoding).frame_size(pixels.shape)
+        self._input_format = f"{encoding} {width}x{height}{source}"
         frame = model_input(pixels, encoding, model.input_size, self._color_order, model.metadata.input.resize)
         prepared = time.perf_counter()
         outputs = model.run(frame.image)

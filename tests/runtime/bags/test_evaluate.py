@@ -223,9 +223,9 @@ def test_compressed_camera_and_missing_labels(tmp_path, bright_model):
     assert report["tasks"]["super_resolution"]["psnr"] > 10
 
 
-@pytest.mark.parametrize("encoding", ["bayer_grbg8", "yuyv"])
+@pytest.mark.parametrize("encoding", ["bayer_grbg8", "yuyv", "nv12"])
 def test_raw_sensor_encodings_are_evaluated_like_colour_frames(tmp_path, bright_model, encoding):
-    """A bag whose camera sends a Bayer mosaic or 4:2:2 YUV (make-bag --encoding): every frame is
+    """A bag whose camera sends a Bayer mosaic, 4:2:2 or 4:2:0 YUV (make-bag --encoding): every frame is
     converted and evaluated, and super-resolution scores within 5 dB of the same frames in bgr8."""
     from mtl_perception.bags.make import make_bag
 

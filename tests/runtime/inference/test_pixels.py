@@ -79,6 +79,40 @@ def test_yuv422_converts_by_bt601(encoding):
     assert np.abs(again.astype(int) - flat).max() <= 3
 
 
+@pytest.mark.parametrize("encoding", ["nv12", "nv21"])
+def test_yuv420_semi_planar_converts_by_bt601(encoding):
+    """The layout RViz reads: H luma rows, then H/2 rows of interleaved chroma (U V for nv12,
+    V U for nv21), each pair shared by a 2x2 block."""
+    rng = np.random.default_rng(3)
+    h, w = 6, 16
+    y = rng.integers(16, 236, (h, w))
+    u, v = rng.integers(16, 241, (h // 2, w // 2)), rng.integers(16, 241, (h // 2, w // 2))
+    chroma = np.zeros((h // 2, w // 2, 2), np.int64)
+    chroma[..., 0], chroma[..., 1] = (u, v) if encoding == "nv12" else (v, u)
+    frame = np.concatenate([y, chroma.reshape(h // 2, w)]).astype(np.uint8)
+    assert frame.shape == (h * 3 // 2, w)
+    rgb = array_to_color(frame, encoding, "rgb")
+    assert rgb.shape == (h, w, 3)
+    rows_u, rows_v = np.repeat(u, 2, axis=0), np.repeat(v, 2, axis=0)  # each chroma row serves two rows
+    assert np.abs(rgb.astype(int) - bt601_rgb(y, rows_u, rows_v)).max() <= 1
+    np.testing.assert_array_equal(array_to_color(frame, encoding, "bgr"), rgb[..., ::-1])
+    # Written back: a 2x2 block of one colour keeps its colour to within the rounding of two steps.
+    flat = np.repeat(np.repeat(rgb[0::2, 0::2], 2, axis=0), 2, axis=1)
+    again = array_to_color(color_to_array(flat, encoding), encoding, "rgb")
+    assert np.abs(again.astype(int) - flat).max() <= 3
+    info = encoding_info(encoding)
+    assert info.needs_neighbours and info.data_rows(h) == 9 and info.frame_size(frame.shape) == (h, w)
+
+
+def test_yuv420_needs_even_sides_and_three_halves_rows():
+    with pytest.raises(ImageConversionError, match="5x4 has an odd side, but nv12 shares chroma"):
+        array_to_color(np.zeros((6, 5), np.uint8), "nv12")
+    with pytest.raises(ImageConversionError, match="6x5 has an odd side, but nv21"):
+        color_to_array(np.zeros((6, 6, 3), np.uint8)[:5], "nv21")
+    with pytest.raises(ImageConversionError, match=r"does not fit encoding nv12 \(\(H\*3/2\)xW uint8\)"):
+        array_to_color(np.zeros((5, 4), np.uint8), "nv12")  # 5 rows are no H * 3/2
+
+
 def test_yuv422_needs_an_even_width_and_bayer_is_one_channel():
     with pytest.raises(ImageConversionError, match="width 5 is odd, but uyvy stores pixels in pairs"):
         array_to_color(np.zeros((2, 5, 2), np.uint8), "uyvy")

@@ -236,10 +236,22 @@ def test_unsupported_encoding_is_named():
     msg = make_msg("nv24", 2, 2, 4, bytes(8))
     with pytest.raises(ImageConversionError, match=r"unsupported image encoding 'nv24'"):
         image_to_array(msg)
-    with pytest.raises(ImageConversionError, match="'nv12'"):
-        array_to_image(np.zeros((3, 2), np.uint8), "nv12")
+    with pytest.raises(ImageConversionError, match="'nv42'"):
+        array_to_image(np.zeros((3, 2), np.uint8), "nv42")
     with pytest.raises(ImageConversionError, match="'BGR8'"):
         encoding_info("BGR8")
+
+
+def test_nv12_is_the_luma_rows_then_half_as_many_chroma_rows_each_step_bytes_apart():
+    h, w, step = 4, 6, 8  # 2 bytes of padding per row, in both planes
+    data = np.arange(step * h * 3 // 2, dtype=np.uint8)
+    view = image_to_array(make_msg("nv12", h, w, step, data.tobytes()))
+    np.testing.assert_array_equal(view, data.reshape(6, 8)[:, :6])  # a view, padding skipped
+    with pytest.raises(ImageConversionError, match=r"fewer than height\*3/2\*step = 6\*8 = 48"):
+        image_to_array(make_msg("nv12", h, w, step, bytes(step * h)))
+    msg = array_to_image(view, "nv12")
+    assert (msg.height, msg.width, msg.step, len(msg.data)) == (4, 6, 6, 36)
+    np.testing.assert_array_equal(image_to_array(msg), view)
 
 
 def test_data_shorter_than_height_times_step():

@@ -140,8 +140,8 @@ def test_video_source_and_a_missing_source(tmp_path):
 
 def test_raw_sensor_encodings_bayer_and_yuv(tmp_path):
     """encoding:=bayer_rggb8 sends the mosaic a raw RGGB sensor would (red at even rows and
-    columns, blue at odd ones, written here by hand); uyvy / yuyv need an even width and an
-    unknown encoding is refused, each with one line."""
+    columns, blue at odd ones, written here by hand); uyvy / yuyv need an even width, nv12 even
+    sides, and an unknown encoding is refused, each with one line."""
     cv2.imwrite(str(tmp_path / "frame.png"), np.full((30, 40, 3), (10, 90, 250), np.uint8))  # BGR
     listener = Listener("/cam_bayer")
     proc = start_source("/cam_bayer", f"source:={tmp_path}", "rate:=10.0", "encoding:=bayer_rggb8")
@@ -159,6 +159,7 @@ def test_raw_sensor_encodings_bayer_and_yuv(tmp_path):
     assert "publishing 40x30 bayer_rggb8" in output
 
     for params, message in ((["encoding:=uyvy", "width:=41", "height:=30"], "width 41 is odd, but uyvy"),
+                            (["encoding:=nv12", "width:=40", "height:=31"], "40x31 has an odd side, but nv12"),
                             (["encoding:=nv24"], "encoding must be one of bgr8, rgb8, mono8")):
         result = subprocess.run([sys.executable, "-m", "mtl_perception.ros.camera_source", "--ros-args", "-p",
                                  f"source:={tmp_path}"] + [a for p in params for a in ("-p", p)],

@@ -70,7 +70,7 @@ def scene(encoding: str = "bgr8", step_padding: int = 0) -> Image:
     rgb[y1:y2, x1:x2] = (255, 0, 0)
     if encoding == "mono8":  # a mono frame: the rectangle is white (R = G = B = 255)
         pixels = rgb.max(axis=2)
-    elif encoding.startswith("bayer_") or encoding in ("uyvy", "yuyv"):  # as a raw sensor sends it
+    elif encoding.startswith("bayer_") or encoding in ("uyvy", "yuyv", "nv12", "nv21"):  # as a raw sensor sends it
         pixels = color_to_array(rgb, encoding.replace("16", "8"))
         if encoding.endswith("16"):
             pixels = pixels.astype(np.uint16) * 257
@@ -82,8 +82,8 @@ def scene(encoding: str = "bgr8", step_padding: int = 0) -> Image:
         pixels = np.concatenate([pixels, np.full((IMAGE_H, IMAGE_W, 1), 255, np.uint8)], axis=2)
     msg = array_to_image(pixels, encoding)
     if step_padding:
-        packed = np.frombuffer(msg.data, np.uint8).reshape(IMAGE_H, msg.step)
-        padded = np.full((IMAGE_H, msg.step + step_padding), 77, np.uint8)
+        packed = np.frombuffer(msg.data, np.uint8).reshape(-1, msg.step)  # nv12: 3/2 x IMAGE_H rows
+        padded = np.full((packed.shape[0], msg.step + step_padding), 77, np.uint8)
         padded[:, : msg.step] = packed
         msg.step = msg.step + step_padding
         msg.data = array.array("B", padded.tobytes())
@@ -417,7 +417,8 @@ def test_run_time_parameter_changes_take_effect_and_invalid_values_are_rejected(
 
 
 @pytest.mark.parametrize("encoding,padding", [("rgb8", 0), ("bgra8", 0), ("rgba8", 0), ("mono8", 0), ("bgr8", 13),
-                                              ("bayer_rggb8", 0), ("bayer_gbrg16", 6), ("uyvy", 0), ("yuyv", 4)])
+                                              ("bayer_rggb8", 0), ("bayer_gbrg16", 6), ("uyvy", 0), ("yuyv", 4),
+                                              ("nv12", 0), ("nv21", 10)])
 def test_supported_encodings_and_row_padding(running, encoding, padding):
     _, probe = running
     frame = scene(encoding, step_padding=padding)
