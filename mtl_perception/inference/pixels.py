@@ -186,7 +186,8 @@ def _to_8_bits(arr: np.ndarray) -> np.ndarray:
 
 
 #: The 8-bit encodings `color_to_array` writes: those common camera drivers send (colour, mono,
-#: a Bayer mosaic as industrial cameras send it, 4:2:2 YUV as UVC webcams do).
+#: a Bayer mosaic as industrial cameras send it, 4:2:2 YUV as UVC webcams do, 4:2:0 YUV as
+#: hardware video pipelines do).
 WRITABLE_ENCODINGS = ("bgr8", "rgb8", "mono8", "bayer_rggb8", "bayer_bggr8", "bayer_gbrg8", "bayer_grbg8",
                       "uyvy", "yuyv", "nv12", "nv21")
 

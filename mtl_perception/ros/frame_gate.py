@@ -12,7 +12,8 @@ Frames replaced unread never reach the node, so they are counted from the gaps i
 publisher's sequence numbers (rclpy's MessageInfo, `publication_sequence`, counted by
 `SequenceGaps`). Where there are none (an rclpy whose callbacks get no MessageInfo, as on
 Humble, or an rmw without publication sequence numbers) the gate is never closed and every frame
-is taken, as before, so the drop count stays complete either way.
+is taken, as before; the drop count then misses the frames the middleware replaced before the
+executor took them (`frame_intake: every frame` in the diagnostics says so).
 """
 from __future__ import annotations
 
