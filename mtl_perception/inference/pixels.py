@@ -141,7 +141,7 @@ def check_array(arr: np.ndarray, info: EncodingInfo, encoding: str) -> None:
     channels_ok = (arr.ndim == 2 and info.channels == 1) or (
         arr.ndim == 3 and arr.shape[2] == info.channels)
     dtype_ok = arr.dtype.kind == info.dtype.kind and arr.dtype.itemsize == info.dtype.itemsize
-    rows_ok = arr.ndim < 1 or info.order not in _YUV420 or (arr.shape[0] * 2) % 3 == 0
+    rows_ok = info.order not in _YUV420 or (channels_ok and arr.shape[0] % 3 == 0)  # (H*3/2) rows
     if not (channels_ok and dtype_ok and rows_ok):
         want = "(H*3/2)xW" if info.order in _YUV420 else "HxW" if info.channels == 1 else f"HxWx{info.channels}"
         raise ImageConversionError(

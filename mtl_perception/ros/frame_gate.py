@@ -46,10 +46,6 @@ class FrameGate(CallbackGroup):
     def ending_execution(self, entity: Any) -> None:
         pass
 
-    @property
-    def is_open(self) -> bool:
-        return self._open
-
     def close(self) -> None:
         """The executor stops taking frames (the worker has one)."""
         self._open = False

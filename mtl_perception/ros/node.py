@@ -430,10 +430,10 @@ class PerceptionNode(LifecycleNode):
         start = time.perf_counter()
         if self._compressed:
             pixels, encoding = compressed_to_array(msg)
-            source = f" (from {msg.format or 'compressed data'})"
+            (height, width), source = pixels.shape[:2], f" (from {msg.format or 'compressed data'})"
         else:  # a view of msg.data, row padding skipped
             pixels, encoding, source = image_to_array(msg), msg.encoding, ""
-        height, width = color_encoding_info(encoding).frame_size(pixels.shape)
+            height, width = msg.height, msg.width
         self._input_format = f"{encoding} {width}x{height}{source}"
         frame = model_input(pixels, encoding, model.input_size, self._color_order, model.metadata.input.resize)
         prepared = time.perf_counter()

@@ -468,8 +468,9 @@ def _result(timer: _ModelTimer, width: int, height: int, encoding: str, outputs:
     e2e = alternating["e2e"]
     e2e.update({k: v for k, v in _diag_delta(None, alternating["diagnostics"]).items()
                 if k in {f"node_{stage}_p50_ms" for stage in NODE_STAGES}})
-    e2e["node_input_format"] = (alternating["diagnostics"] or {}).get("input_format")  # what the node got
-    e2e["node_frame_intake"] = (alternating["diagnostics"] or {}).get("frame_intake")  # on demand / every frame
+    node_diagnostics = alternating["diagnostics"] or {}
+    e2e["node_input_format"] = node_diagnostics.get("input_format")  # what the node got
+    e2e["node_frame_intake"] = node_diagnostics.get("frame_intake")  # on demand / every frame
     ratio = e2e["p50_ms"] / model_paced["p50_ms"]
     floor = _percentiles(alternating["floor"])
     return {
