@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 import os
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -67,6 +66,7 @@ from mtl_perception.kinds.base import (
 )
 from mtl_perception.messages.image import ImageConversionError, image_to_array
 from mtl_perception.messages.outputs import class_ids, mapped_camera_info
+from mtl_perception.messages.stamps import raw_stamp
 
 SCHEMA = "mtl_perception.bag_report/1"
 GT_TYPES = {"segmentation": IMAGE, "depth": IMAGE, "detections": DETECTIONS}
@@ -92,14 +92,6 @@ class EvalOptions:
 
 
 # ---------------------------------------------------------------------------- frame matching
-def raw_stamp(raw: bytes) -> Optional[int]:
-    """Header stamp (ns) of a serialised message that starts with a std_msgs/Header (CDR)."""
-    if len(raw) < 12 or raw[0] != 0:
-        return None
-    sec, nsec = struct.unpack_from("<iI" if raw[1] & 1 else ">iI", raw, 4)
-    return int(sec) * 1_000_000_000 + int(nsec)
-
-
 @dataclass
 class Entry:
     """One serialised message."""
@@ -761,5 +753,5 @@ def main(args: Any) -> int:
     return 0
 
 
-__all__ = ["EvalOptions", "evaluate_bag", "join_frames", "raw_stamp", "RecordedOutputs", "OutputBag", "json_safe",
+__all__ = ["EvalOptions", "evaluate_bag", "join_frames", "RecordedOutputs", "OutputBag", "json_safe",
            "SCHEMA", "add_arguments", "main"]

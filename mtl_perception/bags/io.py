@@ -40,7 +40,7 @@ from mtl_perception.messages.types import (
 __all__ = [
     "BagError", "MessageError", "IMAGE", "COMPRESSED_IMAGE", "CAMERA_INFO", "DETECTIONS", "CAMERA_TYPES",
     "DEFAULT_TOPICS", "GROUND_TRUTH_TOPICS", "OUTPUT_TOPICS", "STORAGES", "TopicInfo", "BagReader", "BagWriter",
-    "open_bag", "typestore", "vision_msgs_types", "storage_of", "stamp_ns", "make_header",
+    "open_bag", "typestore", "vision_msgs_types", "storage_of", "make_header",
     "camera_image", "image_msg", "compressed_image_msg", "camera_info_msg", "detections_msg",
     "detections_from_msg", "find_camera_topic", "camera_info_topic_for",
 ]
@@ -350,11 +350,6 @@ class BagWriter:
 
 
 # ------------------------------------------------------------------------- message helpers
-def stamp_ns(header: Any) -> int:
-    """A header's stamp in nanoseconds."""
-    return int(header.stamp.sec) * 1_000_000_000 + int(header.stamp.nanosec)
-
-
 def make_header(stamp: int, frame_id: str = "", store: Any = None) -> Any:
     """A rosbags std_msgs/Header with the stamp (ns) and frame id."""
     store = store if store is not None else _default_store()

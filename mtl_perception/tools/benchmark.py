@@ -51,6 +51,7 @@ from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.pixels import color_to_array
 from mtl_perception.inference.preprocess import model_input
 from mtl_perception.kinds import registry
+from mtl_perception.messages.stamps import STAMP_OFFSET, cdr_stamp_format, raw_stamp, stamp_ns
 from mtl_perception.ros.camera_source import camera_info_msg, image_msg, pinhole_k
 from mtl_perception.ros.message_types import message_class
 from mtl_perception.ros.node import FRAME_STAGES
@@ -141,24 +142,6 @@ class _ModelTimer:
                 "resize": meta.input.resize, "tasks": {n: t.kind for n, t in meta.tasks.items()}}
 
 
-STAMP_OFFSET = 4  # after the 4-byte CDR encapsulation header: Header.stamp.sec, .nanosec
-
-
-def stamp_key(sec: int, nanosec: int) -> int:
-    return int(sec) * 1_000_000_000 + int(nanosec)
-
-
-def _stamp_format(data: bytes) -> str:
-    """struct format of Header.stamp in CDR bytes: the encapsulation says CDR_LE or CDR_BE."""
-    return "<iI" if data[1] & 1 else ">iI"
-
-
-def serialized_stamp_key(data: bytes) -> int:
-    """`stamp_key` of a serialized message whose first field is a std_msgs/Header, read from its
-    bytes without deserializing the rest."""
-    return stamp_key(*struct.unpack_from(_stamp_format(data), data, STAMP_OFFSET))
-
-
 class _SerializedFrames:
     """The camera's frames serialized once; each publish patches the header stamp in place and
     hands rclpy the bytes, as a C++ camera driver publishes: without Python's per-frame message
@@ -169,7 +152,7 @@ class _SerializedFrames:
         from rclpy.serialization import deserialize_message, serialize_message
 
         self.frames = [bytearray(serialize_message(m)) for m in messages]
-        self._format = _stamp_format(self.frames[0])
+        self._format = cdr_stamp_format(self.frames[0])
         probe = self.stamped(0, 12, 34)
         back = deserialize_message(probe, type(messages[0])).header.stamp
         if (back.sec, back.nanosec) != (12, 34):
@@ -232,10 +215,9 @@ class _Harness:
 
         def callback(data: bytes) -> None:
             now = time.perf_counter()
-            key = serialized_stamp_key(data)
+            key = raw_stamp(data)
             if topic not in self.stamp_checks:
-                stamp = deserialize_message(data, message_type).header.stamp
-                self.stamp_checks[topic] = stamp_key(stamp.sec, stamp.nanosec) == key
+                self.stamp_checks[topic] = stamp_ns(deserialize_message(data, message_type).header.stamp) == key
             with self.lock:
                 self.arrivals.setdefault(key, {})[topic] = now
         return callback
@@ -243,7 +225,7 @@ class _Harness:
     def _on_echo(self, header: Any) -> None:
         now = time.perf_counter()
         with self.lock:
-            self.echoes[stamp_key(header.stamp.sec, header.stamp.nanosec)] = now
+            self.echoes[stamp_ns(header.stamp)] = now
 
     def run_echo(self, rate_hz: float, count: int) -> List[float]:
         """The same frames through a do-nothing process: publish -> its header back (ms)."""
@@ -272,7 +254,7 @@ class _Harness:
         stamp = self.node.get_clock().now().to_msg()
         data = self.frames.stamped(self._index, stamp.sec, stamp.nanosec)
         self._index += 1
-        return stamp_key(stamp.sec, stamp.nanosec), stamp, data
+        return stamp_ns(stamp), stamp, data
 
     def publish(self) -> int:
         key, stamp, data = self._next_frame()

@@ -33,6 +33,7 @@ from mtl_perception.inference.loader import load_model
 from mtl_perception.inference.model import ModelError, RuntimeOptions
 from mtl_perception.kinds import registry
 from mtl_perception.messages.image import image_to_array, to_color
+from mtl_perception.messages.stamps import stamp_ns
 from mtl_perception.ros.dds_profile import large_frame_env, user_profile
 from mtl_perception.ros.message_types import message_class
 from mtl_perception.ros.processes import (
@@ -169,8 +170,7 @@ class _Recorder:
     def _receiver(self, topic: str):
         def callback(msg: Any) -> None:
             now_ns = self.node.get_clock().now().nanoseconds
-            stamp = msg.header.stamp
-            key = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+            key = stamp_ns(msg.header.stamp)
             with self.lock:
                 frame = self.frames.setdefault(key, {})
                 frame[topic] = msg

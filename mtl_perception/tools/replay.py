@@ -34,7 +34,6 @@ from mtl_perception.bags.evaluate import (
     _stats,
     default_out_dir,
     evaluate_bag,
-    raw_stamp,
 )
 from mtl_perception.bags.io import (
     CAMERA_INFO,
@@ -57,6 +56,7 @@ from mtl_perception.messages.image import (
     color_encoding_info,
     image_to_array,
 )
+from mtl_perception.messages.stamps import raw_stamp
 from mtl_perception.ros.processes import log_tail, start_node, stop_process
 from mtl_perception.ros.spin import spin_in_background
 

@@ -87,19 +87,3 @@ def test_demo_fails_in_one_line_on_a_missing_model(tmp_path, capsys):
     assert cli.main(["demo", "--model", str(tmp_path / "none.onnx"), "--out", str(tmp_path / "d")]) == 1
     err = capsys.readouterr().err
     assert "model file not found" in err and "Traceback" not in err
-
-
-def test_the_benchmark_reads_each_outputs_stamp_from_its_bytes():
-    """The benchmark times outputs from their serialized bytes (no deserialization): the stamp it
-    reads must be the one rclpy serialized, for every output message type."""
-    from rclpy.serialization import serialize_message
-    from sensor_msgs.msg import CameraInfo, Image
-    from vision_msgs.msg import Detection2DArray
-
-    from mtl_perception.tools.benchmark import serialized_stamp_key, stamp_key
-
-    for cls in (Image, CameraInfo, Detection2DArray):
-        msg = cls()
-        msg.header.frame_id = "camera_optical_frame"
-        msg.header.stamp.sec, msg.header.stamp.nanosec = 1_700_000_123, 987_654_321
-        assert serialized_stamp_key(serialize_message(msg)) == stamp_key(1_700_000_123, 987_654_321), cls.__name__
