@@ -10,14 +10,17 @@ unread. The worker reopens the gate and wakes the executor when it is ready for 
 
 Frames replaced unread never reach the node, so they are counted from the gaps in each
 publisher's sequence numbers (rclpy's MessageInfo, `publication_sequence`, counted by
-`SequenceGaps`). Where there are none (an rclpy whose callbacks get no MessageInfo, as on
-Humble, or an rmw without publication sequence numbers) the gate is never closed and every frame
-is taken, as before; the drop count then misses the frames the middleware replaced before the
-executor took them (`frame_intake: every frame` in the diagnostics says so).
+`SequenceGaps`). Publishers are told apart by their GID, which rclpy's MessageInfo carries from
+Kilted on; Jazzy's has the numbers but no GID, which is enough while the topic has one publisher
+(a camera driver), so the gate is used then too. Where there are no usable numbers (an rclpy
+whose callbacks get no MessageInfo, as on Humble, an rmw without publication sequence numbers,
+or several publishers without GIDs) the gate is never closed and every frame is taken, as
+before; the drop count then misses the frames the middleware replaced before the executor took
+them (`frame_intake: every frame` in the diagnostics says so).
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Callable, Hashable, Optional, Tuple
 
 from rclpy.callback_groups import CallbackGroup
 from rclpy.subscription import Subscription
@@ -56,16 +59,20 @@ class FrameGate(CallbackGroup):
         return was_closed
 
 
-def publication_sequence(info: Optional[dict]) -> Optional[Tuple[bytes, int]]:
-    """(publisher GID, its sequence number) of a message, from rclpy's MessageInfo; None when
-    there is no info, no GID (sequence numbers of two publishers could not be told apart) or the
-    rmw does not number its messages."""
+def publication_sequence(info: Optional[dict], sole_publisher: Optional[str] = None) -> Optional[Tuple[Hashable, int]]:
+    """(publisher key, its sequence number) of a message, from rclpy's MessageInfo. The key is the
+    publisher's GID where rclpy gives one (Kilted and later); without it (Jazzy) the numbers are
+    still usable while the topic has a single publisher, whose key (from the graph) is then
+    `sole_publisher`. None when there is no info, the rmw does not number its messages, or
+    publishers without GIDs could not be told apart."""
     if not info:
         return None
     sequence, gid = info.get("publication_sequence_number"), info.get("publisher_gid")
-    if sequence is None or not 0 < int(sequence) < _UNSUPPORTED or not gid or not gid.get("data"):
+    if sequence is None or not 0 < int(sequence) < _UNSUPPORTED:
         return None
-    return bytes(gid["data"]), int(sequence)
+    if gid and gid.get("data"):
+        return bytes(gid["data"]), int(sequence)
+    return None if sole_publisher is None else (sole_publisher, int(sequence))
 
 
 def with_message_info(callback: Callable[[Any, Optional[dict]], None]) -> Callable[..., None]:

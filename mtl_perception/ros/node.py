@@ -126,7 +126,7 @@ class _Stats:
         self.failed = 0
         self.incompatible_qos = 0
         self.unread = 0  # frames replaced in the subscription before the node took them (sequence gaps)
-        self.gated = False  # whether frames come with sequence numbers, so the gate is used
+        self.gated = False  # whether the newest frame came with a usable sequence number, so the gate is used
         # (monotonic time, then ms: stamp -> outputs published (or NaN), model.run, frame taken ->
         # published, and the FRAME_STAGES)
         self.samples: deque = deque(maxlen=5000)
@@ -374,17 +374,17 @@ class PerceptionNode(LifecycleNode):
     def _accept(self, msg: Any, problem: Optional[Tuple[str, str]], info: Optional[dict]) -> None:
         """Stores a usable frame in the slot and, where frames are numbered, closes the gate until
         the worker is free; counts and reports (throttled per kind) a bad one."""
-        sequence = publication_sequence(info)
-        if sequence is not None:
-            unread = self._sequences.missed(*sequence)
-            with self._stats.lock:
-                self._stats.unread += unread
-                self._stats.gated = True
+        publishers = self._camera_publishers  # (GID hex, best effort) of each, from the last poll
+        sequence = publication_sequence(info, sole_publisher=publishers[0][0] if len(publishers) == 1 else None)
+        unread = 0 if sequence is None else self._sequences.missed(*sequence)
+        with self._stats.lock:
+            self._stats.unread += unread
+            self._stats.gated = sequence is not None  # how the newest frame came in
+            if problem is None:
+                self._stats.watch.frame(time.monotonic())
         if problem is not None:
             self._reject(*problem)
             return
-        with self._stats.lock:
-            self._stats.watch.frame(time.monotonic())
         if sequence is not None:
             self._gate.close()  # before the put: the worker reopens it only after taking this frame
         self._slot.put((msg, time.perf_counter()))
